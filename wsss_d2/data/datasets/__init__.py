@@ -1,0 +1,34 @@
+"""Tag datasets; importing this module registers the builtin ones (no I/O happens here).
+
+Builtin names: ``voc_2012_{train_aug,train,val}_tags`` (:mod:`.voc`),
+``coco_2014_{train,val}_tags`` (:mod:`.coco`), ``coco_tiny_*`` when
+``$DETECTRON2_DATASETS/coco_tiny`` exists, and the generated ``toyparts_*`` (:mod:`.toyparts`).
+Own data: :func:`register_coco_tags` (any COCO JSON), :func:`register_folder_tags` (a folder
+and a CSV/JSON tags file), :func:`register_voc_tags` (a VOC-layout folder).
+"""
+
+from .coco import VOC_COCO_NAMES, register_all_coco_tags, register_coco_tags, register_coco_tiny
+from .common import COCO_CLASSES, IGNORE_LABEL, VOC_CLASSES, datasets_root, voc_palette
+from .folder import register_folder_tags
+from .toyparts import TOY_CLASSES, generate_toyparts, register_all_toyparts, register_toyparts
+from .voc import register_all_voc_tags, register_voc_tags
+
+__all__ = [
+    "COCO_CLASSES",
+    "IGNORE_LABEL",
+    "VOC_CLASSES",
+    "VOC_COCO_NAMES",
+    "TOY_CLASSES",
+    "datasets_root",
+    "voc_palette",
+    "generate_toyparts",
+    "register_toyparts",
+    "register_voc_tags",
+    "register_coco_tags",
+    "register_coco_tiny",
+    "register_folder_tags",
+]
+
+register_all_toyparts()
+register_all_voc_tags()
+register_all_coco_tags()
