@@ -5,6 +5,7 @@ Every key has a default and a one-line comment; groups live in their own nodes.
 """
 
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
 
 __all__ = ["add_wsss_config"]
 
@@ -14,6 +15,9 @@ def add_wsss_config(cfg: CN) -> None:
     if hasattr(cfg, "WSSS"):
         return
     _C = cfg
+    # DeepLab keys: poly lr schedule, dilated ResNet (RES4/RES5_DILATION, deeplab stem)
+    if not hasattr(cfg.SOLVER, "POLY_LR_POWER"):
+        add_deeplab_config(cfg)
 
     # ---------------------------------------------------------------- input / data
     _C.INPUT.MAPPER = "TagDatasetMapper"  # name in wsss_d2.data.MAPPER_REGISTRY
@@ -38,7 +42,8 @@ def add_wsss_config(cfg: CN) -> None:
     _C.MODEL.CAM.TEST_SCALES = (1.0,)  # inference: input scales whose CAMs are summed
     _C.MODEL.CAM.TEST_FLIP = False  # inference: also sum the horizontally flipped CAMs
     _C.MODEL.CAM.LOSS_WEIGHT = 1.0  # weight of the multi-label soft-margin loss
-    _C.MODEL.CAM.BACKBONE_LR_MULT = 1.0  # lr multiplier of pretrained backbone parameters
+    _C.SOLVER.HEAD_LR_MULT = 1.0  # lr multiplier of every parameter outside model.backbone
+    _C.SOLVER.OPTIMIZER = "SGD"  # "SGD" | "ADAMW"
 
     _C.MODEL.TINY = CN()  # a small CNN backbone for CPU tests and the toy data
     _C.MODEL.TINY.WIDTHS = (16, 32, 64, 128)  # channels of the stem and the three stages
@@ -64,4 +69,33 @@ def add_wsss_config(cfg: CN) -> None:
     _C.WSSS.EVALUATORS = ("SemSegEvaluator",)  # names in wsss_d2.evaluation.EVALUATOR_REGISTRY
     _C.WSSS.HOOKS = ()  # names in wsss_d2.engine.HOOK_REGISTRY added to the trainer
     _C.WSSS.CAM_SWEEP = (0.0, 0.95, 0.05)  # background thresholds swept by the CAM evaluator
-    _C.WSSS.DETECT_ANOMALY = True  # raise on NaN/inf losses naming the iteration and the term
+
+    _add_sam_config(_C)
+
+
+def _add_sam_config(_C: CN) -> None:
+    """``WSSS.SAM``: SAM-box labeling (boxes -> Segment Anything masks -> semantic labels)."""
+    _C.WSSS.SAM = CN()
+    _C.WSSS.SAM.MODEL_TYPE = "vit_h"  # "vit_h" | "vit_l" | "vit_b" | "tiny" (random test model)
+    _C.WSSS.SAM.CHECKPOINT = ""  # path of the official SAM weights (sam_vit_h_4b8939.pth ...)
+    _C.WSSS.SAM.BOX_SOURCE = "GTBoxSource"  # BOX_SOURCE_REGISTRY name: GT / Cam / File BoxSource
+    _C.WSSS.SAM.ONLY_TAGGED = True  # drop boxes whose class is not among the image's tags
+    _C.WSSS.SAM.GT_ANNOTATIONS = ""  # GTBoxSource: COCO JSON or VOC XML folder (if no annotations)
+    _C.WSSS.SAM.GT_INCLUDE_CROWD = False  # GTBoxSource: also prompt COCO crowd regions
+    _C.WSSS.SAM.CAM_DIR = ""  # CamBoxSource: folder of <stem>.npy (K, H, W) max-normalised CAMs
+    _C.WSSS.SAM.CAM_THRESHOLD = 0.3  # CamBoxSource: CAM value that makes a pixel foreground
+    _C.WSSS.SAM.CAM_MIN_AREA = 0.001  # CamBoxSource: drop components below this image fraction
+    _C.WSSS.SAM.CAM_MAX_BOXES_PER_CLASS = 3  # CamBoxSource: highest-peak components kept (0: all)
+    _C.WSSS.SAM.BOX_DIR = ""  # FileBoxSource: folder of <stem>.json detector outputs
+    _C.WSSS.SAM.BOX_MIN_SCORE = 0.0  # boxes scored below this are not prompted
+    _C.WSSS.SAM.CLASS_TEXT = ()  # "class:text": how a class is written in text prompts/labels
+    _C.WSSS.SAM.ASSIST_WORDS = ()  # "class:word,word": extra words whose boxes count as the class
+    _C.WSSS.SAM.MULTIMASK = True  # ask SAM for 3 masks per box, keep the best predicted IoU
+    _C.WSSS.SAM.MASK_MIN_SCORE = 0.0  # masks whose predicted IoU is below this are dropped
+    _C.WSSS.SAM.IGNORE_LOW_SCORE = False  # dropped masks' unexplained pixels -> 255, not background
+    _C.WSSS.SAM.SCORE_BY_BOX = True  # overlap score = mask predicted IoU x box score
+    _C.WSSS.SAM.BOXES_PER_BATCH = 64  # boxes per mask-decoder call (memory bound)
+    _C.WSSS.SAM.IMAGES_PER_BATCH = 1  # images per image-encoder call (memory bound)
+    _C.WSSS.SAM.OUTPUT_ROOT = ""  # folder of label rounds ("" = OUTPUT_DIR/pseudo_labels)
+    _C.WSSS.SAM.ROUND = 1  # round number the SAM labels are written as
+    _C.WSSS.SAM.SAVE_MASKS = True  # keep each box's mask (RLE) in the round's sam_boxes/ records

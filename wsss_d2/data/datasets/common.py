@@ -157,7 +157,7 @@ def read_label_png(path: str, expected_hw: tuple[int, int] | None = None,
         raise OSError(f"cannot read label file {path}: {e}") from e
     if img.mode not in ("P", "L", "I", "I;16"):
         raise ValueError(f"label file {path} has mode {img.mode}; expected a palette/grey PNG")
-    label = np.asarray(img, dtype=np.uint8)
+    label = np.array(img, dtype=np.uint8)
     if expected_hw is not None and tuple(label.shape[:2]) != tuple(expected_hw):
         raise ValueError(
             f"label map {path} is {label.shape[1]}x{label.shape[0]} (WxH) but its image "

@@ -1,0 +1,12 @@
+"""Trainer and hooks."""
+
+from .hooks import HOOK_REGISTRY, build_hooks_from_config
+from .trainer import TRAIN_LOADER_BUILDERS, WSSSTrainer, check_weights_exist
+
+__all__ = [
+    "HOOK_REGISTRY",
+    "build_hooks_from_config",
+    "TRAIN_LOADER_BUILDERS",
+    "WSSSTrainer",
+    "check_weights_exist",
+]

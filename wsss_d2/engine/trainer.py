@@ -1,0 +1,92 @@
+"""``WSSSTrainer``: Detectron2's ``DefaultTrainer`` with mapper, evaluators and hooks from config."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
+from detectron2.solver import get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils.file_io import PathManager
+
+from ..data.mappers import build_mapper
+from ..evaluation.registry import build_evaluators
+from .hooks import build_hooks_from_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["WSSSTrainer", "check_weights_exist", "TRAIN_LOADER_BUILDERS"]
+
+# cfg.DATALOADER.PAIR_SAMPLING value -> function(cfg, mapper) building the train loader
+TRAIN_LOADER_BUILDERS: dict = {}
+
+
+def check_weights_exist(path: str) -> None:
+    """A clear error for a ``MODEL.WEIGHTS`` file that does not exist (URLs are left alone)."""
+    if path and "://" not in path and not PathManager.exists(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS file not found: '{path}'")
+
+
+class WSSSTrainer(DefaultTrainer):
+    """Only what differs from ``DefaultTrainer``: everything else is Detectron2's own loop."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = build_mapper(cfg, is_train=True)
+        if cfg.DATALOADER.PAIR_SAMPLING:
+            if cfg.DATALOADER.PAIR_SAMPLING not in TRAIN_LOADER_BUILDERS:
+                raise KeyError(f"DATALOADER.PAIR_SAMPLING='{cfg.DATALOADER.PAIR_SAMPLING}' is not "
+                               f"one of {sorted(TRAIN_LOADER_BUILDERS)}")
+            return TRAIN_LOADER_BUILDERS[cfg.DATALOADER.PAIR_SAMPLING](cfg, mapper)
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluators(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """SGD whose parameters outside ``model.backbone`` get ``SOLVER.HEAD_LR_MULT`` x lr."""
+        mult = cfg.SOLVER.HEAD_LR_MULT
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            lr_factor_func=lambda name: 1.0 if name.startswith("backbone.") else mult,
+        )
+        if cfg.SOLVER.OPTIMIZER == "ADAMW":
+            opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR,
+                                    weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                  nesterov=cfg.SOLVER.NESTEROV,
+                                  weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, opt)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # deeplab's builder knows WarmupPolyLR and defers to Detectron2's for the others
+        return build_deeplab_lr_scheduler(cfg, optimizer)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        extra = build_hooks_from_config(self.cfg)
+        # after the LR scheduler, before checkpointing/eval, so their state is in both
+        idx = next((i + 1 for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), 0)
+        return ret[:idx] + extra + ret[idx:]
+
+    def resume_or_load(self, resume: bool = True):
+        if not (resume and self.checkpointer.has_checkpoint()):
+            check_weights_exist(self.cfg.MODEL.WEIGHTS)
+        super().resume_or_load(resume=resume)

@@ -1,0 +1,15 @@
+"""Evaluators (registered in ``EVALUATOR_REGISTRY``)."""
+
+from .metrics import confusion_matrix, metrics_from_confusion
+from .registry import EVALUATOR_REGISTRY, build_evaluators
+from .sem_seg import CAMEvaluator, WSSSSemSegEvaluator, sweep_thresholds
+
+__all__ = [
+    "EVALUATOR_REGISTRY",
+    "build_evaluators",
+    "confusion_matrix",
+    "metrics_from_confusion",
+    "WSSSSemSegEvaluator",
+    "CAMEvaluator",
+    "sweep_thresholds",
+]

@@ -1,0 +1,3 @@
+from .cam import CAMClassifier, normalize_cams
+
+__all__ = ["CAMClassifier", "normalize_cams"]
