@@ -2,6 +2,7 @@
 
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY, build_evaluators
+from .sam_eval import SamBoxLabelingEvaluator  # noqa: F401  (registers it)
 from .sem_seg import CAMEvaluator, WSSSSemSegEvaluator, sweep_thresholds
 
 __all__ = [

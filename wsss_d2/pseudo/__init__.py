@@ -10,6 +10,7 @@ from .rounds import (
     read_manifest,
     round_dir,
 )
+from .sam_labeler import SamBoxLabeler, label_dataset, load_sam  # noqa: F401
 
 __all__ = [
     "RoundWriter",

@@ -1,0 +1,526 @@
+"""SAM-box labeling: boxes of tagged classes -> Segment Anything masks -> a semantic label map.
+
+For each image, SAM's image encoder runs once (several images per call where memory allows);
+then **all** the image's boxes go through the prompt encoder and mask decoder in one batch (in
+chunks of ``boxes_per_batch``), the best of SAM's three masks is chosen by predicted IoU, and
+only that mask is upsampled to the image size. Masks are pasted into a (H, W) label map:
+
+- a pixel covered by several masks takes the class of the highest-scoring mask (score = SAM's
+  predicted IoU, times the box score when ``score_by_box``), ties going to the smaller mask —
+  not, as in the reference code, the class of whichever box came last;
+- pixels no kept mask covers are background (0);
+- masks whose predicted IoU is below ``mask_min_score`` are dropped; with ``ignore_low_score``
+  the pixels only they covered become 255 (ignored by the segmentation loss) instead of 0.
+
+Each image also yields a JSON-able record (boxes, classes, scores, kept flags, areas, overlap
+counts, masks as COCO RLE) that :class:`wsss_d2.evaluation.SamBoxLabelingEvaluator` scores.
+:func:`label_dataset` writes labels into a :class:`~wsss_d2.pseudo.rounds.RoundWriter` round
+(records under ``<round>/sam_boxes/``), skipping images an interrupted run already finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.utils.file_io import PathManager
+from segment_anything import sam_model_registry
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from segment_anything.utils.transforms import ResizeLongestSide
+from tqdm import tqdm
+
+from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from .box_sources import BoxSource, ImageBoxes, build_box_source
+from .rounds import RoundWriter, label_stem
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SAM_BUILDERS",
+    "build_sam_tiny",
+    "load_sam",
+    "paste_masks",
+    "SamLabelResult",
+    "SamBoxLabeler",
+    "label_dataset",
+    "RECORDS_DIR",
+    "read_record",
+]
+
+RECORDS_DIR = "sam_boxes"  # per-image JSON records inside a round folder
+
+
+def build_sam_tiny(checkpoint: str | None = None, img_size: int = 256, embed_dim: int = 32,
+                   depth: int = 2, prompt_dim: int = 32) -> Sam:
+    """A tiny randomly initialised SAM for tests and benchmarks (its masks mean nothing).
+
+    Same architecture as SAM (ViT image encoder with windowed + global attention and relative
+    positions, prompt encoder, two-way-transformer mask decoder with 3 multimask outputs), only
+    narrower, shallower and at ``img_size`` input (embedding ``img_size/16`` squared). Weights
+    are seeded, so every process builds the same model. ``checkpoint`` is ignored here
+    (:func:`load_sam` loads it).
+    """
+    grid = img_size // 16
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size, patch_size=16, in_chans=3, embed_dim=embed_dim, depth=depth,
+                num_heads=2, mlp_ratio=2.0, out_chans=prompt_dim, qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+                window_size=max(grid // 4, 1), global_attn_indexes=(depth - 1,),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=prompt_dim, image_embedding_size=(grid, grid),
+                input_image_size=(img_size, img_size), mask_in_chans=4,
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(
+                    depth=2, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim, num_heads=2
+                ),
+                transformer_dim=prompt_dim, iou_head_depth=2, iou_head_hidden_dim=prompt_dim,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+    return sam.eval()
+
+
+# every builder takes checkpoint=None and returns an un-loaded model; load_sam loads weights
+SAM_BUILDERS: dict[str, Callable[..., Sam]] = {
+    "vit_h": sam_model_registry["vit_h"],
+    "vit_l": sam_model_registry["vit_l"],
+    "vit_b": sam_model_registry["vit_b"],
+    "tiny": build_sam_tiny,
+}
+_KNOWN_ENCODERS = {(1280, 32): "vit_h", (1024, 24): "vit_l", (768, 12): "vit_b", (32, 2): "tiny"}
+
+
+def _guess_model_type(sd: dict) -> str:
+    w = sd.get("image_encoder.patch_embed.proj.weight")
+    if w is None:
+        return "not a SAM checkpoint (no image_encoder.patch_embed.proj.weight)"
+    depth = len({k.split(".")[2] for k in sd if k.startswith("image_encoder.blocks.")})
+    name = _KNOWN_ENCODERS.get((int(w.shape[0]), depth))
+    return f"{name or 'unknown'} (encoder width {int(w.shape[0])}, depth {depth})"
+
+
+def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu") -> Sam:
+    """Build a SAM of ``model_type`` and load ``checkpoint`` onto ``device``.
+
+    ``model_type`` is one of ``vit_h``, ``vit_l``, ``vit_b`` (the official models, built through
+    ``segment_anything.sam_model_registry``) or ``tiny`` (random test model, for which an empty
+    checkpoint means the seeded random weights). Raises ``FileNotFoundError`` for a missing
+    checkpoint and ``ValueError`` naming the path, the expected type and what the file looks
+    like when its weights do not fit.
+    """
+    if model_type not in SAM_BUILDERS:
+        raise ValueError(
+            f"WSSS.SAM.MODEL_TYPE '{model_type}' is unknown; expected one of {sorted(SAM_BUILDERS)}"
+        )
+    model = SAM_BUILDERS[model_type](checkpoint=None)
+    if not checkpoint:
+        if model_type != "tiny":
+            raise FileNotFoundError(
+                f"WSSS.SAM.CHECKPOINT is empty; SAM model type '{model_type}' needs its official "
+                "weights (e.g. sam_vit_h_4b8939.pth from the segment-anything release)"
+            )
+        logger.warning("SAM 'tiny' with random weights: a test/benchmark model, masks are noise")
+        return model.to(device).eval()
+    local = PathManager.get_local_path(checkpoint)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(
+            f"SAM checkpoint not found: {checkpoint} (WSSS.SAM.CHECKPOINT, expected model type "
+            f"'{model_type}')"
+        )
+    try:
+        sd = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download, a pickle of something else
+        raise ValueError(f"cannot read SAM checkpoint {checkpoint}: {e}") from e
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # Detectron2 Checkpointer
+        sd = sd["model"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"SAM checkpoint {checkpoint} holds a {type(sd).__name__}, not weights")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(
+            f"SAM checkpoint {checkpoint} does not match WSSS.SAM.MODEL_TYPE '{model_type}': it "
+            f"looks like {_guess_model_type(sd)}. First problem: {first[:300]}"
+        ) from None
+    return model.to(device).eval()
+
+
+def paste_masks(masks: torch.Tensor, classes: Sequence[int], scores: Sequence[float],
+                keep: Sequence[bool] | None = None, ignore_dropped: bool = False,
+                ignore_label: int = IGNORE_LABEL) -> tuple[torch.Tensor, dict]:
+    """Paste binary masks into a semantic label map, resolving overlaps by score then area.
+
+    Args:
+        masks: (N, H, W) bool.
+        classes: (N,) class ids 1..K.
+        scores: (N,) overlap scores; where kept masks overlap, the highest score wins, and
+            between equal scores the smaller mask (a small object in front of a large one).
+        keep: (N,) bool, masks to paste (default all). Dropped masks paste nothing; with
+            ``ignore_dropped`` the pixels covered only by dropped masks become ``ignore_label``.
+    Returns:
+        label: (H, W) uint8 on the masks' device, 0 where no kept mask covers the pixel.
+        info: ``areas`` (N,) mask pixels, ``won`` (N,) pixels each mask got in the label,
+        ``overlap_pixels`` covered by >= 2 kept masks, ``conflict_pixels`` covered by kept
+        masks of >= 2 different classes (where the resolution changes the semantics).
+    """
+    n = masks.shape[0]
+    h, w = masks.shape[-2:]
+    dev = masks.device
+    classes_t = torch.as_tensor(np.asarray(classes, np.int64).reshape(n), device=dev)
+    scores_t = torch.as_tensor(np.asarray(scores, np.float64).reshape(n), device=dev)
+    keep_t = (
+        torch.ones(n, dtype=torch.bool, device=dev) if keep is None
+        else torch.as_tensor(np.asarray(keep, bool).reshape(n), device=dev)
+    )
+    label = torch.zeros((h, w), dtype=torch.uint8, device=dev)
+    areas = masks.flatten(1).sum(1) if n else torch.zeros(0, dtype=torch.long, device=dev)
+    info = {"areas": areas.cpu().numpy(), "won": np.zeros(n, np.int64),
+            "overlap_pixels": 0, "conflict_pixels": 0}
+    if n == 0:
+        return label, info
+    if ignore_dropped and (~keep_t).any():
+        label[masks[~keep_t].any(0)] = ignore_label
+    kept = torch.nonzero(keep_t).flatten()
+    if len(kept) == 0:
+        return label, info
+    # paint from the weakest to the strongest mask, so the strongest ends on top; sort by
+    # (score asc, area desc) with a stable sort on the secondary key first
+    order = kept[torch.argsort(-areas[kept], stable=True)]
+    order = order[torch.argsort(scores_t[order], stable=True)]
+    owner = torch.full((h, w), -1, dtype=torch.long, device=dev)
+    for i in order.tolist():
+        owner[masks[i]] = i
+    fg = owner >= 0
+    label[fg] = classes_t[owner[fg]].to(torch.uint8)
+    info["won"] = torch.bincount(owner[fg], minlength=n).cpu().numpy()
+    if len(kept) > 1:
+        km = masks[kept]
+        info["overlap_pixels"] = int((km.sum(0) >= 2).sum())
+        kc = classes_t[kept]
+        per_class = torch.stack([km[kc == c].any(0) for c in torch.unique(kc)])
+        info["conflict_pixels"] = int((per_class.sum(0) >= 2).sum())
+    return label, info
+
+
+def _masks_to_rle(masks: torch.Tensor) -> list[dict]:
+    from pycocotools import mask as mask_util
+
+    if masks.shape[0] == 0:
+        return []
+    arr = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+    rles = mask_util.encode(arr)
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+@dataclass
+class SamLabelResult:
+    """SAM-box labels of one image.
+
+    Attributes:
+        label: (H, W) uint8: 0 background, 1..K, 255 ignored.
+        boxes: the prompted boxes.
+        mask_scores: (N,) SAM predicted IoU of each box's chosen mask.
+        kept: (N,) bool, mask pasted (predicted IoU >= mask_min_score).
+        areas / won: (N,) mask pixels / pixels the mask got in the label.
+        overlap_pixels / conflict_pixels: see :func:`paste_masks`.
+        untagged_boxes / unmatched_labels: boxes the source dropped (class not tagged / text
+            label matching no class).
+        masks_rle: COCO RLE of each mask (None when not kept in memory).
+    """
+
+    label: np.ndarray
+    boxes: ImageBoxes
+    mask_scores: np.ndarray
+    kept: np.ndarray
+    areas: np.ndarray
+    won: np.ndarray
+    overlap_pixels: int = 0
+    conflict_pixels: int = 0
+    untagged_boxes: int = 0
+    unmatched_labels: int = 0
+    masks_rle: list[dict] | None = field(default=None)
+
+    def record(self, d: dict) -> dict:
+        """A JSON-able record of this image's boxes and masks (no label map)."""
+        b = self.boxes
+        return {
+            "file_name": d["file_name"],
+            "image_id": d.get("image_id"),
+            "height": int(self.label.shape[0]),
+            "width": int(self.label.shape[1]),
+            "tags": [int(t) for t in d.get("tags", ())],
+            "boxes": np.round(b.boxes.astype(np.float64), 2).tolist(),
+            "classes": b.classes.tolist(),
+            "box_scores": [float(s) for s in b.scores],
+            "labels": list(b.labels),
+            "instance_ids": b.instance_ids.tolist(),
+            "mask_scores": [float(s) for s in self.mask_scores],
+            "kept": [bool(k) for k in self.kept],
+            "areas": [int(a) for a in self.areas],
+            "won": [int(a) for a in self.won],
+            "overlap_pixels": int(self.overlap_pixels),
+            "conflict_pixels": int(self.conflict_pixels),
+            "untagged_boxes": int(self.untagged_boxes),
+            "unmatched_labels": int(self.unmatched_labels),
+            "masks_rle": self.masks_rle,
+        }
+
+
+def read_record(path: str) -> dict:
+    """A per-image record written by :func:`label_dataset`."""
+    with PathManager.open(path) as f:
+        return json.load(f)
+
+
+class SamBoxLabeler:
+    """Label images with SAM prompted by boxes (see the module docstring).
+
+    Example::
+
+        labeler = SamBoxLabeler(cfg, class_names)      # or SamBoxLabeler(sam=..., box_source=...)
+        results = labeler.label(dicts)                 # list[SamLabelResult]
+    """
+
+    @configurable
+    def __init__(self, *, sam: Sam, box_source: BoxSource | Callable[[dict], ImageBoxes],
+                 num_classes: int, multimask: bool = True, mask_min_score: float = 0.0,
+                 ignore_low_score: bool = False, score_by_box: bool = True,
+                 boxes_per_batch: int = 64, images_per_batch: int = 1,
+                 save_masks: bool = True):
+        """
+        Args:
+            sam: a SAM model (its device is where everything runs).
+            box_source: ``d -> ImageBoxes``.
+            num_classes: K + 1 (background included).
+            multimask: ask for SAM's 3 masks per box and keep the best predicted IoU; else
+                SAM's single-mask output.
+            mask_min_score, ignore_low_score, score_by_box: see the module docstring.
+            boxes_per_batch: boxes per mask-decoder call; images_per_batch: images per
+                image-encoder call (both bound memory, not results).
+            save_masks: keep every mask as RLE in the records (needed for the evaluator's
+                mask-vs-instance IoU).
+        """
+        self.sam = sam.eval()
+        self.box_source = box_source
+        self.num_classes = int(num_classes)
+        self.multimask = multimask
+        self.mask_min_score = float(mask_min_score)
+        self.ignore_low_score = ignore_low_score
+        self.score_by_box = score_by_box
+        self.boxes_per_batch = max(int(boxes_per_batch), 1)
+        self.images_per_batch = max(int(images_per_batch), 1)
+        self.save_masks = save_masks
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+
+    @classmethod
+    def from_config(cls, cfg, class_names: Sequence[str], sam: Sam | None = None):
+        s = cfg.WSSS.SAM
+        if sam is None:
+            sam = load_sam(s.MODEL_TYPE, s.CHECKPOINT, cfg.MODEL.DEVICE)
+        return {
+            "sam": sam,
+            "box_source": build_box_source(cfg, class_names),
+            "num_classes": len(class_names) + 1,
+            "multimask": s.MULTIMASK,
+            "mask_min_score": s.MASK_MIN_SCORE,
+            "ignore_low_score": s.IGNORE_LOW_SCORE,
+            "score_by_box": s.SCORE_BY_BOX,
+            "boxes_per_batch": s.BOXES_PER_BATCH,
+            "images_per_batch": s.IMAGES_PER_BATCH,
+            "save_masks": s.SAVE_MASKS,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    # ------------------------------------------------------------------ model steps
+    @torch.no_grad()
+    def encode(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Image embeddings of RGB uint8 (H, W, 3) images in one encoder call.
+
+        Returns:
+            features: (B, C, h, w) on the model's device; input_sizes: each image's (H', W')
+            after resizing its longest side to the encoder size (before padding).
+        """
+        batch, sizes = [], []
+        for img in images:
+            x = self.transform.apply_image(np.ascontiguousarray(img))
+            t = torch.as_tensor(x, device=self.device).permute(2, 0, 1).contiguous()[None]
+            sizes.append(tuple(t.shape[-2:]))
+            batch.append(self.sam.preprocess(t.float()))
+        return self.sam.image_encoder(torch.cat(batch)), sizes
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, boxes: torch.Tensor, input_size: tuple[int, int],
+                original_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks of all boxes of one image, batched through SAM's prompt encoder and decoder.
+
+        The same computation as ``SamPredictor.predict_torch(boxes=...)`` followed by picking the
+        mask of highest predicted IoU, except that only the chosen mask is upsampled.
+
+        Args:
+            features: (1, C, h, w) embedding of the image.
+            boxes: (N, 4) XYXY in original image pixels.
+        Returns:
+            masks: (N, H, W) bool; scores: (N,) predicted IoU of each chosen mask.
+        """
+        h, w = original_size
+        boxes = self.transform.apply_boxes_torch(boxes.to(self.device, torch.float), (h, w))
+        dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        masks, scores = [], []
+        for i in range(0, len(boxes), self.boxes_per_batch):
+            sparse, dense = self.sam.prompt_encoder(
+                points=None, boxes=boxes[i : i + self.boxes_per_batch], masks=None
+            )
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense, multimask_output=self.multimask,
+            )
+            best = iou.argmax(1)
+            ar = torch.arange(len(best), device=best.device)
+            chosen = low_res[ar, best][:, None]  # (n, 1, h4, w4)
+            up = self.sam.postprocess_masks(chosen, input_size, original_size)
+            masks.append(up[:, 0] > self.sam.mask_threshold)
+            scores.append(iou[ar, best])
+        if not masks:
+            return (torch.zeros((0, h, w), dtype=torch.bool, device=self.device),
+                    torch.zeros(0, device=self.device))
+        return torch.cat(masks), torch.cat(scores)
+
+    # ------------------------------------------------------------------ whole images
+    def assemble(self, boxes: ImageBoxes, masks: torch.Tensor, mask_scores: torch.Tensor,
+                 hw: tuple[int, int]) -> SamLabelResult:
+        """Paste one image's masks into its label map (see :func:`paste_masks`)."""
+        ms = mask_scores.float().cpu().numpy()
+        keep = ms >= self.mask_min_score
+        paste_scores = ms * boxes.scores if self.score_by_box else ms
+        if len(boxes) == 0:
+            masks = torch.zeros((0, *hw), dtype=torch.bool, device=self.device)
+        label, info = paste_masks(masks, boxes.classes, paste_scores, keep,
+                                  ignore_dropped=self.ignore_low_score)
+        return SamLabelResult(
+            label=label.cpu().numpy(), boxes=boxes, mask_scores=ms, kept=keep,
+            areas=info["areas"], won=info["won"], overlap_pixels=info["overlap_pixels"],
+            conflict_pixels=info["conflict_pixels"],
+            masks_rle=_masks_to_rle(masks) if self.save_masks else None,
+        )
+
+    def read_image(self, d: dict) -> np.ndarray:
+        img = utils.read_image(d["file_name"], format="RGB")
+        if (img.shape[0], img.shape[1]) != (int(d["height"]), int(d["width"])):
+            raise ValueError(
+                f"image {d['file_name']} is {img.shape[1]}x{img.shape[0]} but its dataset dict "
+                f"says {d['width']}x{d['height']}"
+            )
+        return img
+
+    def label(self, dicts: Sequence[dict],
+              images: Sequence[np.ndarray] | None = None) -> list[SamLabelResult]:
+        """Label a batch of images (``images``: their RGB arrays, read from disk if None).
+
+        Images without boxes are labelled all background (and logged) without running SAM;
+        the others are encoded ``images_per_batch`` at a time.
+        """
+        results: list[SamLabelResult | None] = [None] * len(dicts)
+        all_boxes, dropped = [], []
+        for d in dicts:
+            all_boxes.append(self.box_source(d))
+            dropped.append((getattr(self.box_source, "last_untagged", 0),
+                            getattr(self.box_source, "last_unmatched", 0)))
+        todo = []
+        for i, (d, b) in enumerate(zip(dicts, all_boxes)):
+            if len(b):
+                todo.append(i)
+                continue
+            hw = (int(d["height"]), int(d["width"]))
+            logger.warning("no boxes for image %s (tags %s): labelled all background",
+                           d["file_name"], list(d.get("tags", ())))
+            results[i] = self.assemble(b, None, torch.zeros(0), hw)
+        for s in range(0, len(todo), self.images_per_batch):
+            idx = todo[s : s + self.images_per_batch]
+            imgs = [images[i] if images is not None else self.read_image(dicts[i]) for i in idx]
+            feats, sizes = self.encode(imgs)
+            for j, i in enumerate(idx):
+                hw = imgs[j].shape[:2]
+                b = all_boxes[i]
+                masks, scores = self.predict(
+                    feats[j : j + 1], torch.from_numpy(b.boxes), sizes[j], hw
+                )
+                results[i] = self.assemble(b, masks, scores, hw)
+        for r, (untagged, unmatched) in zip(results, dropped):
+            r.untagged_boxes, r.unmatched_labels = untagged, unmatched
+        return results
+
+
+def _stem_safe(d: dict) -> str:
+    stem = label_stem(d)
+    if not re.match(r"^[\w.\-]+$", stem):
+        raise ValueError(f"image {d['file_name']}: file stem '{stem}' is not a safe file name")
+    return stem
+
+
+def label_dataset(labeler: SamBoxLabeler, dicts: Iterable[dict], writer: RoundWriter,
+                  evaluator=None, progress: bool = True) -> int:
+    """Label ``dicts`` into ``writer``'s round, resumably; feed each image to ``evaluator``.
+
+    An image whose PNG already exists in the (partial) round is not labelled again; its record
+    is read back so the evaluator still sees every image. The record is written before the PNG,
+    so a finished PNG always has its record.
+
+    Args:
+        evaluator: optional ``DatasetEvaluator`` whose ``process([d], [output])`` receives
+            ``{"sam_label": (H, W) uint8, "sam_record": dict}``.
+    Returns:
+        the number of images labelled in this call.
+    """
+    dicts = list(dicts)
+    rec_dir = os.path.join(writer.partial_dir, RECORDS_DIR)
+    os.makedirs(rec_dir, exist_ok=True)
+    todo = []
+    for d in dicts:
+        if writer.is_done(d):
+            if evaluator is not None:
+                rec = read_record(os.path.join(rec_dir, _stem_safe(d) + ".json"))
+                evaluator.process([d], [{"sam_label": read_label_png(writer.label_path(d)),
+                                         "sam_record": rec}])
+        else:
+            todo.append(d)
+    if len(todo) < len(dicts):
+        logger.info("resuming: %d of %d images already labelled in %s",
+                    len(dicts) - len(todo), len(dicts), writer.partial_dir)
+    step = labeler.images_per_batch
+    for s in tqdm(range(0, len(todo), step), disable=not progress, desc="SAM labels"):
+        batch = todo[s : s + step]
+        for d, r in zip(batch, labeler.label(batch)):
+            rec = r.record(d)
+            atomic_write_bytes(os.path.join(rec_dir, _stem_safe(d) + ".json"),
+                               json.dumps(rec).encode())
+            writer.write(d, r.label)
+            if evaluator is not None:
+                evaluator.process([d], [{"sam_label": r.label, "sam_record": rec}])
+    return len(todo)
