@@ -1,0 +1,2 @@
+from .grl import GradientReversal, GradientReversalFunction, grad_reverse, grl_schedule  # noqa: F401
+from .pamr import PAMR  # noqa: F401
