@@ -71,6 +71,7 @@ def add_wsss_config(cfg: CN) -> None:
     _C.WSSS.CAM_SWEEP = (0.0, 0.95, 0.05)  # background thresholds swept by the CAM evaluator
 
     _add_sam_config(_C)
+    _add_pseudo_config(_C)
 
 
 def _add_sam_config(_C: CN) -> None:
@@ -99,3 +100,39 @@ def _add_sam_config(_C: CN) -> None:
     _C.WSSS.SAM.OUTPUT_ROOT = ""  # folder of label rounds ("" = OUTPUT_DIR/pseudo_labels)
     _C.WSSS.SAM.ROUND = 1  # round number the SAM labels are written as
     _C.WSSS.SAM.SAVE_MASKS = True  # keep each box's mask (RLE) in the round's sam_boxes/ records
+
+
+def _add_pseudo_config(_C: CN) -> None:
+    """``WSSS.PSEUDO``: multi-scale CAM inference, CAM -> pseudo labels, label rounds, refresh."""
+    _C.WSSS.PSEUDO = CN()
+    _C.WSSS.PSEUDO.DATASETS = ()  # datasets to label ("()" = DATASETS.TRAIN)
+    _C.WSSS.PSEUDO.ROOT = ""  # folder of label rounds ("" = OUTPUT_DIR/pseudo_labels)
+    _C.WSSS.PSEUDO.CAM_DIR = ""  # folder of per-image CAM .npz files ("" = OUTPUT_DIR/cams)
+    _C.WSSS.PSEUDO.ROUND = 1  # round number tools/make_pseudo_labels.py writes
+    _C.WSSS.PSEUDO.SCALES = (1.0, 0.5, 1.5, 2.0)  # CAM inference scales (IRN protocol)
+    _C.WSSS.PSEUDO.FLIP = True  # CAM inference: add each scale's horizontally flipped CAM
+    _C.WSSS.PSEUDO.IMS_PER_BATCH = 8  # CAM inference: same-size images stacked in one forward
+    _C.WSSS.PSEUDO.NUM_LOADER_WORKERS = 0  # CAM inference: image-decoding processes
+    _C.WSSS.PSEUDO.METHOD = "crf"  # "threshold" | "crf" | "pamr": CAM -> label refinement
+    _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs
+    _C.WSSS.PSEUDO.CONF_FG = 0.30  # "crf"/"pamr": background score giving confident foreground
+    _C.WSSS.PSEUDO.CONF_BG = 0.05  # "crf"/"pamr": background score giving confident background
+    _C.WSSS.PSEUDO.NUM_WORKERS = 0  # CRF process pool size (0 = number of CPU cores, 1 = inline)
+    _C.WSSS.PSEUDO.CRF = CN()  # pydensecrf parameters (IRN's defaults)
+    _C.WSSS.PSEUDO.CRF.ITERATIONS = 10  # mean-field iterations
+    _C.WSSS.PSEUDO.CRF.GT_PROB = 0.7  # confidence of the hard input labels (unary_from_labels)
+    _C.WSSS.PSEUDO.CRF.GAUSSIAN_SXY = 3.0  # smoothness kernel: spatial std (pixels)
+    _C.WSSS.PSEUDO.CRF.GAUSSIAN_COMPAT = 3.0  # smoothness kernel: weight
+    _C.WSSS.PSEUDO.CRF.BILATERAL_SXY = 50.0  # appearance kernel: spatial std (pixels)
+    _C.WSSS.PSEUDO.CRF.BILATERAL_SRGB = 5.0  # appearance kernel: colour std
+    _C.WSSS.PSEUDO.CRF.BILATERAL_COMPAT = 10.0  # appearance kernel: weight
+    _C.WSSS.PSEUDO.PAMR = CN()  # "pamr": pixel-adaptive mask refinement of the CAM scores
+    _C.WSSS.PSEUDO.PAMR.ITERATIONS = 10  # refinement iterations
+    _C.WSSS.PSEUDO.PAMR.DILATIONS = (1, 2, 4, 8, 12, 24)  # affinity kernel dilations
+    _C.WSSS.PSEUDO.PAMR.DOWNSCALE = 1.0  # run PAMR at this fraction of the image size
+    _C.WSSS.PSEUDO.SEG_METHOD = "crf"  # segmentor outputs -> labels: "argmax" | "crf" (tags + bg)
+    _C.WSSS.PSEUDO.TRAIN_ROUND = ""  # round folder training starts on ("" = latest under ROOT)
+    _C.WSSS.PSEUDO.REFRESH = CN()  # PseudoLabelRefreshHook
+    _C.WSSS.PSEUDO.REFRESH.PERIOD = 0  # write round k+1 every PERIOD iterations (0 = never)
+    _C.WSSS.PSEUDO.REFRESH.AT_END = False  # also write a round after the last iteration
+    _C.WSSS.PSEUDO.REFRESH.EVALUATE = True  # score each new round against GT when it exists
