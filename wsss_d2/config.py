@@ -72,6 +72,7 @@ def add_wsss_config(cfg: CN) -> None:
 
     _add_sam_config(_C)
     _add_pseudo_config(_C)
+    _add_plda_config(_C)
 
 
 def _add_sam_config(_C: CN) -> None:
@@ -136,3 +137,27 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.REFRESH.PERIOD = 0  # write round k+1 every PERIOD iterations (0 = never)
     _C.WSSS.PSEUDO.REFRESH.AT_END = False  # also write a round after the last iteration
     _C.WSSS.PSEUDO.REFRESH.EVALUATE = True  # score each new round against GT when it exists
+
+
+def _add_plda_config(_C: CN) -> None:
+    """``MODEL.PLDA``: pixel-level domain adaptation on top of the CAM classifier."""
+    _C.MODEL.PLDA = CN()
+    _C.MODEL.PLDA.ADV_ON = True  # adversarial source-vs-target loss through the GRL (loss_adv)
+    _C.MODEL.PLDA.CPS_ON = True  # confident pseudo-supervision (loss_cps_src, loss_cps_tgt)
+    _C.MODEL.PLDA.CPS_TGT_ON = True  # with CPS_ON: also supervise the target pixels
+    _C.MODEL.PLDA.ASSIGN = "mask"  # domain assignment: "mask" (erase + 2nd forward) | "simple"
+    _C.MODEL.PLDA.THETA = 0.6  # MaskAssign: normalised-CAM threshold of source / target pixels
+    _C.MODEL.PLDA.SIMPLE_HIGH = 0.6  # SimpleAssign: CAM > HIGH is source
+    _C.MODEL.PLDA.SIMPLE_LOW = 0.2  # SimpleAssign: LOW < CAM <= HIGH is target
+    _C.MODEL.PLDA.ADV_LOSS_WEIGHT = 1.0  # weight of loss_adv
+    _C.MODEL.PLDA.CPS_SRC_LOSS_WEIGHT = 1.0  # weight of loss_cps_src
+    _C.MODEL.PLDA.CPS_TGT_LOSS_WEIGHT = 1.0  # weight of loss_cps_tgt
+    _C.MODEL.PLDA.CPS_ALPHA = 0.6  # CPS: confident if prob > ALPHA x the image's max for the class
+    _C.MODEL.PLDA.CPS_MIN_CONFIDENCE = 0.2  # CPS: floor of that dynamic threshold
+    _C.MODEL.PLDA.CPS_UPSAMPLE = 1  # CPS: PAMR + CE at feature resolution x this (1 = paper)
+    _C.MODEL.PLDA.PAMR_ITERS = 10  # PAMR iterations of the CPS pseudo labels
+    _C.MODEL.PLDA.PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # PAMR neighbourhood dilations
+    _C.MODEL.PLDA.DOMAIN_HIDDEN_DIMS = (1024, 512)  # domain classifier base (1x1 convs) widths
+    _C.MODEL.PLDA.DOMAIN_DROPOUT = 0.5  # dropout after each base layer of the domain classifier
+    _C.MODEL.PLDA.GRL_GAMMA = 10.0  # GRLScheduleHook: coeff = 2 / (1 + exp(-GAMMA p)) - 1
+    _C.MODEL.PLDA.GRL_COEFF = 1.0  # GRL coefficient used when no GRLScheduleHook runs

@@ -1,5 +1,6 @@
 """Trainer and hooks."""
 
+from .grl_hook import GRLScheduleHook  # noqa: F401
 from .hooks import HOOK_REGISTRY, build_hooks_from_config
 from .trainer import TRAIN_LOADER_BUILDERS, WSSSTrainer, check_weights_exist
 

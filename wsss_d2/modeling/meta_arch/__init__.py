@@ -1,3 +1,4 @@
 from .cam import CAMClassifier, normalize_cams
+from .plda import PLDA  # noqa: F401
 
 __all__ = ["CAMClassifier", "normalize_cams"]

@@ -1,0 +1,297 @@
+"""PLDA: Pixel-Level Domain Adaptation for WSSS (Du et al., "Pixel-Level Domain Adaptation: A New
+Perspective for Enhancing Weakly Supervised Semantic Segmentation"; official code usr922/plda).
+
+The most discriminative pixels of a class (its CAM peak: the *source* domain) and its other pixels
+(the *target* domain) have different features, so the CAM covers only the former. PLDA adds, on top
+of a CAM classifier:
+
+- a domain assignment: **MaskAssign** (source = normalised CAM > theta; erase the source pixels,
+  run the network again; target = pixels whose masked CAM is still > theta) or **SimpleAssign**
+  (two thresholds on one CAM);
+- an **adversarial loss**: a multi-head (one head per class) domain classifier on the features,
+  behind a gradient reversal layer, so the features become source/target invariant (Eq. 5);
+- **confident pseudo-supervision** (CPS, Eq. 7-8): the CAM (and the masked CAM) refined by PAMR
+  gives a pseudo-label distribution; source (target) pixels whose confidence exceeds
+  ``alpha x`` the image's maximum are supervised with a class-balanced cross-entropy.
+
+Inference is the CAM classifier's, unchanged (``"cam"`` and ``"sem_seg"``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..heads.domain_classifier import MultiHeadDomainClassifier, balanced_domain_loss
+from ..layers.grl import GradientReversal
+from ..layers.pamr import PAMR
+from .cam import CAMClassifier, normalize_cams
+
+__all__ = ["PLDA", "mask_assign", "simple_assign", "cps_pseudo_labels", "balanced_cps_loss"]
+
+_NEG = -1e4  # logit of classes absent from the tags in the CPS softmax (finite: no NaN in CE)
+
+
+def mask_assign(cam: torch.Tensor, masked_cam: torch.Tensor, theta: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskAssign (Sec. III-D).
+
+    Args:
+        cam, masked_cam: (N, K, h, w) max-normalised CAMs of the image and of the image with its
+            source pixels erased, zero for classes not in the tags.
+    Returns:
+        source, target: (N, K, h, w) bool; target excludes source pixels (they were erased).
+    """
+    source = cam > theta
+    target = (masked_cam > theta) & ~source
+    return source, target
+
+
+def simple_assign(cam: torch.Tensor, high: float, low: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimpleAssign: source = CAM > high, target = low < CAM <= high. Shapes as :func:`mask_assign`."""
+    source = cam > high
+    return source, (cam > low) & ~source
+
+
+def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, K, h, w) bool source pixels -> (N, 1, H, W) float, 1 where the image is erased."""
+    return F.interpolate(source.any(1, keepdim=True).float(), size=size, mode="nearest")
+
+
+def cps_pseudo_labels(probs: torch.Tensor, region: torch.Tensor, alpha: float,
+                      min_confidence: float, ignore_value: int = 255) -> torch.Tensor:
+    """Confident pseudo labels of the pixels in ``region`` (Eq. 7-8).
+
+    Args:
+        probs: (N, K+1, h, w) refined pseudo-label distribution (channel 0 = background), zero
+            for absent classes.
+        region: (N, K, h, w) bool, the source (or target) pixels of each class.
+    Returns:
+        (N, h, w) long: class id in 1..K for pixels of ``region`` whose probability for exactly
+        one foreground class exceeds ``max(alpha x that class's image maximum, min_confidence)``,
+        ``ignore_value`` elsewhere.
+    """
+    fg = probs[:, 1:]
+    thr = (alpha * fg.flatten(2).amax(-1)).clamp(min=min_confidence)[..., None, None]
+    confident = (fg > thr) & region
+    unique = confident.sum(1) == 1  # ambiguous pixels (two confident classes) are dropped
+    labels = confident.float().argmax(1) + 1
+    return torch.where(unique, labels, torch.full_like(labels, ignore_value))
+
+
+def balanced_cps_loss(logits: torch.Tensor, labels: torch.Tensor,
+                      ignore_value: int = 255) -> torch.Tensor:
+    """Class-balanced cross-entropy: in every image each pseudo-labelled class weighs the same
+    whatever its pixel count; the mean over images with labelled pixels (exactly 0, attached to
+    the graph, when there are none).
+
+    Args:
+        logits: (N, K+1, h, w); labels: (N, h, w) long with ``ignore_value``.
+    """
+    n, c = logits.shape[:2]
+    valid = labels != ignore_value
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits.float(), labels.masked_fill(~valid, 0), reduction="none")
+    onehot = F.one_hot(labels.masked_fill(~valid, 0), c).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid[:, None].float()
+    counts = onehot.flatten(2).sum(-1)  # (N, C)
+    sums = (onehot * ce[:, None]).flatten(2).sum(-1)
+    present = counts > 0
+    per_image = (sums / counts.clamp(min=1)).sum(1) / present.sum(1).clamp(min=1)
+    has = present.any(1)
+    return per_image[has].mean()
+
+
+@META_ARCH_REGISTRY.register()
+class PLDA(CAMClassifier):
+    """CAM classifier + pixel-level domain adaptation (training only; inference is inherited).
+
+    Training input as :class:`CAMClassifier`; output: ``loss_cls`` plus, when switched on,
+    ``loss_adv``, ``loss_cps_src`` and ``loss_cps_tgt``. With everything off it *is* the CAM
+    baseline, so the ablation runs from configs alone.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        adv_on: bool = True,
+        cps_on: bool = True,
+        cps_tgt_on: bool = True,
+        assign: str = "mask",
+        theta: float = 0.6,
+        simple_high: float = 0.6,
+        simple_low: float = 0.2,
+        adv_loss_weight: float = 1.0,
+        cps_src_loss_weight: float = 1.0,
+        cps_tgt_loss_weight: float = 1.0,
+        cps_alpha: float = 0.6,
+        cps_min_confidence: float = 0.2,
+        cps_upsample: int = 1,
+        pamr_iters: int = 10,
+        pamr_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+        domain_hidden_dims: Sequence[int] = (1024, 512),
+        domain_dropout: float = 0.5,
+        grl_coeff: float = 1.0,
+        ignore_value: int = 255,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if assign not in ("mask", "simple"):
+            raise ValueError(f"MODEL.PLDA.ASSIGN must be 'mask' or 'simple', got '{assign}'")
+        self.adv_on, self.cps_on, self.cps_tgt_on = adv_on, cps_on, cps_tgt_on
+        self.assign = assign
+        self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
+        self.adv_loss_weight = adv_loss_weight
+        self.cps_src_loss_weight = cps_src_loss_weight
+        self.cps_tgt_loss_weight = cps_tgt_loss_weight
+        self.cps_alpha, self.cps_min_confidence = cps_alpha, cps_min_confidence
+        self.cps_upsample = int(cps_upsample)
+        self.ignore_value = ignore_value
+        self.pamr = PAMR(pamr_iters, pamr_dilations)
+        self.grl = GradientReversal(grl_coeff)
+        channels = self.backbone.output_shape()[self.in_feature].channels
+        # built even when adv is off, so checkpoints of every ablation load into every other
+        self.domain_classifier = MultiHeadDomainClassifier(
+            channels, self.num_classes, domain_hidden_dims, domain_dropout)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        p = cfg.MODEL.PLDA
+        ret.update({
+            "adv_on": p.ADV_ON,
+            "cps_on": p.CPS_ON,
+            "cps_tgt_on": p.CPS_TGT_ON,
+            "assign": p.ASSIGN,
+            "theta": p.THETA,
+            "simple_high": p.SIMPLE_HIGH,
+            "simple_low": p.SIMPLE_LOW,
+            "adv_loss_weight": p.ADV_LOSS_WEIGHT,
+            "cps_src_loss_weight": p.CPS_SRC_LOSS_WEIGHT,
+            "cps_tgt_loss_weight": p.CPS_TGT_LOSS_WEIGHT,
+            "cps_alpha": p.CPS_ALPHA,
+            "cps_min_confidence": p.CPS_MIN_CONFIDENCE,
+            "cps_upsample": p.CPS_UPSAMPLE,
+            "pamr_iters": p.PAMR_ITERS,
+            "pamr_dilations": p.PAMR_DILATIONS,
+            "domain_hidden_dims": p.DOMAIN_HIDDEN_DIMS,
+            "domain_dropout": p.DOMAIN_DROPOUT,
+            "grl_coeff": p.GRL_COEFF,
+            "ignore_value": cfg.MODEL.IGNORE_VALUE,
+        })
+        return ret
+
+    # ------------------------------------------------------------------ pieces
+    def normalized_cam(self, logits: torch.Tensor, tags: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+        """(N, K, h, w) logits -> max-normalised, detached CAMs, zero off-tag and in padding."""
+        cam = F.relu(logits.detach()) * tags[:, :, None, None] * valid
+        return normalize_cams(cam)
+
+    def pseudo_distribution(self, image: torch.Tensor, cam: torch.Tensor,
+                            tags: torch.Tensor) -> torch.Tensor:
+        """PAMR-refined (N, K+1, h, w) distribution from a normalised CAM (N, K, h, w).
+
+        Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR on
+        the image resized to the CAM's resolution, then restricted to bg + the image's tags.
+        """
+        bg = 1.0 - cam.amax(1, keepdim=True)
+        scores = torch.cat([bg, cam], 1)
+        probs = scores / scores.sum(1, keepdim=True).clamp(min=1e-5)
+        probs = self.pamr(image, probs)
+        keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
+        return probs * keep
+
+    def cps_logits(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        """(N, K, h, w) class logits -> (N, K+1, h, w): a constant 0 background logit in front,
+        absent classes pushed to ``_NEG``. A supervised pixel of class k must have logit_k > 0
+        (CAM fires there) and above the other tagged classes."""
+        bg = torch.zeros_like(logits[:, :1])
+        absent = (1.0 - tags)[:, :, None, None] * _NEG
+        return torch.cat([bg, logits + absent], 1)
+
+    def _upsample(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        if self.cps_upsample == 1:
+            return x
+        if mode == "nearest":
+            return F.interpolate(x.float(), scale_factor=self.cps_upsample, mode="nearest")
+        return F.interpolate(x, scale_factor=self.cps_upsample, mode="bilinear",
+                             align_corners=False)
+
+    def adversarial_loss(self, features: torch.Tensor, source: torch.Tensor,
+                         target: torch.Tensor) -> torch.Tensor:
+        """Per-class source (0) vs target (1) domain loss on GRL'd features (Eq. 5).
+
+        features: (N, C, h, w); source, target: (N, K, h, w) bool.
+        """
+        n, k, h, w = source.shape
+        feats = self.grl(features)
+        idx_s = source.permute(0, 2, 3, 1).reshape(-1, k).nonzero()  # (Ms, 2): pixel, class
+        idx_t = target.permute(0, 2, 3, 1).reshape(-1, k).nonzero()
+        pix = torch.cat([idx_s[:, 0], idx_t[:, 0]])
+        cls = torch.cat([idx_s[:, 1], idx_t[:, 1]])
+        dom = torch.cat([torch.zeros_like(idx_s[:, 0]), torch.ones_like(idx_t[:, 0])])
+        logits = self.domain_classifier(feats, pix, cls)
+        groups = (pix // (h * w)) * k + cls  # one group per (image, class)
+        return balanced_domain_loss(logits, dom, groups)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: list[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        tags = self.tag_targets(batched_inputs)
+        x = images.tensor
+        features = self.extract_features(x)
+        logits = self.cam_logits(features)
+        valid = self.valid_mask(images, logits.shape[-2:])
+        scores = self.pool(logits, valid)
+        losses = {"loss_cls": self.loss_weight * self.classification_loss(scores, tags)}
+        if not (self.adv_on or self.cps_on):
+            return losses
+
+        cam = self.normalized_cam(logits, tags, valid)
+        masked_cam = None
+        if self.assign == "mask":
+            source = cam > self.theta
+            # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
+            # pass only assigns domains and makes pseudo labels, so it needs no graph
+            with torch.no_grad():
+                x_masked = x * (1.0 - erase_mask(source, x.shape[-2:]))
+                masked_logits = self.cam_logits(self.extract_features(x_masked))
+            masked_cam = self.normalized_cam(masked_logits, tags, valid)
+            source, target = mask_assign(cam, masked_cam, self.theta)
+        else:
+            source, target = simple_assign(cam, self.simple_high, self.simple_low)
+
+        if self.adv_on:
+            losses["loss_adv"] = self.adv_loss_weight * self.adversarial_loss(
+                features, source, target)
+
+        if self.cps_on:
+            up_logits = self.cps_logits(self._upsample(logits), tags)
+            with torch.no_grad():
+                src_probs = self.pseudo_distribution(x, self._upsample(cam), tags)
+                src_region = self._upsample(source, "nearest") > 0.5
+                src_labels = cps_pseudo_labels(src_probs, src_region, self.cps_alpha,
+                                               self.cps_min_confidence, self.ignore_value)
+            losses["loss_cps_src"] = self.cps_src_loss_weight * balanced_cps_loss(
+                up_logits, src_labels, self.ignore_value)
+            if self.cps_tgt_on:
+                with torch.no_grad():
+                    # symmetric (Eq. 8): the masked CAM (or, for SimpleAssign, the CAM) refined
+                    tgt_cam = masked_cam if masked_cam is not None else cam
+                    tgt_probs = self.pseudo_distribution(x, self._upsample(tgt_cam), tags)
+                    tgt_region = self._upsample(target, "nearest") > 0.5
+                    tgt_labels = cps_pseudo_labels(tgt_probs, tgt_region, self.cps_alpha,
+                                                   self.cps_min_confidence, self.ignore_value)
+                losses["loss_cps_tgt"] = self.cps_tgt_loss_weight * balanced_cps_loss(
+                    up_logits, tgt_labels, self.ignore_value)
+        return losses
