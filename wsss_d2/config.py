@@ -57,8 +57,9 @@ def add_wsss_config(cfg: CN) -> None:
 
     _C.MODEL.SEG_HEAD = CN()  # DeepLab-v2 head (SEM_SEG_HEADS_REGISTRY "DeepLabV2Head")
     _C.MODEL.SEG_HEAD.TYPE = "LargeFOV"  # "LargeFOV" | "ASPP"
-    _C.MODEL.SEG_HEAD.DILATIONS = (6, 12, 18, 24)  # ASPP branches' dilations (LargeFOV uses 12)
-    _C.MODEL.SEG_HEAD.CONV_DIMS = 1024  # LargeFOV fc6/fc7 width
+    _C.MODEL.SEG_HEAD.DILATIONS = (6, 12, 18, 24)  # ASPP branches' dilations
+    _C.MODEL.SEG_HEAD.FOV_DILATION = 12  # LargeFOV: dilation of the 3x3 conv (fc6 or classifier)
+    _C.MODEL.SEG_HEAD.CONV_DIMS = 1024  # fc6/fc7 width; 0 = the dilated 3x3 conv is the classifier
     _C.MODEL.SEG_HEAD.DROPOUT = 0.5  # dropout before the classifier
     _C.MODEL.SEG_HEAD.TEST_SCALES = (1.0,)  # inference: multi-scale scales
     _C.MODEL.SEG_HEAD.TEST_FLIP = False  # inference: add flipped predictions

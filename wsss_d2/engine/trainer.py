@@ -14,6 +14,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.file_io import PathManager
 
 from ..data.mappers import build_mapper
+from ..data.pseudo_round import load_train_dicts
 from ..evaluation.registry import build_evaluators
 from .hooks import build_hooks_from_config
 
@@ -42,7 +43,8 @@ class WSSSTrainer(DefaultTrainer):
                 raise KeyError(f"DATALOADER.PAIR_SAMPLING='{cfg.DATALOADER.PAIR_SAMPLING}' is not "
                                f"one of {sorted(TRAIN_LOADER_BUILDERS)}")
             return TRAIN_LOADER_BUILDERS[cfg.DATALOADER.PAIR_SAMPLING](cfg, mapper)
-        return build_detection_train_loader(cfg, mapper=mapper)
+        # the dicts carry the training pseudo-label round (WSSS.PSEUDO.TRAIN_ROUND / latest)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=load_train_dicts(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -1,4 +1,5 @@
 from .cam import CAMClassifier, normalize_cams
+from .segmentor import WSSSSegmentor  # noqa: F401
 from .plda import PLDA  # noqa: F401
 
 __all__ = ["CAMClassifier", "normalize_cams"]
