@@ -430,3 +430,30 @@ def test_coco_tiny_registration(tmp_path):
         k: sorted(v) for k, v in expected_voc.items()
     }
     assert MetadataCatalog.get("t_coco_tiny_voc_train_tags").thing_classes == list(VOC_CLASSES)
+
+
+def test_coco_read_only_dataset_falls_back_to_cache(coco_tree, tmp_path, monkeypatch):
+    json_file, img_root = coco_tree
+    parent = os.path.dirname(img_root)
+    monkeypatch.setenv("WSSS_D2_CACHE", str(tmp_path / "cache"))
+    os.chmod(parent, 0o555)  # a read-only dataset copy (even root must not write there)
+    try:
+        root = default_sem_seg_root(json_file, img_root, 3)
+    finally:
+        os.chmod(parent, 0o755)
+    assert root.startswith(str(tmp_path / "cache"))
+
+
+def test_coco_tiny_builtin_names_resolve_at_load_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS"):
+        DatasetCatalog.get("coco_tiny_val_tags")
+    if not COCO_TINY.is_dir():
+        pytest.skip("coco_tiny is not available")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "coco_tiny").symlink_to(COCO_TINY)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "ds"))
+    monkeypatch.setenv("WSSS_D2_CACHE", str(tmp_path / "cache"))
+    dicts = DatasetCatalog.get("coco_tiny_voc_val_tags")
+    assert len(dicts) > 0 and all(1 <= t <= 20 for d in dicts for t in d["tags"])
+    assert all(os.path.isfile(d["sem_seg_file_name"]) for d in dicts)

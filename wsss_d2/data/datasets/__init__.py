@@ -1,8 +1,9 @@
 """Tag datasets; importing this module registers the builtin ones (no I/O happens here).
 
 Builtin names: ``voc_2012_{train_aug,train,val}_tags`` (:mod:`.voc`),
-``coco_2014_{train,val}_tags`` (:mod:`.coco`), ``coco_tiny_*`` when
-``$DETECTRON2_DATASETS/coco_tiny`` exists, and the generated ``toyparts_*`` (:mod:`.toyparts`).
+``coco_2014_{train,val}_tags`` and ``coco_tiny_{,voc_}{train,val}_tags`` (:mod:`.coco`), all
+resolved under ``$DETECTRON2_DATASETS`` when first loaded, and the generated ``toyparts_*``
+(:mod:`.toyparts`).
 Own data: :func:`register_coco_tags` (any COCO JSON), :func:`register_folder_tags` (a folder
 and a CSV/JSON tags file), :func:`register_voc_tags` (a VOC-layout folder).
 """

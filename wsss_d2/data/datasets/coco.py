@@ -86,6 +86,17 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
+def _writable(folder: str) -> bool:
+    """Whether ``folder`` may be written to. A folder without any write permission bit counts
+    as read-only even for root (for whom ``os.access`` always says yes): a dataset copy marked
+    read-only is not to be written into."""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK) and bool(mode & 0o222)
+
+
 def default_sem_seg_root(
     json_file: str, image_root: str, num_classes: int, class_names: Sequence[str] | None = None
 ) -> str:
@@ -95,7 +106,7 @@ def default_sem_seg_root(
         tag += "_" + _sha8("\n".join(class_names))
     stem = os.path.splitext(os.path.basename(json_file))[0]
     preferred = os.path.join(os.path.dirname(os.path.abspath(image_root)), tag, stem)
-    if os.path.isdir(preferred) or os.access(_nearest_existing(preferred), os.W_OK):
+    if os.path.isdir(preferred) or _writable(_nearest_existing(preferred)):
         return preferred
     cache = os.path.expanduser(os.getenv("WSSS_D2_CACHE", os.path.join("~", ".cache", "wsss_d2")))
     fallback = os.path.join(
@@ -322,6 +333,20 @@ def _replace(name: str) -> None:
         MetadataCatalog.remove(name)
 
 
+def _coco_tiny_specs(prefix: str):
+    """(name, split, class_names, metadata names) of the four coco_tiny datasets."""
+    for split in ("train", "val"):
+        yield f"{prefix}_{split}_tags", split, None, COCO_CLASSES  # all 80 categories
+        yield f"{prefix}_voc_{split}_tags", split, VOC_COCO_NAMES, VOC_CLASSES
+
+
+def _coco_tiny_paths(root: str, split: str) -> tuple[str, str]:
+    return (
+        os.path.join(root, "annotations", f"instances_{split}2017.json"),
+        os.path.join(root, "images", f"{split}2017"),
+    )
+
+
 def register_coco_tiny(
     root: str, sem_seg_root: str | None = None, prefix: str = "coco_tiny"
 ) -> None:
@@ -333,41 +358,44 @@ def register_coco_tiny(
     as :func:`default_sem_seg_root`. Earlier registrations of these names are replaced.
     """
     require_dir(root, "coco_tiny")
-    for split in ("train", "val"):
-        json_file = os.path.join(root, "annotations", f"instances_{split}2017.json")
-        image_root = os.path.join(root, "images", f"{split}2017")
-        for variant, names, meta in (
-            ("", None, COCO_CLASSES),  # coco_tiny keeps all 80 categories
-            ("_voc", VOC_COCO_NAMES, VOC_CLASSES),
-        ):
-            name = f"{prefix}{variant}_{split}_tags"
-            _replace(name)
-            register_coco_tags(
-                name, json_file, image_root,
-                sem_seg_root=os.path.join(sem_seg_root, name) if sem_seg_root else None,
-                class_names=names, metadata_names=meta,
-            )  # fmt: skip
-
-
-def _register_builtin_coco(name: str, image_dir: str, json_rel: str) -> None:
-    def load() -> list[dict]:
-        coco_root = require_dir(os.path.join(datasets_root(), "coco"), "MS COCO 2014 (coco/)")
-        return load_coco_tags(
-            os.path.join(coco_root, json_rel), os.path.join(coco_root, image_dir), name
-        )
-
-    DatasetCatalog.register(name, load)
-    set_tag_metadata(name, COCO_CLASSES)
+    for name, split, class_names, meta in _coco_tiny_specs(prefix):
+        json_file, image_root = _coco_tiny_paths(root, split)
+        _replace(name)
+        register_coco_tags(
+            name, json_file, image_root,
+            sem_seg_root=os.path.join(sem_seg_root, name) if sem_seg_root else None,
+            class_names=class_names, metadata_names=meta,
+        )  # fmt: skip
 
 
 def register_all_coco_tags() -> None:
-    """Builtin ``coco_2014_{train,val}_tags`` (lazy) and coco_tiny if it is in the datasets root."""
-    for name, image_dir, json_rel in (
-        ("coco_2014_train_tags", "train2014", "annotations/instances_train2014.json"),
-        ("coco_2014_val_tags", "val2014", "annotations/instances_val2014.json"),
-    ):
+    """Builtin ``coco_2014_{train,val}_tags`` and ``coco_tiny_*`` (registration only).
+
+    Their folders (``$DETECTRON2_DATASETS/coco`` and ``$DETECTRON2_DATASETS/coco_tiny``) are
+    resolved when a dataset is loaded, so the variable may be set after import.
+    """
+
+    def builtin(name, sub, what, paths, class_names, meta):
+        def load() -> list[dict]:
+            root = require_dir(os.path.join(datasets_root(), sub), what)
+            json_file, image_root = paths(root)
+            return load_coco_tags(json_file, image_root, name, class_names=class_names)
+
         if name not in DatasetCatalog.list():
-            _register_builtin_coco(name, image_dir, json_rel)
-    tiny = os.path.join(datasets_root(), "coco_tiny")
-    if os.path.isdir(tiny) and "coco_tiny_train_tags" not in DatasetCatalog.list():
-        register_coco_tiny(tiny)
+            DatasetCatalog.register(name, load)
+            set_tag_metadata(name, meta)
+
+    for split in ("train", "val"):
+        builtin(
+            f"coco_2014_{split}_tags", "coco", "MS COCO 2014 (coco/)",
+            lambda root, s=split: (
+                os.path.join(root, "annotations", f"instances_{s}2014.json"),
+                os.path.join(root, f"{s}2014"),
+            ),
+            None, COCO_CLASSES,
+        )  # fmt: skip
+    for name, split, class_names, meta in _coco_tiny_specs("coco_tiny"):
+        builtin(
+            name, "coco_tiny", "coco_tiny",
+            lambda root, s=split: _coco_tiny_paths(root, s), class_names, meta,
+        )  # fmt: skip
