@@ -457,3 +457,20 @@ def test_coco_tiny_builtin_names_resolve_at_load_time(tmp_path, monkeypatch):
     dicts = DatasetCatalog.get("coco_tiny_voc_val_tags")
     assert len(dicts) > 0 and all(1 <= t <= 20 for d in dicts for t in d["tags"])
     assert all(os.path.isfile(d["sem_seg_file_name"]) for d in dicts)
+
+
+def test_coco_masks_painted_by_a_process_pool_match_serial(coco_tree, tmp_path, monkeypatch):
+    import wsss_d2.data.datasets.coco as coco_mod
+
+    json_file, img_root = coco_tree
+    serial = coco_mod.load_coco_tags(
+        json_file, img_root, _name("s"), str(tmp_path / "s"), num_workers=1
+    )
+    monkeypatch.setattr(coco_mod, "_POOL_MIN_IMAGES", 0)
+    pooled = coco_mod.load_coco_tags(
+        json_file, img_root, _name("p"), str(tmp_path / "p"), num_workers=2
+    )
+    for a, b in zip(serial, pooled):
+        assert np.array_equal(
+            read_label_png(a["sem_seg_file_name"]), read_label_png(b["sem_seg_file_name"])
+        )

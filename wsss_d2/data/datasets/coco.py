@@ -72,6 +72,9 @@ VOC_COCO_NAMES = (
 )  # fmt: skip
 
 
+_POOL_MIN_IMAGES = 256  # below this a process pool costs more than it saves
+
+
 def _sha8(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
@@ -194,8 +197,13 @@ def _image_size(path: str) -> tuple[int, int]:
     return h, w
 
 
-def _ensure_sem_seg(dicts: list[dict], raw_anns: dict, json_file: str, name: str) -> None:
-    """Generate the missing semantic PNGs of ``dicts`` and check the cached ones' sizes."""
+def _ensure_sem_seg(
+    dicts: list[dict], raw_anns: dict, json_file: str, name: str, num_workers: int | None = None
+) -> None:
+    """Generate the missing semantic PNGs of ``dicts`` and check the cached ones' sizes.
+
+    Large sets are painted by a process pool of ``num_workers`` (default ``min(8, CPUs)``).
+    """
     todo = []
     for d in dicts:
         png = d["sem_seg_file_name"]
@@ -217,19 +225,37 @@ def _ensure_sem_seg(dicts: list[dict], raw_anns: dict, json_file: str, name: str
         len(todo),
         os.path.dirname(todo[0]["sem_seg_file_name"]),
     )
-    for d in tqdm(todo, desc=f"{name}: semantic GT from instances"):
-        if not PathManager.isfile(d["file_name"]):
-            raise FileNotFoundError(
-                f"{name}: image {d['file_name']} listed in {json_file} is missing"
-            )
-        hw = _image_size(d["file_name"])
-        if hw != (d["height"], d["width"]):
-            raise ValueError(
-                f"{name}: image {d['file_name']} is {hw[1]}x{hw[0]} (WxH) but {json_file} says "
-                f"{d['width']}x{d['height']}"
-            )
-        label = instances_to_label(raw_anns[d["image_id"]], hw[0], hw[1], where=d["file_name"])
-        save_label_png(d["sem_seg_file_name"], label)
+    jobs = [
+        (d["file_name"], d["sem_seg_file_name"], d["height"], d["width"], raw_anns[d["image_id"]],
+         json_file, name)
+        for d in todo
+    ]  # fmt: skip
+    workers = min(num_workers if num_workers is not None else 8, os.cpu_count() or 1, len(jobs))
+    desc = f"{name}: semantic GT from instances"
+    if workers <= 1 or len(jobs) < _POOL_MIN_IMAGES:
+        for job in tqdm(jobs, desc=desc):
+            _paint_one(job)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for _ in tqdm(pool.imap_unordered(_paint_one, jobs, chunksize=16), total=len(jobs),
+                      desc=desc):  # fmt: skip
+            pass
+
+
+def _paint_one(job: tuple) -> None:
+    """Paint and save one image's semantic PNG (a pool task: plain arguments, no COCO object)."""
+    file_name, png, height, width, anns, json_file, name = job
+    if not PathManager.isfile(file_name):
+        raise FileNotFoundError(f"{name}: image {file_name} listed in {json_file} is missing")
+    hw = _image_size(file_name)
+    if hw != (height, width):
+        raise ValueError(
+            f"{name}: image {file_name} is {hw[1]}x{hw[0]} (WxH) but {json_file} says "
+            f"{width}x{height}"
+        )
+    save_label_png(png, instances_to_label(anns, height, width, where=file_name))
 
 
 def load_coco_tags(
@@ -238,8 +264,12 @@ def load_coco_tags(
     name: str = "coco",
     sem_seg_root: str | None = None,
     class_names: Sequence[str] | None = None,
+    num_workers: int | None = None,
 ) -> list[dict]:
-    """Load a COCO-format JSON as tag dataset dicts; generate semantic PNGs (module docstring)."""
+    """Load a COCO-format JSON as tag dataset dicts; generate semantic PNGs (module docstring).
+
+    ``num_workers``: processes that paint missing PNGs (default ``min(8, CPUs)``; 1 = serial).
+    """
     from pycocotools.coco import COCO
 
     if not PathManager.isfile(json_file):
@@ -291,7 +321,7 @@ def load_coco_tags(
     if dropped:
         logger.info("%s: dropped %d instances of categories outside the class list", name, dropped)
     dicts = keep_images_with_tags(dicts, name)
-    _ensure_sem_seg(dicts, raw_anns, json_file, name)
+    _ensure_sem_seg(dicts, raw_anns, json_file, name, num_workers)
     return dicts
 
 
