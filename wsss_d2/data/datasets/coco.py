@@ -21,8 +21,10 @@ become 255 (ignore). The default ``sem_seg_root`` is ``<image_root>/../sem_seg_t
 stem>/`` (``sem_seg_tags_<K>_<hash of class_names>`` for a class subset); when that folder cannot
 be written (a read-only dataset copy) it falls back to ``$WSSS_D2_CACHE`` (default
 ``~/.cache/wsss_d2``)``/coco_sem_seg/...``. PNGs are generated when the dataset is first loaded
-(``DatasetCatalog.get``), with a progress bar; every process writes atomically, so concurrent
-loaders are safe.
+(``DatasetCatalog.get``), with a progress bar and a process pool for large sets; every process
+writes atomically, so concurrent loaders (one per GPU rank) are safe, if redundant. The cache is
+keyed by the JSON's name and the class list, not its content: delete the folder after editing
+the annotations. A cached PNG whose size differs from its image is an error naming both.
 """
 
 from __future__ import annotations
