@@ -169,69 +169,69 @@ def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu
     return model.to(device).eval()
 
 
-def paste_masks(masks: torch.Tensor, classes: Sequence[int], scores: Sequence[float],
+def paste_masks(masks, classes: Sequence[int], scores: Sequence[float],
                 keep: Sequence[bool] | None = None, ignore_dropped: bool = False,
-                ignore_label: int = IGNORE_LABEL) -> tuple[torch.Tensor, dict]:
+                ignore_label: int = IGNORE_LABEL) -> tuple[np.ndarray, dict]:
     """Paste binary masks into a semantic label map, resolving overlaps by score then area.
 
+    Runs in numpy: one device-to-host copy per image (the label, the statistics and the RLE
+    all need host memory), and numpy's boolean reductions and masked writes are several times
+    faster than torch's on CPU.
+
     Args:
-        masks: (N, H, W) bool.
+        masks: (N, H, W) bool, numpy or torch.
         classes: (N,) class ids 1..K.
         scores: (N,) overlap scores; where kept masks overlap, the highest score wins, and
             between equal scores the smaller mask (a small object in front of a large one).
         keep: (N,) bool, masks to paste (default all). Dropped masks paste nothing; with
             ``ignore_dropped`` the pixels covered only by dropped masks become ``ignore_label``.
     Returns:
-        label: (H, W) uint8 on the masks' device, 0 where no kept mask covers the pixel.
+        label: (H, W) uint8, 0 where no kept mask covers the pixel.
         info: ``areas`` (N,) mask pixels, ``won`` (N,) pixels each mask got in the label,
         ``overlap_pixels`` covered by >= 2 kept masks, ``conflict_pixels`` covered by kept
         masks of >= 2 different classes (where the resolution changes the semantics).
     """
-    n = masks.shape[0]
-    h, w = masks.shape[-2:]
-    dev = masks.device
-    classes_t = torch.as_tensor(np.asarray(classes, np.int64).reshape(n), device=dev)
-    scores_t = torch.as_tensor(np.asarray(scores, np.float64).reshape(n), device=dev)
-    keep_t = (
-        torch.ones(n, dtype=torch.bool, device=dev) if keep is None
-        else torch.as_tensor(np.asarray(keep, bool).reshape(n), device=dev)
-    )
-    label = torch.zeros((h, w), dtype=torch.uint8, device=dev)
-    areas = masks.flatten(1).sum(1) if n else torch.zeros(0, dtype=torch.long, device=dev)
-    info = {"areas": areas.cpu().numpy(), "won": np.zeros(n, np.int64),
-            "overlap_pixels": 0, "conflict_pixels": 0}
-    if n == 0:
-        return label, info
-    if ignore_dropped and (~keep_t).any():
-        label[masks[~keep_t].any(0)] = ignore_label
-    kept = torch.nonzero(keep_t).flatten()
+    if isinstance(masks, torch.Tensor):
+        masks = masks.cpu().numpy()
+    masks = np.asarray(masks, bool)
+    n, h, w = masks.shape
+    classes = np.asarray(classes, np.int64).reshape(n)
+    scores = np.asarray(scores, np.float64).reshape(n)
+    keep = np.ones(n, bool) if keep is None else np.asarray(keep, bool).reshape(n)
+    label = np.zeros((h, w), np.uint8)
+    areas = masks.reshape(n, h * w).sum(1)
+    info = {"areas": areas, "won": np.zeros(n, np.int64), "overlap_pixels": 0,
+            "conflict_pixels": 0}
+    if ignore_dropped and (~keep).any():
+        label[np.logical_or.reduce(masks[~keep], axis=0)] = ignore_label
+    kept = np.flatnonzero(keep)
     if len(kept) == 0:
         return label, info
-    # paint from the weakest to the strongest mask, so the strongest ends on top; sort by
-    # (score asc, area desc) with a stable sort on the secondary key first
-    order = kept[torch.argsort(-areas[kept], stable=True)]
-    order = order[torch.argsort(scores_t[order], stable=True)]
-    owner = torch.full((h, w), -1, dtype=torch.long, device=dev)
-    for i in order.tolist():
+    # paint from the weakest to the strongest mask so that the strongest ends on top:
+    # lexsort's last key is the primary one (score ascending, then area descending)
+    order = kept[np.lexsort((-areas[kept], scores[kept]))]
+    owner = np.full((h, w), -1, np.int64)
+    for i in order:
         owner[masks[i]] = i
     fg = owner >= 0
-    label[fg] = classes_t[owner[fg]].to(torch.uint8)
-    info["won"] = torch.bincount(owner[fg], minlength=n).cpu().numpy()
+    label[fg] = classes[owner[fg]]
+    info["won"] = np.bincount(owner[fg], minlength=n)
     if len(kept) > 1:
         km = masks[kept]
-        info["overlap_pixels"] = int((km.sum(0) >= 2).sum())
-        kc = classes_t[kept]
-        per_class = torch.stack([km[kc == c].any(0) for c in torch.unique(kc)])
-        info["conflict_pixels"] = int((per_class.sum(0) >= 2).sum())
+        info["overlap_pixels"] = int((km.sum(0, dtype=np.uint16) >= 2).sum())
+        kc = classes[kept]
+        if len(np.unique(kc)) > 1:
+            per_class = np.stack([np.logical_or.reduce(km[kc == c], 0) for c in np.unique(kc)])
+            info["conflict_pixels"] = int((per_class.sum(0, dtype=np.uint16) >= 2).sum())
     return label, info
 
 
-def _masks_to_rle(masks: torch.Tensor) -> list[dict]:
+def _masks_to_rle(masks: np.ndarray) -> list[dict]:
     from pycocotools import mask as mask_util
 
     if masks.shape[0] == 0:
         return []
-    arr = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
+    arr = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
     rles = mask_util.encode(arr)
     return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
 
@@ -413,18 +413,17 @@ class SamBoxLabeler:
         return torch.cat(masks), torch.cat(scores)
 
     # ------------------------------------------------------------------ whole images
-    def assemble(self, boxes: ImageBoxes, masks: torch.Tensor, mask_scores: torch.Tensor,
-                 hw: tuple[int, int]) -> SamLabelResult:
-        """Paste one image's masks into its label map (see :func:`paste_masks`)."""
+    def assemble(self, boxes: ImageBoxes, masks: torch.Tensor | None,
+                 mask_scores: torch.Tensor, hw: tuple[int, int]) -> SamLabelResult:
+        """Paste one image's masks ((N, H, W) bool, None when N = 0) into its label map."""
         ms = mask_scores.float().cpu().numpy()
         keep = ms >= self.mask_min_score
         paste_scores = ms * boxes.scores if self.score_by_box else ms
-        if len(boxes) == 0:
-            masks = torch.zeros((0, *hw), dtype=torch.bool, device=self.device)
+        masks = np.zeros((0, *hw), bool) if masks is None else masks.cpu().numpy()
         label, info = paste_masks(masks, boxes.classes, paste_scores, keep,
                                   ignore_dropped=self.ignore_low_score)
         return SamLabelResult(
-            label=label.cpu().numpy(), boxes=boxes, mask_scores=ms, kept=keep,
+            label=label, boxes=boxes, mask_scores=ms, kept=keep,
             areas=info["areas"], won=info["won"], overlap_pixels=info["overlap_pixels"],
             conflict_pixels=info["conflict_pixels"],
             masks_rle=_masks_to_rle(masks) if self.save_masks else None,
