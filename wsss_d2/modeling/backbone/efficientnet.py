@@ -24,7 +24,8 @@ res5    1280      32 / 16             stages 6-7 **and the 1x1 head conv (320 ->
 
 ``res5`` is the 1280-channel head output (conv + BN + ReLU6), the features the ImageNet
 classifier was trained on, so a CAM classifier (``MODEL.CAM.IN_FEATURE: res5``) sees the same
-representation; ``res5_pre_head`` (320 channels, same stride) is returned too. With
+representation; ``res5_pre_head`` (the 320-channel last stage, same stride) can be asked for
+through ``out_features``. With
 ``MODEL.EFFICIENTNET.OUTPUT_STRIDE: 16`` the last stride-2 stage (192 channels) keeps stride 1 and
 it and the following stage use dilation 2, as DeepLab does with ResNet's last stage.
 
@@ -142,7 +143,16 @@ class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 feature extractor (see the module docstring for the features)."""
 
     def __init__(self, output_stride: int = 32, freeze_at: int = 0,
-                 out_features: tuple[str, ...] | None = None):  # fmt: skip
+                 out_features: tuple[str, ...] | None = None,
+                 weights: str | None = None):  # fmt: skip
+        """
+        Args:
+            output_stride: 32, or 16 to dilate the last stride-2 stage.
+            freeze_at: how many of (stem, res2, res3, res4, res5) to freeze (0 = none).
+            out_features: names returned by ``forward`` (default stem, res2..res5).
+            weights: a checkpoint in the package's format (e.g. :func:`lite0_weights_path`),
+                loaded strictly before freezing; None = random initialisation.
+        """
         super().__init__()
         if output_stride not in (16, 32):
             raise ValueError(
@@ -182,6 +192,9 @@ class EfficientNetLite0(Backbone):
         if unknown:
             raise ValueError(f"unknown EfficientNet features {sorted(unknown)}")
         self.freeze_at = freeze_at
+        if weights:
+            self.load_pretrained(weights)
+        self.freeze(freeze_at)
 
     # ------------------------------------------------------------------ weights / freezing
     def _group_modules(self, name: str) -> list[nn.Module]:
@@ -196,9 +209,13 @@ class EfficientNetLite0(Backbone):
             mods += [self._conv_head, self._bn1]
         return mods
 
-    def freeze(self, freeze_at: int | None = None) -> "EfficientNetLite0":
-        """Freeze the first ``freeze_at`` groups (stem, res2, ..., res5); see module docstring."""
-        freeze_at = self.freeze_at if freeze_at is None else freeze_at
+    def freeze(self, freeze_at: int) -> "EfficientNetLite0":
+        """Freeze the first ``freeze_at`` groups (stem, res2, ..., res5); see module docstring.
+
+        Called by ``__init__``; load weights in the package's format before freezing (frozen
+        BatchNorms have no ``num_batches_tracked``).
+        """
+        self.freeze_at = max(self.freeze_at, freeze_at)
         for name in _FREEZE_ORDER[:freeze_at]:
             for m in self._group_modules(name):
                 for p in m.parameters():
@@ -283,11 +300,11 @@ def build_efficientnet_lite0_backbone(cfg, input_shape: ShapeSpec) -> EfficientN
     """
     if input_shape.channels not in (None, 3):
         raise ValueError(f"EfficientNet-Lite0 takes 3-channel input, got {input_shape.channels}")
-    model = EfficientNetLite0(
-        output_stride=cfg.MODEL.EFFICIENTNET.OUTPUT_STRIDE, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
-    )
-    if cfg.MODEL.EFFICIENTNET.PRETRAINED:
-        model.load_pretrained(lite0_weights_path())
-    else:
+    pretrained = cfg.MODEL.EFFICIENTNET.PRETRAINED
+    if not pretrained:
         logger.info("EfficientNet-Lite0: random initialisation (MODEL.EFFICIENTNET.PRETRAINED off)")
-    return model.freeze()
+    return EfficientNetLite0(
+        output_stride=cfg.MODEL.EFFICIENTNET.OUTPUT_STRIDE,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        weights=lite0_weights_path() if pretrained else None,
+    )
