@@ -74,6 +74,7 @@ def add_wsss_config(cfg: CN) -> None:
     _add_sam_config(_C)
     _add_pseudo_config(_C)
     _add_plda_config(_C)
+    _add_cian_config(_C)
 
 
 def _add_sam_config(_C: CN) -> None:
@@ -162,3 +163,21 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.DOMAIN_DROPOUT = 0.5  # dropout after each base layer of the domain classifier
     _C.MODEL.PLDA.GRL_GAMMA = 10.0  # GRLScheduleHook: coeff = 2 / (1 + exp(-GAMMA p)) - 1
     _C.MODEL.PLDA.GRL_COEFF = 1.0  # GRL coefficient used when no GRLScheduleHook runs
+
+
+def _add_cian_config(_C: CN) -> None:
+    """``MODEL.CIAN``: cross-image affinity head (CIANHead) and its switchable losses."""
+    _C.MODEL.CIAN = CN()
+    _C.MODEL.CIAN.CROSS = True  # train with cross-image references (False: self-affinity baseline)
+    _C.MODEL.CIAN.NUM_REFS = 1  # references per query (batch groups of 1 + NUM_REFS images)
+    _C.MODEL.CIAN.HIDDEN_DIMS = 0  # width of theta/phi/g (0 = half the input width, the paper)
+    _C.MODEL.CIAN.DOWNSAMPLE = True  # max-pool keys/values (3x3, stride 2)
+    _C.MODEL.CIAN.MERGE = "max"  # "max" | "mean": merge of the self and reference messages
+    _C.MODEL.CIAN.CHUNK_SIZE = 0  # query pixels per affinity chunk (0 = all; bounds memory)
+    _C.MODEL.CIAN.SELF_CE_WEIGHT = 1.0  # weight of loss_ce_self (CE on the pseudo labels)
+    _C.MODEL.CIAN.CROSS_CE = True  # "+CE": CE of the cross-affinity prediction (loss_ce_cross)
+    _C.MODEL.CIAN.CROSS_CE_WEIGHT = 1.0  # weight of loss_ce_cross
+    _C.MODEL.CIAN.COMPLETION = True  # "+CP": completion loss from the cross prediction
+    _C.MODEL.CIAN.COMPLETION_WEIGHT = 1.0  # weight of loss_cp_cross / loss_cp_self
+    _C.MODEL.CIAN.COMPLETION_ON_SELF = True  # completion labels also supervise the self branch
+    _C.DATALOADER.PAIR_STRICT = False  # pair loaders: error (not self-pair) for partnerless images

@@ -33,15 +33,9 @@ def build_test_crf(cfg) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     """
     if not cfg.MODEL.SEG_HEAD.TEST_CRF:
         return None
-    try:
-        from ...pseudo import crf as crf_mod
-    except ImportError as e:
-        raise ImportError("MODEL.SEG_HEAD.TEST_CRF=True needs wsss_d2.pseudo.crf") from e
-    if hasattr(crf_mod, "crf_from_config"):
-        return crf_mod.crf_from_config(cfg)
-    if hasattr(crf_mod, "dense_crf"):
-        return crf_mod.dense_crf
-    raise ImportError("wsss_d2.pseudo.crf has neither crf_from_config nor dense_crf")
+    from ...pseudo.crf import crf_from_config  # lazy: pseudo imports modeling-level code
+
+    return crf_from_config(cfg)
 
 
 @META_ARCH_REGISTRY.register()
