@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Batched SAM-box labeling vs the reference per-box loop, same SAM, same images, same boxes.
+
+    python benchmarks/bench_sam_labeling.py                      # tiny random SAM, CPU
+    python benchmarks/bench_sam_labeling.py --device cuda --model-type vit_h \\
+        --checkpoint weights/sam_vit_h_4b8939.pth
+
+Reference ("loop"): how the wsss_sam-style code labels an image — ``SamPredictor.set_image``
+once, then one ``predict(box=...)`` call per box (numpy in, 3 full-size masks out as numpy),
+best mask by score, pasted into the label in box order (a later box overwrites an earlier one).
+
+Ours ("batched"): :class:`wsss_d2.pseudo.SamBoxLabeler` — one embedding per image, all boxes
+through the prompt encoder and mask decoder in one call, the best mask chosen before
+upsampling, pasting by score with overlap statistics.
+
+Boxes: ground-truth boxes of coco_tiny images that have at least ``--boxes-per-image`` of
+them (the first that many non-crowd boxes), or random boxes on random images when coco_tiny is
+absent. Prints boxes/s of both (whole labeling, embedding included; and the box part alone),
+their ratio, and checks that the masks are identical and that the labels agree wherever masks
+do not overlap (inside overlaps the reference keeps the last box, we keep the best score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.data import detection_utils as utils
+from segment_anything import SamPredictor
+
+from wsss_d2.pseudo.box_sources import ImageBoxes
+from wsss_d2.pseudo.sam_labeler import SamBoxLabeler, load_sam
+
+COCO_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_tiny"
+
+
+def load_data(n_images: int, boxes_per_image: int, seed: int = 0):
+    """[(rgb image, (N, 4) XYXY boxes, (N,) classes)] and a description of the source."""
+    ann = COCO_TINY / "annotations" / "instances_train2017.json"
+    out = []
+    if ann.is_file():
+        data = json.loads(ann.read_text())
+        cats = {c["id"]: i + 1 for i, c in enumerate(sorted(data["categories"],
+                                                            key=lambda c: c["id"]))}
+        by_img: dict = {}
+        for a in data["annotations"]:
+            if not a.get("iscrowd", 0):
+                by_img.setdefault(a["image_id"], []).append(a)
+        for img in sorted(data["images"], key=lambda i: i["id"]):
+            anns = by_img.get(img["id"], [])
+            if len(anns) < boxes_per_image:
+                continue
+            anns = anns[:boxes_per_image]
+            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                               a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32)
+            rgb = utils.read_image(str(COCO_TINY / "images" / "train2017" / img["file_name"]),
+                                   format="RGB")
+            out.append((rgb, boxes, np.array([cats[a["category_id"]] for a in anns])))
+            if len(out) == n_images:
+                break
+        return out, f"coco_tiny train2017 GT boxes ({len(out)} images)"
+    rng = np.random.RandomState(seed)
+    for _ in range(n_images):
+        h, w = 480, 640
+        rgb = rng.randint(0, 255, (h, w, 3), dtype=np.uint8)
+        x0, y0 = rng.uniform(0, w * 0.6, boxes_per_image), rng.uniform(0, h * 0.6, boxes_per_image)
+        boxes = np.stack([x0, y0, x0 + rng.uniform(20, w * 0.4, boxes_per_image),
+                          y0 + rng.uniform(20, h * 0.4, boxes_per_image)], 1).astype(np.float32)
+        out.append((rgb, boxes, rng.randint(1, 81, boxes_per_image)))
+    return out, f"random images and boxes ({n_images} images; coco_tiny not found)"
+
+
+def reference_label(predictor: SamPredictor, rgb, boxes, classes):
+    """The per-box loop: returns the label and each box's mask (for the identity check)."""
+    predictor.set_image(rgb)
+    label = np.zeros(rgb.shape[:2], np.uint8)
+    masks = []
+    for box, cls in zip(boxes, classes):
+        m, scores, _ = predictor.predict(box=box, multimask_output=True)
+        best = m[int(np.argmax(scores))]
+        label[best] = cls  # detection order: a later box overwrites
+        masks.append(best)
+    return label, masks
+
+
+def batched_label(labeler: SamBoxLabeler, rgb, boxes, classes):
+    d = {"file_name": "bench", "height": rgb.shape[0], "width": rgb.shape[1]}
+    labeler.box_source = lambda _d: ImageBoxes(boxes, classes)
+    return labeler.label([d], [rgb])[0]
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--boxes-per-image", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    ap.add_argument("--model-type", default="tiny")
+    ap.add_argument("--checkpoint", default="")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.boxes_per_image < 5:
+        sys.exit("--boxes-per-image must be >= 5")
+    data, where = load_data(args.images, args.boxes_per_image)
+    sam = load_sam(args.model_type, args.checkpoint, args.device)
+    predictor = SamPredictor(sam)
+    labeler = SamBoxLabeler(sam=sam, box_source=None, num_classes=81, save_masks=False,
+                            images_per_batch=1)
+    n_boxes = sum(len(b) for _, b, _ in data)
+    print(f"data: {where}, {n_boxes} boxes; SAM {args.model_type} on {args.device}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    # correctness: same masks box by box; same labels wherever masks do not overlap
+    mask_px_diff, boxes_identical, outside_diff, inside_diff, overlap_px = 0, 0, 0, 0, 0
+    for rgb, boxes, classes in data:
+        ref_label, ref_masks = reference_label(predictor, rgb, boxes, classes)
+        feats, sizes = labeler.encode([rgb])
+        masks, _ = labeler.predict(feats, torch.from_numpy(boxes), sizes[0], rgb.shape[:2])
+        masks = masks.cpu().numpy()
+        for ours, ref in zip(masks, ref_masks):
+            diff = int((ours != ref).sum())
+            mask_px_diff += diff
+            boxes_identical += diff == 0
+        ours_label = batched_label(labeler, rgb, boxes, classes).label
+        multi = masks.sum(0) >= 2
+        overlap_px += int(multi.sum())
+        outside_diff += int(((ours_label != ref_label) & ~multi).sum())
+        inside_diff += int(((ours_label != ref_label) & multi).sum())
+    print(f"masks identical: {boxes_identical}/{n_boxes} boxes ({mask_px_diff} pixels differ)")
+    print(f"labels where masks do not overlap: {'identical' if outside_diff == 0 else 'DIFFER'} "
+          f"({outside_diff} pixels differ)")
+    print(f"labels inside overlaps ({overlap_px} pixels): {inside_diff} pixels differ "
+          "(reference: last box wins; ours: best score, then smaller mask)")
+
+    def run_ref():
+        for rgb, boxes, classes in data:
+            reference_label(predictor, rgb, boxes, classes)
+
+    def run_ours():
+        for rgb, boxes, classes in data:
+            batched_label(labeler, rgb, boxes, classes)
+
+    embeds = [labeler.encode([rgb]) for rgb, _, _ in data]
+
+    def ref_boxes_only():
+        for (rgb, boxes, _), (feats, sizes) in zip(data, embeds):
+            predictor.features, predictor.input_size = feats, sizes[0]
+            predictor.original_size, predictor.is_image_set = rgb.shape[:2], True
+            for box in boxes:
+                m, s, _ = predictor.predict(box=box, multimask_output=True)
+
+    def ours_boxes_only():
+        for (rgb, boxes, _), (feats, sizes) in zip(data, embeds):
+            labeler.predict(feats, torch.from_numpy(boxes), sizes[0], rgb.shape[:2])
+
+    with torch.no_grad():
+        run_ref(), run_ours()  # warm-up
+        t_ref, t_ours = timed(run_ref, args.repeats), timed(run_ours, args.repeats)
+        tb_ref, tb_ours = timed(ref_boxes_only, args.repeats), timed(ours_boxes_only, args.repeats)
+    print(f"{'':34s}{'reference loop':>16s}{'batched (ours)':>16s}{'ratio':>8s}")
+    print(f"{'labeling, embedding incl. (box/s)':34s}{n_boxes / t_ref:16.1f}"
+          f"{n_boxes / t_ours:16.1f}{t_ref / t_ours:7.2f}x")
+    print(f"{'masks of given embeddings (box/s)':34s}{n_boxes / tb_ref:16.1f}"
+          f"{n_boxes / tb_ours:16.1f}{tb_ref / tb_ours:7.2f}x")
+    print(f"goal >= 3x on whole labeling: {'met' if t_ref / t_ours >= 3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    main()
