@@ -2,6 +2,7 @@
 
 from .grl_hook import GRLScheduleHook  # noqa: F401
 from .hooks import HOOK_REGISTRY, build_hooks_from_config
+from .refresh_hook import PseudoLabelRefreshHook  # noqa: F401
 from .trainer import TRAIN_LOADER_BUILDERS, WSSSTrainer, check_weights_exist
 
 __all__ = [

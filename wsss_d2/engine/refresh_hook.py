@@ -1,0 +1,108 @@
+"""``PseudoLabelRefreshHook``: relabel the training set with the current model during training.
+
+Every ``WSSS.PSEUDO.REFRESH.PERIOD`` iterations (and/or after the last one with ``AT_END``) the
+hook runs the model being trained over the training set, writes pseudo-label round k+1 (the
+latest complete round + 1) under ``WSSS.PSEUDO.ROOT``, scores it against the ground truth when
+the dataset has some, and switches training to it: ``WSSS.PSEUDO.TRAIN_ROUND`` is pointed at the
+new round and the trainer's data loader is rebuilt through ``trainer.build_train_loader``, so
+every loader (plain or pair-sampling) picks the new labels up.
+
+With several processes every rank labels its shard, only the main process finalizes (renames)
+the round, and all ranks wait at a barrier before switching. A round interrupted by a crash is
+resumed by the next run (its finished images are kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from detectron2.config import configurable
+from detectron2.data import get_detection_dataset_dicts
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..evaluation.pseudo_eval import evaluate_round
+from ..pseudo.labels import default_round_root, label_datasets, make_round
+from ..pseudo.rounds import latest_complete_round
+from .hooks import HOOK_REGISTRY
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PseudoLabelRefreshHook"]
+
+
+@HOOK_REGISTRY.register()
+class PseudoLabelRefreshHook(HookBase):
+    """Write pseudo-label round k+1 with the current model and train on it from then on."""
+
+    @configurable
+    def __init__(self, *, cfg, root: str, period: int = 0, at_end: bool = False,
+                 evaluate: bool = True):
+        """
+        Args:
+            cfg: the training config (cloned; the labeling settings and loader are built from it).
+            root: folder of label rounds.
+            period: refresh every ``period`` iterations (0: never during training).
+            at_end: also write a round after the last iteration (not trained on in this run).
+            evaluate: score each new round against the ground truth when it exists.
+        """
+        self.cfg = cfg.clone()
+        self.root = root
+        self.period = int(period)
+        self.at_end = bool(at_end)
+        self.evaluate = bool(evaluate)
+        self.history: list[dict] = []  # one entry per round written: {round, folder, metrics}
+
+    @classmethod
+    def from_config(cls, cfg):
+        r = cfg.WSSS.PSEUDO.REFRESH
+        return {"cfg": cfg, "root": default_round_root(cfg), "period": r.PERIOD,
+                "at_end": r.AT_END, "evaluate": r.EVALUATE}
+
+    # ------------------------------------------------------------------ hook points
+    def after_step(self):
+        it = self.trainer.iter + 1
+        if self.period > 0 and it % self.period == 0 and it < self.trainer.max_iter:
+            self.refresh(switch=True)
+
+    def after_train(self):
+        if self.at_end and self.trainer.iter + 1 >= self.trainer.max_iter:
+            self.refresh(switch=False)
+
+    # ------------------------------------------------------------------ work
+    def refresh(self, switch: bool = True) -> str:
+        """Write the next round with the trainer's model; optionally train on it from now on."""
+        latest = latest_complete_round(self.root)
+        k = (latest[0] if latest else 0) + 1
+        dicts = get_detection_dataset_dicts(label_datasets(self.cfg), filter_empty=False)
+        logger.info("pseudo-label refresh at iteration %d: writing round %d of %d images",
+                    self.trainer.iter + 1, k, len(dicts))
+        folder = make_round(self.cfg, self.trainer.model, dicts, k, root=self.root,
+                            meta={"iteration": self.trainer.iter + 1,
+                                  "weights": f"training iteration {self.trainer.iter + 1}"})
+        metrics = {}
+        if self.evaluate:
+            metrics = evaluate_round(dicts, folder, self.cfg.INPUT.TAGS.NUM_CLASSES + 1,
+                                     output_dir=os.path.join(self.root, f"eval_round_{k:02d}"))
+            if metrics and comm.is_main_process():
+                self.trainer.storage.put_scalars(
+                    pseudo_round=k, pseudo_mIoU=metrics["mIoU"],
+                    pseudo_mIoU_labeled=metrics["mIoU_labeled"],
+                    pseudo_ignored=metrics["ignored_fraction"], smoothing_hint=False,
+                )
+        self.history.append({"round": k, "folder": folder, "metrics": metrics})
+        if switch:
+            self.switch_to(folder)
+        return folder
+
+    def switch_to(self, folder: str) -> None:
+        """Rebuild the trainer's data loader on round ``folder``."""
+        self.cfg.defrost()
+        self.cfg.WSSS.PSEUDO.TRAIN_ROUND = folder
+        self.cfg.freeze()
+        cfg = self.cfg
+        trainer_cls = type(self.trainer)
+        self.trainer._trainer.reset_data_loader(lambda: trainer_cls.build_train_loader(cfg))
+        comm.synchronize()
+        logger.info("training data switched to pseudo-label round %s", folder)
