@@ -46,8 +46,9 @@ def load_data(n_images: int, boxes_per_image: int, seed: int = 0):
     out = []
     if ann.is_file():
         data = json.loads(ann.read_text())
-        cats = {c["id"]: i + 1 for i, c in enumerate(sorted(data["categories"],
-                                                            key=lambda c: c["id"]))}
+        cats = {
+            c["id"]: i + 1 for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))
+        }
         by_img: dict = {}
         for a in data["annotations"]:
             if not a.get("iscrowd", 0):
@@ -57,10 +58,21 @@ def load_data(n_images: int, boxes_per_image: int, seed: int = 0):
             if len(anns) < boxes_per_image:
                 continue
             anns = anns[:boxes_per_image]
-            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                               a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32)
-            rgb = utils.read_image(str(COCO_TINY / "images" / "train2017" / img["file_name"]),
-                                   format="RGB")
+            boxes = np.array(
+                [
+                    [
+                        a["bbox"][0],
+                        a["bbox"][1],
+                        a["bbox"][0] + a["bbox"][2],
+                        a["bbox"][1] + a["bbox"][3],
+                    ]
+                    for a in anns
+                ],
+                np.float32,
+            )
+            rgb = utils.read_image(
+                str(COCO_TINY / "images" / "train2017" / img["file_name"]), format="RGB"
+            )
             out.append((rgb, boxes, np.array([cats[a["category_id"]] for a in anns])))
             if len(out) == n_images:
                 break
@@ -70,8 +82,15 @@ def load_data(n_images: int, boxes_per_image: int, seed: int = 0):
         h, w = 480, 640
         rgb = rng.randint(0, 255, (h, w, 3), dtype=np.uint8)
         x0, y0 = rng.uniform(0, w * 0.6, boxes_per_image), rng.uniform(0, h * 0.6, boxes_per_image)
-        boxes = np.stack([x0, y0, x0 + rng.uniform(20, w * 0.4, boxes_per_image),
-                          y0 + rng.uniform(20, h * 0.4, boxes_per_image)], 1).astype(np.float32)
+        boxes = np.stack(
+            [
+                x0,
+                y0,
+                x0 + rng.uniform(20, w * 0.4, boxes_per_image),
+                y0 + rng.uniform(20, h * 0.4, boxes_per_image),
+            ],
+            1,
+        ).astype(np.float32)
         out.append((rgb, boxes, rng.randint(1, 81, boxes_per_image)))
     return out, f"random images and boxes ({n_images} images; coco_tiny not found)"
 
@@ -122,11 +141,14 @@ def main():
     data, where = load_data(args.images, args.boxes_per_image)
     sam = load_sam(args.model_type, args.checkpoint, args.device)
     predictor = SamPredictor(sam)
-    labeler = SamBoxLabeler(sam=sam, box_source=None, num_classes=81, save_masks=False,
-                            images_per_batch=1)
+    labeler = SamBoxLabeler(
+        sam=sam, box_source=None, num_classes=81, save_masks=False, images_per_batch=1
+    )
     n_boxes = sum(len(b) for _, b, _ in data)
-    print(f"data: {where}, {n_boxes} boxes; SAM {args.model_type} on {args.device}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"data: {where}, {n_boxes} boxes; SAM {args.model_type} on {args.device}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     # correctness: same masks box by box; same labels wherever masks do not overlap
     mask_px_diff, boxes_identical, outside_diff, inside_diff, overlap_px = 0, 0, 0, 0, 0
@@ -145,10 +167,14 @@ def main():
         outside_diff += int(((ours_label != ref_label) & ~multi).sum())
         inside_diff += int(((ours_label != ref_label) & multi).sum())
     print(f"masks identical: {boxes_identical}/{n_boxes} boxes ({mask_px_diff} pixels differ)")
-    print(f"labels where masks do not overlap: {'identical' if outside_diff == 0 else 'DIFFER'} "
-          f"({outside_diff} pixels differ)")
-    print(f"labels inside overlaps ({overlap_px} pixels): {inside_diff} pixels differ "
-          "(reference: last box wins; ours: best score, then smaller mask)")
+    print(
+        f"labels where masks do not overlap: {'identical' if outside_diff == 0 else 'DIFFER'} "
+        f"({outside_diff} pixels differ)"
+    )
+    print(
+        f"labels inside overlaps ({overlap_px} pixels): {inside_diff} pixels differ "
+        "(reference: last box wins; ours: best score, then smaller mask)"
+    )
 
     def run_ref():
         for rgb, boxes, classes in data:
@@ -176,10 +202,14 @@ def main():
         t_ref, t_ours = timed(run_ref, args.repeats), timed(run_ours, args.repeats)
         tb_ref, tb_ours = timed(ref_boxes_only, args.repeats), timed(ours_boxes_only, args.repeats)
     print(f"{'':34s}{'reference loop':>16s}{'batched (ours)':>16s}{'ratio':>8s}")
-    print(f"{'labeling, embedding incl. (box/s)':34s}{n_boxes / t_ref:16.1f}"
-          f"{n_boxes / t_ours:16.1f}{t_ref / t_ours:7.2f}x")
-    print(f"{'masks of given embeddings (box/s)':34s}{n_boxes / tb_ref:16.1f}"
-          f"{n_boxes / tb_ours:16.1f}{tb_ref / tb_ours:7.2f}x")
+    print(
+        f"{'labeling, embedding incl. (box/s)':34s}{n_boxes / t_ref:16.1f}"
+        f"{n_boxes / t_ours:16.1f}{t_ref / t_ours:7.2f}x"
+    )
+    print(
+        f"{'masks of given embeddings (box/s)':34s}{n_boxes / tb_ref:16.1f}"
+        f"{n_boxes / tb_ours:16.1f}{tb_ref / tb_ours:7.2f}x"
+    )
     print(f"goal >= 3x on whole labeling: {'met' if t_ref / t_ours >= 3 else 'NOT met'}")
 
 

@@ -21,8 +21,16 @@ def write_images(folder: str, n: int, hw=(48, 64), seed: int = 0) -> list[dict]:
         Image.fromarray(rng.randint(0, 255, (*hw, 3), dtype=np.uint8)).save(path)
         gt = os.path.join(folder, f"img_{i:03d}_gt.png")
         save_label_png(gt, np.zeros(hw, np.uint8))
-        dicts.append({"file_name": path, "image_id": i, "height": hw[0], "width": hw[1],
-                      "tags": [1, 2], "sem_seg_file_name": gt})
+        dicts.append(
+            {
+                "file_name": path,
+                "image_id": i,
+                "height": hw[0],
+                "width": hw[1],
+                "tags": [1, 2],
+                "sem_seg_file_name": gt,
+            }
+        )
     return dicts
 
 

@@ -134,8 +134,11 @@ def test_cam_boxes_from_connected_components():
 
 
 def test_file_boxes_with_assist_words_and_formats(tmp_path, caplog):
-    mapper = ClassNameMapper(["diningtable", "horse"], class_text=["diningtable:dining table"],
-                             assist_words=["horse:saddle,halter", "diningtable:plate"])
+    mapper = ClassNameMapper(
+        ["diningtable", "horse"],
+        class_text=["diningtable:dining table"],
+        assist_words=["horse:saddle,halter", "diningtable:plate"],
+    )
     assert mapper("Dining Table(0.42)") == 1 and mapper("plate") == 1
     assert mapper("saddle") == 2 and mapper("car") is None
     assert mapper.prompts([1, 2]) == ["dining table", "plate", "horse", "saddle", "halter"]
@@ -144,8 +147,9 @@ def test_file_boxes_with_assist_words_and_formats(tmp_path, caplog):
         {"label": "spaceship", "box": [0.5, 0.5, 0.1, 0.1], "score": 0.9},
         {"label": "dining table", "box": [0.5, 0.5, 0.1, 0.1], "score": 0.1},
     ]}))  # fmt: skip
-    src = FileBoxSource(["diningtable", "horse"], str(tmp_path),
-                        assist_words=["horse:saddle"], min_score=0.3)
+    src = FileBoxSource(
+        ["diningtable", "horse"], str(tmp_path), assist_words=["horse:saddle"], min_score=0.3
+    )
     d = {"file_name": "a/im.jpg", "height": 100, "width": 200, "tags": [1, 2]}
     b = src(d)
     assert b.classes.tolist() == [2] and np.allclose(b.boxes, [[80, 30, 120, 70]])
@@ -157,8 +161,10 @@ def test_file_boxes_with_assist_words_and_formats(tmp_path, caplog):
 # ---------------------------------------------------------------------------- SAM
 def test_batched_prediction_matches_predict_torch(sam):
     img = (np.random.RandomState(1).rand(48, 64, 3) * 255).astype(np.uint8)
-    boxes = np.array([[2, 3, 30, 40], [10, 10, 60, 45], [0, 0, 64, 48], [40, 5, 55, 20],
-                      [5, 30, 25, 47]], np.float32)
+    boxes = np.array(
+        [[2, 3, 30, 40], [10, 10, 60, 45], [0, 0, 64, 48], [40, 5, 55, 20], [5, 30, 25, 47]],
+        np.float32,
+    )
     lab = _labeler(sam, None, boxes_per_batch=2)  # several decoder chunks
     feats, sizes = lab.encode([img])
     masks, scores = lab.predict(feats, torch.from_numpy(boxes), sizes[0], img.shape[:2])
@@ -212,15 +218,34 @@ def test_evaluator_numbers_by_hand(tmp_path):
     cat_inst[:2, 2:] = True
     mask_cat = np.zeros((4, 4), bool)
     mask_cat[:2, 1:] = True  # 6 px, 4 of them the instance: IoU 4/6
-    d = {"file_name": "im.jpg", "height": 4, "width": 4, "tags": [1, 2],
-         "sem_seg_file_name": str(tmp_path / "gt.png"),
-         "annotations": [{"bbox": [2, 0, 2, 2], "bbox_mode": BoxMode.XYWH_ABS,
-                          "category_id": 1, "segmentation": _rle(cat_inst)}]}
-    rec = {"classes": [1, 1], "kept": [True, False], "boxes": [[1, 0, 4, 2], [0, 0, 1, 1]],
-           "instance_ids": [-1, -1], "mask_scores": [0.9, 0.1], "overlap_pixels": 3,
-           "conflict_pixels": 0, "masks_rle": [_rle(mask_cat), _rle(np.zeros((4, 4), bool))]}
-    ev = SamBoxLabelingEvaluator("unused_sam_eval_ds", num_classes=3, class_names=CLASSES,
-                                 output_dir=str(tmp_path / "out"))
+    d = {
+        "file_name": "im.jpg",
+        "height": 4,
+        "width": 4,
+        "tags": [1, 2],
+        "sem_seg_file_name": str(tmp_path / "gt.png"),
+        "annotations": [
+            {
+                "bbox": [2, 0, 2, 2],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": 1,
+                "segmentation": _rle(cat_inst),
+            }
+        ],
+    }
+    rec = {
+        "classes": [1, 1],
+        "kept": [True, False],
+        "boxes": [[1, 0, 4, 2], [0, 0, 1, 1]],
+        "instance_ids": [-1, -1],
+        "mask_scores": [0.9, 0.1],
+        "overlap_pixels": 3,
+        "conflict_pixels": 0,
+        "masks_rle": [_rle(mask_cat), _rle(np.zeros((4, 4), bool))],
+    }
+    ev = SamBoxLabelingEvaluator(
+        "unused_sam_eval_ds", num_classes=3, class_names=CLASSES, output_dir=str(tmp_path / "out")
+    )
     ev.reset()
     ev.process([d], [{"sam_label": pred, "sam_record": rec}])
     res = ev.evaluate()
@@ -249,23 +274,26 @@ def test_evaluator_is_registered_and_built_from_config(cfg_factory, tmp_path):
     cfg = cfg_factory("configs/sam_boxes_voc.yaml", "OUTPUT_DIR", str(tmp_path))
     MetadataCatalog.get("sam_eval_reg_ds").set(stuff_classes=["background"] + ["c"] * 20)
     ev = EVALUATOR_REGISTRY.get("SamBoxLabelingEvaluator")(
-        cfg, dataset_name="sam_eval_reg_ds", output_dir=str(tmp_path))
+        cfg, dataset_name="sam_eval_reg_ds", output_dir=str(tmp_path)
+    )
     assert ev.num_classes == 21
     assert ev.round_dir == str(tmp_path / "pseudo_labels" / "round_01")
 
 
 # ---------------------------------------------------------------------------- rounds
 def _round_files(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
 
 
 def test_interrupted_run_resumes_to_the_same_files(sam, tmp_path):
     dicts = write_images(str(tmp_path / "img"), 5)
     boxes = random_boxes(dicts)
     full = RoundWriter(str(tmp_path / "a"), 1, 3)
-    label_dataset(_labeler(sam, FixedBoxes(boxes), images_per_batch=2), dicts, full,
-                  progress=False)
+    label_dataset(_labeler(sam, FixedBoxes(boxes), images_per_batch=2), dicts, full, progress=False)
     full_dir = Path(full.finalize(dicts))
 
     part = RoundWriter(str(tmp_path / "b"), 1, 3)
@@ -286,8 +314,10 @@ def test_interrupted_run_resumes_to_the_same_files(sam, tmp_path):
     part_dir = Path(again.finalize(dicts))
     assert _round_files(part_dir) == _round_files(full_dir)
     assert ev.evaluate()["sam_boxes"]["images"] == 5  # resumed images are scored too
-    assert read_manifest(str(part_dir))["pixels_per_class"] == read_manifest(
-        str(full_dir))["pixels_per_class"]
+    assert (
+        read_manifest(str(part_dir))["pixels_per_class"]
+        == read_manifest(str(full_dir))["pixels_per_class"]
+    )
     rec = json.loads((part_dir / RECORDS_DIR / "img_000.json").read_text())
     assert len(rec["boxes"]) == 5 and len(rec["masks_rle"]) == 5
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -305,8 +335,9 @@ def _run_tool(cfg_file: str, tmp_path: Path, *opts: str, flags=()):
 
     parser = default_argument_parser()
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(["--config-file", cfg_file, *flags, "OUTPUT_DIR", str(tmp_path),
-                              *opts])
+    args = parser.parse_args(
+        ["--config-file", cfg_file, *flags, "OUTPUT_DIR", str(tmp_path), *opts]
+    )
     return make_sam_labels.main(args)
 
 
@@ -314,16 +345,21 @@ def test_tool_on_coco_tiny_end_to_end(coco_tiny_root, tmp_path):
     """coco_tiny + GT boxes + the tiny random SAM: the pipeline runs; numbers mean nothing."""
     from wsss_d2.data.datasets import register_coco_tiny
 
-    register_coco_tiny(str(coco_tiny_root), sem_seg_root=str(tmp_path / "gt"),
-                       prefix="sam_test_coco_tiny")
+    register_coco_tiny(
+        str(coco_tiny_root), sem_seg_root=str(tmp_path / "gt"), prefix="sam_test_coco_tiny"
+    )
     full = DatasetCatalog.get("sam_test_coco_tiny_train_tags")
     subset = "sam_test_coco_tiny_subset"
     if subset in DatasetCatalog.list():
         DatasetCatalog.remove(subset)
     DatasetCatalog.register(subset, lambda: full[:4])
     MetadataCatalog.get(subset).set(
-        **{k: v for k, v in MetadataCatalog.get("sam_test_coco_tiny_train_tags").as_dict().items()
-           if k != "name"})
+        **{
+            k: v
+            for k, v in MetadataCatalog.get("sam_test_coco_tiny_train_tags").as_dict().items()
+            if k != "name"
+        }
+    )
     opts = ("DATASETS.TRAIN", f"('{subset}',)", "DATASETS.TEST", f"('{subset}',)")
     res = _run_tool(str(REPO / "configs/sam_boxes_coco_tiny.yaml"), tmp_path, *opts)
     box = res["sam_boxes"]
@@ -340,7 +376,8 @@ def test_tool_on_coco_tiny_end_to_end(coco_tiny_root, tmp_path):
     assert json.loads((tmp_path / "sam_box_labeling.json").read_text())["sam_boxes"]["images"] == 4
     with pytest.raises(FileExistsError, match="overwrite"):
         _run_tool(str(REPO / "configs/sam_boxes_coco_tiny.yaml"), tmp_path, *opts)
-    again = _run_tool(str(REPO / "configs/sam_boxes_coco_tiny.yaml"), tmp_path, *opts,
-                      flags=("--eval-only",))
+    again = _run_tool(
+        str(REPO / "configs/sam_boxes_coco_tiny.yaml"), tmp_path, *opts, flags=("--eval-only",)
+    )
     assert again["sem_seg"]["mIoU"] == pytest.approx(res["sem_seg"]["mIoU"])
     assert again["sam_boxes"] == pytest.approx(res["sam_boxes"], nan_ok=True)

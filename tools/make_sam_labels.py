@@ -85,15 +85,18 @@ def main(args):
     comm.synchronize()
     res = evaluator.evaluate()
     if comm.is_main_process():
-        writer.finalize(dicts, meta={
-            "source": "sam_boxes",
-            "dataset": list(cfg.DATASETS.TRAIN),
-            "sam_model_type": cfg.WSSS.SAM.MODEL_TYPE,
-            "sam_checkpoint": os.path.basename(cfg.WSSS.SAM.CHECKPOINT),
-            "box_source": cfg.WSSS.SAM.BOX_SOURCE,
-            "config_hash": config_hash(cfg),
-            "scores": res,
-        })
+        writer.finalize(
+            dicts,
+            meta={
+                "source": "sam_boxes",
+                "dataset": list(cfg.DATASETS.TRAIN),
+                "sam_model_type": cfg.WSSS.SAM.MODEL_TYPE,
+                "sam_checkpoint": os.path.basename(cfg.WSSS.SAM.CHECKPOINT),
+                "box_source": cfg.WSSS.SAM.BOX_SOURCE,
+                "config_hash": config_hash(cfg),
+                "scores": res,
+            },
+        )
         logger.info("SAM-box labels: %s", final)
     comm.synchronize()
     return res
@@ -101,8 +104,15 @@ def main(args):
 
 if __name__ == "__main__":
     parser = default_argument_parser()
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write the round again even if it is complete")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write the round again even if it is complete"
+    )
     args = parser.parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

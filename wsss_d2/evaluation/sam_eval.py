@@ -94,10 +94,18 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
     """Per-class IoU of SAM-box labels + box / mask statistics (see the module docstring)."""
 
     @configurable
-    def __init__(self, dataset_name: str, *, num_classes: int | None = None,
-                 class_names: Sequence[str] | None = None, ignore_label: int = IGNORE_LABEL,
-                 output_dir: str | None = None, round_dir: str | None = None,
-                 match_iou: float = 0.5, distributed: bool = True):
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        ignore_label: int = IGNORE_LABEL,
+        output_dir: str | None = None,
+        round_dir: str | None = None,
+        match_iou: float = 0.5,
+        distributed: bool = True,
+    ):
         """
         Args:
             dataset_name: used for the class names (``stuff_classes`` metadata) and logs.
@@ -116,11 +124,14 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
                 raise KeyError(f"dataset {dataset_name} has no stuff_classes; pass num_classes")
             num_classes = len(class_names)
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes "
-                             f"(dataset {dataset_name})")
+            raise ValueError(
+                f"{len(class_names)} class names for {num_classes} classes "
+                f"(dataset {dataset_name})"
+            )
         self.num_classes = int(num_classes)
-        self.class_names = list(class_names) if class_names else [
-            str(i) for i in range(self.num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        )
         self.ignore_label = ignore_label
         self.output_dir = output_dir
         self.round_dir = round_dir
@@ -153,8 +164,10 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         from ..pseudo.sam_labeler import RECORDS_DIR, read_record
 
         if not self.round_dir:
-            raise KeyError(f"output for {inp['file_name']} has no 'sam_label' and the evaluator "
-                           "has no round_dir to read it from")
+            raise KeyError(
+                f"output for {inp['file_name']} has no 'sam_label' and the evaluator "
+                "has no round_dir to read it from"
+            )
         folder = self.round_dir
         if not os.path.isdir(folder) and os.path.isdir(folder + ".partial"):
             folder += ".partial"
@@ -187,8 +200,9 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         if "sem_seg_file_name" in inp:
             gt = read_label_png(inp["sem_seg_file_name"], (h, w), inp.get("file_name"))
             pred = np.where(ignored, 0, label)  # see the module docstring
-            self._conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(gt),
-                                           self.num_classes, self.ignore_label)
+            self._conf += confusion_matrix(
+                torch.from_numpy(pred), torch.from_numpy(gt), self.num_classes, self.ignore_label
+            )
         classes = np.asarray(rec["classes"], np.int64)
         kept = np.asarray(rec["kept"], bool)
         n = len(classes)
@@ -216,8 +230,14 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         inst = np.asarray(rec.get("instance_ids", [-1] * len(classes)), np.int64)
         boxes = np.asarray(rec["boxes"], np.float64).reshape(-1, 4)
         if (inst < 0).any() and annos:
-            gt_boxes = np.asarray([BoxMode.convert(list(a["bbox"]), a.get("bbox_mode",
-                                   BoxMode.XYWH_ABS), BoxMode.XYXY_ABS) for a in annos])
+            gt_boxes = np.asarray(
+                [
+                    BoxMode.convert(
+                        list(a["bbox"]), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS
+                    )
+                    for a in annos
+                ]
+            )
             gt_cls = np.asarray([a["category_id"] for a in annos])
             crowd = np.asarray([a.get("iscrowd", 0) for a in annos], bool)
             ious = _box_iou(boxes, gt_boxes)
@@ -237,8 +257,13 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
 
     # ------------------------------------------------------------------ results
     def _state(self) -> dict:
-        return {"conf": self._conf, "count": dict(self._count), "missed": self._missed,
-                "score_sum": self._score_sum, "inst_iou_sum": self._inst_iou_sum}
+        return {
+            "conf": self._conf,
+            "count": dict(self._count),
+            "missed": self._missed,
+            "score_sum": self._score_sum,
+            "inst_iou_sum": self._inst_iou_sum,
+        }
 
     def evaluate(self):
         state = self._state()
@@ -285,20 +310,29 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         if state["conf"].sum() > 0:
             res["sem_seg"] = metrics_from_confusion(state["conf"], self.class_names)
         else:
-            logger.warning("%s: no ground truth (sem_seg_file_name) seen; only box statistics",
-                           self.dataset_name)
+            logger.warning(
+                "%s: no ground truth (sem_seg_file_name) seen; only box statistics",
+                self.dataset_name,
+            )
         res["sam_boxes"] = box
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
-            atomic_write_bytes(os.path.join(self.output_dir, "sam_box_labeling.json"),
-                               json.dumps(res, indent=2).encode())
+            atomic_write_bytes(
+                os.path.join(self.output_dir, "sam_box_labeling.json"),
+                json.dumps(res, indent=2).encode(),
+            )
         logger.info(
             "%s: SAM-box labels mIoU %s | %d images, %.2f boxes/image, %d masks kept, %d dropped "
             "(low score), %d/%d tags without a box, mask-vs-instance mIoU %.2f over %d masks",
             self.dataset_name,
             f"{res['sem_seg']['mIoU']:.2f}" if "sem_seg" in res else "n/a",
-            box["images"], box["boxes_per_image"], box["masks_kept"],
-            box["masks_dropped_low_score"], box["missed_tags"], box["tags"],
-            box["mask_instance_mIoU"], box["instance_matched_masks"],
+            box["images"],
+            box["boxes_per_image"],
+            box["masks_kept"],
+            box["masks_dropped_low_score"],
+            box["missed_tags"],
+            box["tags"],
+            box["mask_instance_mIoU"],
+            box["instance_matched_masks"],
         )
         return res

@@ -96,7 +96,10 @@ class ImageBoxes:
         keep = np.asarray(keep)
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         return ImageBoxes(
-            self.boxes[idx], self.classes[idx], self.scores[idx], self.instance_ids[idx],
+            self.boxes[idx],
+            self.classes[idx],
+            self.scores[idx],
+            self.instance_ids[idx],
             [self.labels[i] for i in idx],
         )
 
@@ -162,8 +165,12 @@ class ClassNameMapper:
     spaces, ``_`` and ``-``.
     """
 
-    def __init__(self, class_names: Sequence[str], class_text: Sequence[str] = (),
-                 assist_words: Sequence[str] = ()):
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        class_text: Sequence[str] = (),
+        assist_words: Sequence[str] = (),
+    ):
         self.class_names = list(class_names)
         index = {n: i + 1 for i, n in enumerate(self.class_names)}
         self.text = {n: n for n in self.class_names}
@@ -228,8 +235,9 @@ class BoxSource:
         return b if keep.all() else b.select(keep)
 
 
-def _boxes_from_annotations(annos: Sequence[dict], include_crowd: bool,
-                            class_names: Sequence[str]) -> ImageBoxes:
+def _boxes_from_annotations(
+    annos: Sequence[dict], include_crowd: bool, class_names: Sequence[str]
+) -> ImageBoxes:
     boxes, classes, ids = [], [], []
     for i, a in enumerate(annos):
         if a.get("iscrowd", 0) and not include_crowd:
@@ -254,8 +262,13 @@ class GTBoxSource(BoxSource):
     """
 
     @configurable
-    def __init__(self, class_names: Sequence[str], annotations_path: str = "",
-                 include_crowd: bool = False, only_tagged: bool = True):
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        annotations_path: str = "",
+        include_crowd: bool = False,
+        only_tagged: bool = True,
+    ):
         super().__init__(only_tagged=only_tagged)
         self.class_names = list(class_names)
         self.annotations_path = annotations_path
@@ -296,8 +309,11 @@ class GTBoxSource(BoxSource):
             coco = self._coco_api()
             annos = coco.loadAnns(coco.getAnnIds(imgIds=[d["image_id"]]))
             annos = [
-                {**a, "bbox_mode": BoxMode.XYWH_ABS,
-                 "category_id": self._cat_to_class[a["category_id"]]}
+                {
+                    **a,
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "category_id": self._cat_to_class[a["category_id"]],
+                }
                 for a in annos
             ]
             b = _boxes_from_annotations(annos, self.include_crowd, self.class_names)
@@ -328,9 +344,14 @@ class GTBoxSource(BoxSource):
         return ImageBoxes(np.asarray(boxes, np.float32), classes, None, None, labels)
 
 
-def boxes_from_cam(cam: np.ndarray, tags: Sequence[int], threshold: float = 0.3,
-                   min_area: float = 0.001, max_boxes_per_class: int = 3,
-                   image_hw: tuple[int, int] | None = None) -> ImageBoxes:
+def boxes_from_cam(
+    cam: np.ndarray,
+    tags: Sequence[int],
+    threshold: float = 0.3,
+    min_area: float = 0.001,
+    max_boxes_per_class: int = 3,
+    image_hw: tuple[int, int] | None = None,
+) -> ImageBoxes:
     """Boxes around the connected components of each tagged class's thresholded CAM.
 
     Args:
@@ -379,9 +400,15 @@ class CamBoxSource(BoxSource):
     """
 
     @configurable
-    def __init__(self, class_names: Sequence[str], cam_dir: str = "", threshold: float = 0.3,
-                 min_area: float = 0.001, max_boxes_per_class: int = 3,
-                 only_tagged: bool = True):
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        cam_dir: str = "",
+        threshold: float = 0.3,
+        min_area: float = 0.001,
+        max_boxes_per_class: int = 3,
+        only_tagged: bool = True,
+    ):
         super().__init__(only_tagged=only_tagged)
         self.num_classes = len(class_names)
         self.class_names = list(class_names)
@@ -415,13 +442,19 @@ class CamBoxSource(BoxSource):
         with PathManager.open(path, "rb") as f:
             cam = np.load(f)
         if cam.ndim != 3 or cam.shape[0] != self.num_classes:
-            raise ValueError(f"CAM {path} has shape {cam.shape}; expected ({self.num_classes}, H, W)")
+            raise ValueError(
+                f"CAM {path} has shape {cam.shape}; expected ({self.num_classes}, H, W)"
+            )
         return cam
 
     def get_boxes(self, d: dict) -> ImageBoxes:
         b = boxes_from_cam(
-            self.load_cam(d), d.get("tags", ()), self.threshold, self.min_area,
-            self.max_boxes_per_class, (int(d["height"]), int(d["width"])),
+            self.load_cam(d),
+            d.get("tags", ()),
+            self.threshold,
+            self.min_area,
+            self.max_boxes_per_class,
+            (int(d["height"]), int(d["width"])),
         )
         b.labels = [self.class_names[c - 1] for c in b.classes]
         return b
@@ -440,9 +473,15 @@ class FileBoxSource(BoxSource):
     """
 
     @configurable
-    def __init__(self, class_names: Sequence[str], box_dir: str, class_text: Sequence[str] = (),
-                 assist_words: Sequence[str] = (), min_score: float = 0.0,
-                 only_tagged: bool = True):
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        box_dir: str,
+        class_text: Sequence[str] = (),
+        assist_words: Sequence[str] = (),
+        min_score: float = 0.0,
+        only_tagged: bool = True,
+    ):
         super().__init__(only_tagged=only_tagged, min_score=min_score)
         self.box_dir = box_dir
         self.mapper = ClassNameMapper(class_names, class_text, assist_words)

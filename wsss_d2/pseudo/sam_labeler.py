@@ -30,7 +30,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
@@ -66,8 +65,13 @@ __all__ = [
 RECORDS_DIR = "sam_boxes"  # per-image JSON records inside a round folder
 
 
-def build_sam_tiny(checkpoint: str | None = None, img_size: int = 256, embed_dim: int = 32,
-                   depth: int = 2, prompt_dim: int = 32) -> Sam:
+def build_sam_tiny(
+    checkpoint: str | None = None,
+    img_size: int = 256,
+    embed_dim: int = 32,
+    depth: int = 2,
+    prompt_dim: int = 32,
+) -> Sam:
     """A tiny randomly initialised SAM for tests and benchmarks (its masks mean nothing).
 
     Same architecture as SAM (ViT image encoder with windowed + global attention and relative
@@ -81,21 +85,34 @@ def build_sam_tiny(checkpoint: str | None = None, img_size: int = 256, embed_dim
         torch.manual_seed(0)
         sam = Sam(
             image_encoder=ImageEncoderViT(
-                img_size=img_size, patch_size=16, in_chans=3, embed_dim=embed_dim, depth=depth,
-                num_heads=2, mlp_ratio=2.0, out_chans=prompt_dim, qkv_bias=True,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-                window_size=max(grid // 4, 1), global_attn_indexes=(depth - 1,),
+                img_size=img_size,
+                patch_size=16,
+                in_chans=3,
+                embed_dim=embed_dim,
+                depth=depth,
+                num_heads=2,
+                mlp_ratio=2.0,
+                out_chans=prompt_dim,
+                qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True,
+                window_size=max(grid // 4, 1),
+                global_attn_indexes=(depth - 1,),
             ),
             prompt_encoder=PromptEncoder(
-                embed_dim=prompt_dim, image_embedding_size=(grid, grid),
-                input_image_size=(img_size, img_size), mask_in_chans=4,
+                embed_dim=prompt_dim,
+                image_embedding_size=(grid, grid),
+                input_image_size=(img_size, img_size),
+                mask_in_chans=4,
             ),
             mask_decoder=MaskDecoder(
                 num_multimask_outputs=3,
                 transformer=TwoWayTransformer(
                     depth=2, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim, num_heads=2
                 ),
-                transformer_dim=prompt_dim, iou_head_depth=2, iou_head_hidden_dim=prompt_dim,
+                transformer_dim=prompt_dim,
+                iou_head_depth=2,
+                iou_head_hidden_dim=prompt_dim,
             ),
             pixel_mean=[123.675, 116.28, 103.53],
             pixel_std=[58.395, 57.12, 57.375],
@@ -169,9 +186,14 @@ def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu
     return model.to(device).eval()
 
 
-def paste_masks(masks, classes: Sequence[int], scores: Sequence[float],
-                keep: Sequence[bool] | None = None, ignore_dropped: bool = False,
-                ignore_label: int = IGNORE_LABEL) -> tuple[np.ndarray, dict]:
+def paste_masks(
+    masks,
+    classes: Sequence[int],
+    scores: Sequence[float],
+    keep: Sequence[bool] | None = None,
+    ignore_dropped: bool = False,
+    ignore_label: int = IGNORE_LABEL,
+) -> tuple[np.ndarray, dict]:
     """Paste binary masks into a semantic label map, resolving overlaps by score then area.
 
     Runs in numpy: one device-to-host copy per image (the label, the statistics and the RLE
@@ -200,8 +222,7 @@ def paste_masks(masks, classes: Sequence[int], scores: Sequence[float],
     keep = np.ones(n, bool) if keep is None else np.asarray(keep, bool).reshape(n)
     label = np.zeros((h, w), np.uint8)
     areas = masks.reshape(n, h * w).sum(1)
-    info = {"areas": areas, "won": np.zeros(n, np.int64), "overlap_pixels": 0,
-            "conflict_pixels": 0}
+    info = {"areas": areas, "won": np.zeros(n, np.int64), "overlap_pixels": 0, "conflict_pixels": 0}
     if ignore_dropped and (~keep).any():
         label[np.logical_or.reduce(masks[~keep], axis=0)] = ignore_label
     kept = np.flatnonzero(keep)
@@ -306,11 +327,20 @@ class SamBoxLabeler:
     """
 
     @configurable
-    def __init__(self, *, sam: Sam, box_source: BoxSource | Callable[[dict], ImageBoxes],
-                 num_classes: int, multimask: bool = True, mask_min_score: float = 0.0,
-                 ignore_low_score: bool = False, score_by_box: bool = True,
-                 boxes_per_batch: int = 64, images_per_batch: int = 1,
-                 save_masks: bool = True):
+    def __init__(
+        self,
+        *,
+        sam: Sam,
+        box_source: BoxSource | Callable[[dict], ImageBoxes],
+        num_classes: int,
+        multimask: bool = True,
+        mask_min_score: float = 0.0,
+        ignore_low_score: bool = False,
+        score_by_box: bool = True,
+        boxes_per_batch: int = 64,
+        images_per_batch: int = 1,
+        save_masks: bool = True,
+    ):
         """
         Args:
             sam: a SAM model (its device is where everything runs).
@@ -376,8 +406,13 @@ class SamBoxLabeler:
         return self.sam.image_encoder(torch.cat(batch)), sizes
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor, boxes: torch.Tensor, input_size: tuple[int, int],
-                original_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self,
+        features: torch.Tensor,
+        boxes: torch.Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks of all boxes of one image, batched through SAM's prompt encoder and decoder.
 
         The same computation as ``SamPredictor.predict_torch(boxes=...)`` followed by picking the
@@ -398,8 +433,11 @@ class SamBoxLabeler:
                 points=None, boxes=boxes[i : i + self.boxes_per_batch], masks=None
             )
             low_res, iou = self.sam.mask_decoder(
-                image_embeddings=features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=self.multimask,
+                image_embeddings=features,
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=self.multimask,
             )
             best = iou.argmax(1)
             ar = torch.arange(len(best), device=best.device)
@@ -408,23 +446,36 @@ class SamBoxLabeler:
             masks.append(up[:, 0] > self.sam.mask_threshold)
             scores.append(iou[ar, best])
         if not masks:
-            return (torch.zeros((0, h, w), dtype=torch.bool, device=self.device),
-                    torch.zeros(0, device=self.device))
+            return (
+                torch.zeros((0, h, w), dtype=torch.bool, device=self.device),
+                torch.zeros(0, device=self.device),
+            )
         return torch.cat(masks), torch.cat(scores)
 
     # ------------------------------------------------------------------ whole images
-    def assemble(self, boxes: ImageBoxes, masks: torch.Tensor | None,
-                 mask_scores: torch.Tensor, hw: tuple[int, int]) -> SamLabelResult:
+    def assemble(
+        self,
+        boxes: ImageBoxes,
+        masks: torch.Tensor | None,
+        mask_scores: torch.Tensor,
+        hw: tuple[int, int],
+    ) -> SamLabelResult:
         """Paste one image's masks ((N, H, W) bool, None when N = 0) into its label map."""
         ms = mask_scores.float().cpu().numpy()
         keep = ms >= self.mask_min_score
         paste_scores = ms * boxes.scores if self.score_by_box else ms
         masks = np.zeros((0, *hw), bool) if masks is None else masks.cpu().numpy()
-        label, info = paste_masks(masks, boxes.classes, paste_scores, keep,
-                                  ignore_dropped=self.ignore_low_score)
+        label, info = paste_masks(
+            masks, boxes.classes, paste_scores, keep, ignore_dropped=self.ignore_low_score
+        )
         return SamLabelResult(
-            label=label, boxes=boxes, mask_scores=ms, kept=keep,
-            areas=info["areas"], won=info["won"], overlap_pixels=info["overlap_pixels"],
+            label=label,
+            boxes=boxes,
+            mask_scores=ms,
+            kept=keep,
+            areas=info["areas"],
+            won=info["won"],
+            overlap_pixels=info["overlap_pixels"],
             conflict_pixels=info["conflict_pixels"],
             masks_rle=_masks_to_rle(masks) if self.save_masks else None,
         )
@@ -438,8 +489,9 @@ class SamBoxLabeler:
             )
         return img
 
-    def label(self, dicts: Sequence[dict],
-              images: Sequence[np.ndarray] | None = None) -> list[SamLabelResult]:
+    def label(
+        self, dicts: Sequence[dict], images: Sequence[np.ndarray] | None = None
+    ) -> list[SamLabelResult]:
         """Label a batch of images (``images``: their RGB arrays, read from disk if None).
 
         Images without boxes are labelled all background (and logged) without running SAM;
@@ -449,16 +501,23 @@ class SamBoxLabeler:
         all_boxes, dropped = [], []
         for d in dicts:
             all_boxes.append(self.box_source(d))
-            dropped.append((getattr(self.box_source, "last_untagged", 0),
-                            getattr(self.box_source, "last_unmatched", 0)))
+            dropped.append(
+                (
+                    getattr(self.box_source, "last_untagged", 0),
+                    getattr(self.box_source, "last_unmatched", 0),
+                )
+            )
         todo = []
         for i, (d, b) in enumerate(zip(dicts, all_boxes)):
             if len(b):
                 todo.append(i)
                 continue
             hw = (int(d["height"]), int(d["width"]))
-            logger.warning("no boxes for image %s (tags %s): labelled all background",
-                           d["file_name"], list(d.get("tags", ())))
+            logger.warning(
+                "no boxes for image %s (tags %s): labelled all background",
+                d["file_name"],
+                list(d.get("tags", ())),
+            )
             results[i] = self.assemble(b, None, torch.zeros(0), hw)
         for s in range(0, len(todo), self.images_per_batch):
             idx = todo[s : s + self.images_per_batch]
@@ -483,8 +542,13 @@ def _stem_safe(d: dict) -> str:
     return stem
 
 
-def label_dataset(labeler: SamBoxLabeler, dicts: Iterable[dict], writer: RoundWriter,
-                  evaluator=None, progress: bool = True) -> int:
+def label_dataset(
+    labeler: SamBoxLabeler,
+    dicts: Iterable[dict],
+    writer: RoundWriter,
+    evaluator=None,
+    progress: bool = True,
+) -> int:
     """Label ``dicts`` into ``writer``'s round, resumably; feed each image to ``evaluator``.
 
     An image whose PNG already exists in the (partial) round is not labelled again; its record
@@ -505,20 +569,26 @@ def label_dataset(labeler: SamBoxLabeler, dicts: Iterable[dict], writer: RoundWr
         if writer.is_done(d):
             if evaluator is not None:
                 rec = read_record(os.path.join(rec_dir, _stem_safe(d) + ".json"))
-                evaluator.process([d], [{"sam_label": read_label_png(writer.label_path(d)),
-                                         "sam_record": rec}])
+                evaluator.process(
+                    [d], [{"sam_label": read_label_png(writer.label_path(d)), "sam_record": rec}]
+                )
         else:
             todo.append(d)
     if len(todo) < len(dicts):
-        logger.info("resuming: %d of %d images already labelled in %s",
-                    len(dicts) - len(todo), len(dicts), writer.partial_dir)
+        logger.info(
+            "resuming: %d of %d images already labelled in %s",
+            len(dicts) - len(todo),
+            len(dicts),
+            writer.partial_dir,
+        )
     step = labeler.images_per_batch
     for s in tqdm(range(0, len(todo), step), disable=not progress, desc="SAM labels"):
         batch = todo[s : s + step]
         for d, r in zip(batch, labeler.label(batch)):
             rec = r.record(d)
-            atomic_write_bytes(os.path.join(rec_dir, _stem_safe(d) + ".json"),
-                               json.dumps(rec).encode())
+            atomic_write_bytes(
+                os.path.join(rec_dir, _stem_safe(d) + ".json"), json.dumps(rec).encode()
+            )
             writer.write(d, r.label)
             if evaluator is not None:
                 evaluator.process([d], [{"sam_label": r.label, "sam_record": rec}])
