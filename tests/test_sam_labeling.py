@@ -141,6 +141,9 @@ def test_file_boxes_with_assist_words_and_formats(tmp_path, caplog):
     )
     assert mapper("Dining Table(0.42)") == 1 and mapper("plate") == 1
     assert mapper("saddle") == 2 and mapper("car") is None
+    assert mapper("table") == 1  # a grounded part of the class text
+    two = ClassNameMapper(["dining table", "side table"])
+    assert two("table") is None and two("side") == 2  # ambiguous parts match nothing
     assert mapper.prompts([1, 2]) == ["dining table", "plate", "horse", "saddle", "halter"]
     (tmp_path / "im.json").write_text(json.dumps({"box_format": "cxcywh_norm", "boxes": [
         {"label": "saddle", "box": [0.5, 0.5, 0.2, 0.4], "score": 0.8},

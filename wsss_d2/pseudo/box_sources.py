@@ -190,11 +190,23 @@ class ClassNameMapper:
         for n, k in index.items():
             self._lookup[_norm(n)] = k
             self._lookup[_norm(self.text[n])] = k
+        # words of each multi-word class text, for detector phrases that ground only part of it
+        self._words = {k: set(self.text[n].lower().split()) for n, k in index.items()}
 
     def __call__(self, label: str) -> int | None:
-        """Class id of ``label`` or None."""
+        """Class id of ``label`` or None.
+
+        An exact match (after normalisation) first; otherwise the one class whose text contains
+        every word of the label ("potted" -> "potted plant", as the study maps a grounded
+        sub-word to its parent class); None when no class, or several, fit.
+        """
         label = re.sub(r"\(\s*[-+0-9.eE]+\s*\)\s*$", "", str(label))  # "dog(0.43)" -> "dog"
-        return self._lookup.get(_norm(label))
+        k = self._lookup.get(_norm(label))
+        if k is not None:
+            return k
+        words = set(label.lower().split())
+        fits = [c for c, ws in self._words.items() if words and words <= ws]
+        return fits[0] if len(fits) == 1 else None
 
     def prompts(self, tags: Sequence[int]) -> list[str]:
         """Text prompts of an image's tags (class text + assist words): what to feed a detector."""
