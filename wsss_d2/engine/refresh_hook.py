@@ -101,8 +101,7 @@ class PseudoLabelRefreshHook(HookBase):
         self.cfg.defrost()
         self.cfg.WSSS.PSEUDO.TRAIN_ROUND = folder
         self.cfg.freeze()
-        cfg = self.cfg
-        trainer_cls = type(self.trainer)
-        self.trainer._trainer.reset_data_loader(lambda: trainer_cls.build_train_loader(cfg))
+        cfg, trainer = self.cfg, self.trainer  # trainer: a weakref proxy; its classmethod works
+        trainer._trainer.reset_data_loader(lambda: trainer.build_train_loader(cfg))
         comm.synchronize()
         logger.info("training data switched to pseudo-label round %s", folder)
