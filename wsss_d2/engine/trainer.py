@@ -88,6 +88,12 @@ class WSSSTrainer(DefaultTrainer):
         idx = next((i + 1 for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), 0)
         return ret[:idx] + extra + ret[idx:]
 
+    def train(self):
+        """Train; return the last evaluation results (DefaultTrainer returns them only when
+        TEST.EXPECTED_RESULTS is set)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
     def resume_or_load(self, resume: bool = True):
         if not (resume and self.checkpointer.has_checkpoint()):
             check_weights_exist(self.cfg.MODEL.WEIGHTS)

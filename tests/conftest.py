@@ -1,0 +1,43 @@
+"""Shared test set-up: a private datasets root, small configs, the coco_tiny location."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Generated datasets (toyparts) go to a per-run folder unless the caller chose one.
+os.environ.setdefault("DETECTRON2_DATASETS", tempfile.mkdtemp(prefix="wsss_d2_datasets_"))
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_TINY = REPO.parent / "shared" / "data" / "coco_tiny"
+
+
+@pytest.fixture(scope="session")
+def coco_tiny_root() -> Path:
+    """``../shared/data/coco_tiny``; the test is skipped when it is absent."""
+    if not (COCO_TINY / "annotations" / "instances_train2017.json").is_file():
+        pytest.skip(f"coco_tiny not found at {COCO_TINY}")
+    return COCO_TINY
+
+
+def make_cfg(*config_file_and_opts: str):
+    """A frozen-free wsss_d2 config: ``make_cfg("configs/cam_toy.yaml", "KEY", "VALUE", ...)``."""
+    from detectron2.config import get_cfg
+
+    from wsss_d2 import add_wsss_config
+
+    cfg = get_cfg()
+    add_wsss_config(cfg)
+    args = list(config_file_and_opts)
+    if args and args[0].endswith(".yaml"):
+        cfg.merge_from_file(str(REPO / args.pop(0)))
+    cfg.merge_from_list(args)
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg

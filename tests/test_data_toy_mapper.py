@@ -1,0 +1,117 @@
+"""Toy dataset generation, the tag mapper, and bad-input handling of images and labels."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from wsss_d2.data import TagDatasetMapper, build_mapper
+from wsss_d2.data.datasets.common import read_label_png, save_label_png, voc_palette
+from wsss_d2.data.datasets.toyparts import generate_toyparts, toyparts_dir
+
+
+def test_toyparts_registered_and_deterministic(tmp_path):
+    dicts = DatasetCatalog.get("toyparts_mini_train")
+    assert len(dicts) == 24
+    d = dicts[0]
+    assert {"file_name", "image_id", "height", "width", "tags", "sem_seg_file_name"} <= set(d)
+    assert d["tags"] == sorted(d["tags"]) and all(1 <= t <= 5 for t in d["tags"])
+    gt = read_label_png(d["sem_seg_file_name"])
+    present = sorted(int(c) for c in np.unique(gt) if c not in (0, 255))
+    assert present == d["tags"]  # tags are exactly the classes in the mask
+    meta = MetadataCatalog.get("toyparts_mini_train")
+    assert meta.stuff_classes[0] == "background" and len(meta.stuff_classes) == 6
+    assert meta.ignore_label == 255
+    # same seed -> identical files; the generator writes into a temp folder then renames
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_toyparts(str(a), 4, seed=7)
+    generate_toyparts(str(b), 4, seed=7)
+    for name in ("images/000003.png", "masks/000003.png", "tags.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def test_toyparts_head_is_small_part_of_object():
+    """The premise of the toy data: the class-specific head is a small part of each object."""
+    d = DatasetCatalog.get("toyparts_mini_train")[0]
+    folder = os.path.dirname(os.path.dirname(d["file_name"]))
+    assert folder == toyparts_dir(24, 2, 96, 5)
+    with open(os.path.join(folder, "tags.json")) as f:
+        assert json.load(f)["classes"] == ["red", "green", "blue", "yellow", "magenta"]
+    import cv2
+
+    img = cv2.imread(d["file_name"])[:, :, ::-1].astype(int)
+    gt = read_label_png(d["sem_seg_file_name"])
+    obj = (gt != 0) & (gt != 255)
+    saturated = (img.max(-1) - img.min(-1)) > 120  # heads are the only saturated pixels
+    assert 0.03 < (saturated & obj).sum() / obj.sum() < 0.4
+
+
+def test_mapper_train_outputs(cfg_factory, tmp_path):
+    cfg = cfg_factory("configs/cam_toy.yaml", "INPUT.TAGS.CROP_SIZE", "64")
+    mapper = build_mapper(cfg, is_train=True)
+    assert isinstance(mapper, TagDatasetMapper)
+    d = dict(DatasetCatalog.get("toyparts_mini_train")[0])
+    # a pseudo label makes "sem_seg"; ground truth must never be read in training
+    label = np.zeros((96, 96), np.uint8)
+    label[10:20, 10:20] = d["tags"][0]
+    save_label_png(str(tmp_path / "p.png"), label)
+    d["pseudo_seg_file_name"] = str(tmp_path / "p.png")
+    d["sem_seg_file_name"] = str(tmp_path / "does_not_exist.png")
+    out = mapper(d)
+    assert out["image"].dtype == torch.uint8 and out["image"].shape[0] == 3
+    assert max(out["image"].shape[1:]) <= 64
+    assert out["sem_seg"].shape == out["image"].shape[1:] and out["sem_seg"].dtype == torch.long
+    assert out["tags"].shape == (5,) and out["tags"].dtype == torch.float32
+    assert out["tags"][[t - 1 for t in d["tags"]]].eq(1).all() and out["tags"].sum() == len(
+        d["tags"])
+
+
+def test_mapper_test_keeps_size_and_has_no_sem_seg(cfg_factory):
+    cfg = cfg_factory("configs/cam_toy.yaml")
+    mapper = build_mapper(cfg, is_train=False)
+    d = DatasetCatalog.get("toyparts_mini_val")[0]
+    out = mapper(d)
+    assert tuple(out["image"].shape[1:]) == (96, 96)
+    assert "sem_seg" not in out
+
+
+def test_corrupt_and_missing_image_errors_name_the_file(cfg_factory, tmp_path):
+    mapper = build_mapper(cfg_factory("configs/cam_toy.yaml"), is_train=False)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(OSError, match="broken.jpg"):
+        mapper({"file_name": str(bad), "tags": [1], "height": 10, "width": 10})
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        mapper({"file_name": str(tmp_path / "missing.png"), "tags": [1]})
+
+
+def test_pseudo_label_size_mismatch_names_both_files(cfg_factory, tmp_path):
+    mapper = build_mapper(cfg_factory("configs/cam_toy.yaml"), is_train=True)
+    d = dict(DatasetCatalog.get("toyparts_mini_train")[0])
+    save_label_png(str(tmp_path / "small.png"), np.zeros((50, 40), np.uint8))
+    d["pseudo_seg_file_name"] = str(tmp_path / "small.png")
+    with pytest.raises(ValueError, match=r"small\.png.*40x50.*" + os.path.basename(d["file_name"])):
+        mapper(d)
+
+
+def test_tag_outside_range_is_an_error(cfg_factory):
+    mapper = build_mapper(cfg_factory("configs/cam_toy.yaml"), is_train=False)
+    d = dict(DatasetCatalog.get("toyparts_mini_val")[0])
+    d["tags"] = [9]
+    with pytest.raises(ValueError, match="tag 9 .* outside 1..5"):
+        mapper(d)
+
+
+def test_label_png_uses_voc_palette(tmp_path):
+    from PIL import Image
+
+    lab = np.array([[0, 1], [15, 255]], np.uint8)
+    save_label_png(str(tmp_path / "l.png"), lab)
+    im = Image.open(tmp_path / "l.png")
+    assert im.mode == "P"
+    assert np.array_equal(np.array(im), lab)
+    assert tuple(im.convert("RGB").getpixel((0, 1))) == voc_palette()[15] == (192, 128, 128)
