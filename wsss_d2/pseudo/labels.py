@@ -326,7 +326,7 @@ def make_round(cfg, model: torch.nn.Module, dicts: Iterable[dict], k: int,
             # what the CAMs depend on: model, weights file, test-time input and protocol
             w = cfg.MODEL.WEIGHTS
             stamp = [os.path.getsize(w), int(os.path.getmtime(w))] if os.path.isfile(w) else None
-            check_cam_dir(cam_dir, {**engine.fingerprint(), "round": k, "weights": w,
+            check_cam_dir(cam_dir, {**engine.fingerprint(), "weights": w,
                                     "weights_stamp": stamp, "model": config_hash(cfg.MODEL),
                                     "test_long": cfg.INPUT.TAGS.TEST_LONG}, overwrite)
         comm.synchronize()
