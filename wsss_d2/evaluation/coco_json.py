@@ -1,0 +1,188 @@
+"""COCO-format semantic results: write them from our models, score anyone's against COCO GT.
+
+The results format is the one Detectron2's ``SemSegEvaluator`` writes as
+``sem_seg_predictions.json`` and COCO-Stuff's evaluation reads: a JSON list with one entry per
+(image, predicted class)::
+
+    {"image_id": 139, "category_id": 18, "segmentation": {"size": [h, w], "counts": "<RLE>"}}
+
+``category_id`` is the dataset's own category id (the COCO id for COCO-format datasets, else
+our contiguous id 1..K); background and ignored pixels are not written (a pixel no entry covers
+is background).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections import OrderedDict, defaultdict
+from typing import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.utils import comm
+
+from ..data.datasets.coco import _category_map, instances_to_label
+from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes
+from .metrics import confusion_matrix, metrics_from_confusion
+from .registry import EVALUATOR_REGISTRY
+from .sem_seg import WSSSSemSegEvaluator
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "COCOSemSegJSONEvaluator",
+    "label_to_coco_results",
+    "coco_results_to_label",
+    "score_coco_semantic_json",
+]
+
+
+def label_to_coco_results(label: np.ndarray, image_id, id_map: dict[int, int] | None = None
+                          ) -> list[dict]:
+    """(H, W) label map (0 bg, 1..K, 255 ignore) -> one RLE result per class present."""
+    out = []
+    for c in np.unique(label):
+        c = int(c)
+        if c in (0, IGNORE_LABEL):
+            continue
+        rle = mask_util.encode(np.asfortranarray((label == c).astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        out.append({"image_id": image_id, "category_id": (id_map or {}).get(c, c),
+                    "segmentation": rle})
+    return out
+
+
+def coco_results_to_label(results: Sequence[dict], height: int, width: int,
+                          cat_to_contiguous: dict[int, int], where: str = "") -> np.ndarray:
+    """Paint one image's results into an (H, W) label map (pixels no result covers: 0).
+
+    Entries with a ``score`` are painted in increasing score order (the best one wins an
+    overlap); otherwise in file order. Unknown category ids are an error naming them.
+    """
+    label = np.zeros((height, width), np.uint8)
+    order = sorted(range(len(results)), key=lambda i: results[i].get("score", 0.0))
+    for i in order:
+        r = results[i]
+        if r["category_id"] not in cat_to_contiguous:
+            raise KeyError(f"{where}: category_id {r['category_id']} is not a category of the "
+                           "ground truth")
+        seg = dict(r["segmentation"])
+        if tuple(seg["size"]) != (height, width):
+            raise ValueError(f"{where}: result mask is {seg['size']} but the image is "
+                             f"{[height, width]}")
+        if isinstance(seg["counts"], str):
+            seg["counts"] = seg["counts"].encode("ascii")
+        label[mask_util.decode(seg).astype(bool)] = cat_to_contiguous[r["category_id"]]
+    return label
+
+
+def _contiguous_to_dataset_ids(dataset_name: str) -> dict[int, int] | None:
+    meta = MetadataCatalog.get(dataset_name)
+    json_file = getattr(meta, "json_file", None)
+    if not json_file or not os.path.isfile(json_file):
+        return None
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(json_file)
+    cat_map, _ = _category_map(coco, json_file, getattr(meta, "coco_names", None))
+    return {v: k for k, v in cat_map.items()}
+
+
+@EVALUATOR_REGISTRY.register()
+class COCOSemSegJSONEvaluator(WSSSSemSegEvaluator):
+    """:class:`WSSSSemSegEvaluator` that also writes ``sem_seg_predictions.json`` (COCO format).
+
+    The JSON goes to ``output_dir`` (atomically); its category ids are the dataset's COCO ids
+    when the dataset was registered from a COCO JSON, else the contiguous ids.
+    """
+
+    @configurable
+    def __init__(self, dataset_name: str, **kwargs):
+        super().__init__(dataset_name, **kwargs)
+        self._id_map = _contiguous_to_dataset_ids(dataset_name)
+
+    def reset(self):
+        super().reset()
+        self._results = []
+
+    def process(self, inputs, outputs):
+        super().process(inputs, outputs)
+        for inp, out in zip(inputs, outputs):
+            if "sem_seg" in out:
+                label = out["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.uint8)
+                self._results += label_to_coco_results(label, inp["image_id"], self._id_map)
+
+    def evaluate(self):
+        res = super().evaluate()
+        results = self._results
+        if self.distributed and comm.get_world_size() > 1:
+            parts = comm.gather(results, dst=0)
+            results = [r for p in parts for r in p] if comm.is_main_process() else None
+        if results is None:
+            return {}
+        if self.output_dir:
+            path = os.path.join(self.output_dir, "sem_seg_predictions.json")
+            atomic_write_bytes(path, json.dumps(results).encode())
+            logger.info("wrote %d COCO-format semantic results to %s", len(results), path)
+        return res
+
+
+def score_coco_semantic_json(results_file: str, instances_json: str,
+                             class_names: Sequence[str] | None = None,
+                             image_ids: Sequence | None = None) -> OrderedDict:
+    """Score a COCO-format semantic results JSON against COCO instance annotations.
+
+    Ground truth is painted from the instances exactly as the dataset code does
+    (:func:`wsss_d2.data.datasets.coco.instances_to_label`: larger instances first, crowd-only
+    pixels ignored). ``class_names`` restricts the evaluation to those COCO categories (others
+    count as background), numbered in that order. Images of the annotation file with no result
+    are scored as all background; ``image_ids`` limits the evaluation to those images.
+
+    Returns ``{"sem_seg": {...}}`` with the same keys as :class:`WSSSSemSegEvaluator`.
+    """
+    from pycocotools.coco import COCO
+
+    with open(results_file) as f:
+        results = json.load(f)
+    if not isinstance(results, list):
+        raise ValueError(f"{results_file}: expected a JSON list of results")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(instances_json)
+    cat_map, names = _category_map(coco, instances_json, class_names)
+    by_image = defaultdict(list)
+    for r in results:
+        by_image[r["image_id"]].append(r)
+    unknown = set(by_image) - set(coco.imgs)
+    if unknown:
+        raise KeyError(f"{results_file}: image_id {sorted(unknown, key=str)[0]} is not in "
+                       f"{instances_json}")
+    bad_cats = {r["category_id"] for r in results} - set(coco.getCatIds())
+    if bad_cats:
+        raise KeyError(f"{results_file}: category_id {sorted(bad_cats)[0]} is not a category of "
+                       f"{instances_json}")
+    ids = sorted(coco.imgs) if image_ids is None else list(image_ids)
+    n = len(names) + 1
+    conf = np.zeros((n, n), np.int64)
+    missing = 0
+    for img_id in ids:
+        img = coco.imgs[img_id]
+        h, w = img["height"], img["width"]
+        anns = [{**a, "category_id": cat_map[a["category_id"]]}
+                for a in coco.imgToAnns.get(img_id, []) if a["category_id"] in cat_map]
+        gt = instances_to_label(anns, h, w, where=f"{instances_json} image {img_id}")
+        missing += img_id not in by_image
+        # results for categories outside the evaluated classes are background
+        rs = [r for r in by_image.get(img_id, []) if r["category_id"] in cat_map]
+        pred = coco_results_to_label(rs, h, w, cat_map, where=f"{results_file} image {img_id}")
+        conf += confusion_matrix(pred, gt, n)
+    if missing:
+        logger.warning("%d of %d images have no result and count as all background", missing,
+                       len(ids))
+    return OrderedDict(sem_seg=metrics_from_confusion(conf, ["background", *names]))
