@@ -131,9 +131,16 @@ def test_completion_targets_stay_in_tags():
 @pytest.mark.parametrize("cross,cross_ce,completion", list(itertools.product([0, 1], repeat=3)))
 def test_head_loss_switches(cross, cross_ce, completion):
     torch.manual_seed(0)
-    head = CIANHead(SHAPE, in_feature="res5", num_classes=4, conv_dims=0, fov_dilation=2,
-                    cross=bool(cross), cross_ce_weight=float(cross_ce),
-                    completion_weight=float(completion)).train()
+    head = CIANHead(
+        SHAPE,
+        in_feature="res5",
+        num_classes=4,
+        conv_dims=0,
+        fov_dilation=2,
+        cross=bool(cross),
+        cross_ce_weight=float(cross_ce),
+        completion_weight=float(completion),
+    ).train()
     feats = {"res5": torch.randn(2, 8, 4, 4, requires_grad=True)}
     targets = torch.randint(0, 4, (2, 32, 32))
     targets[:, :8] = 255
@@ -222,9 +229,18 @@ def test_group_references():
 
 # ---------------------------------------------------------------------- segmentor
 def _cian_cfg(*opts):
-    return make_cfg("configs/cian_toy.yaml", "DATASETS.TRAIN", "('toyparts_mini_train',)",
-                    "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
-                    "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)", *opts)
+    return make_cfg(
+        "configs/cian_toy.yaml",
+        "DATASETS.TRAIN",
+        "('toyparts_mini_train',)",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "MODEL.TINY.WIDTHS",
+        "(8, 8, 16, 16)",
+        *opts,
+    )
 
 
 def _batch(n=4, size=32, seed=0, tags=None):
@@ -234,20 +250,38 @@ def _batch(n=4, size=32, seed=0, tags=None):
     for i in range(n):
         lab = torch.randint(0, 6, (size, size), generator=g)
         lab[: size // 4] = 255
-        out.append({"image": torch.randint(0, 256, (3, size, size), generator=g,
-                                           dtype=torch.uint8),
-                    "sem_seg": lab, "tags": torch.tensor(tags[i], dtype=torch.float32),
-                    "height": size, "width": size})
+        out.append(
+            {
+                "image": torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8),
+                "sem_seg": lab,
+                "tags": torch.tensor(tags[i], dtype=torch.float32),
+                "height": size,
+                "width": size,
+            }
+        )
     return out
 
 
-@pytest.mark.parametrize("cross,cross_ce,completion,sampling",
-                         [(c, ce, cp, s) for c, ce, cp in itertools.product([0, 1], repeat=3)
-                          for s in ("common_class", "random") if c or s == "common_class"])
+@pytest.mark.parametrize(
+    "cross,cross_ce,completion,sampling",
+    [
+        (c, ce, cp, s)
+        for c, ce, cp in itertools.product([0, 1], repeat=3)
+        for s in ("common_class", "random")
+        if c or s == "common_class"
+    ],
+)
 def test_training_step_each_switch(cross, cross_ce, completion, sampling):
-    cfg = _cian_cfg("MODEL.CIAN.CROSS", str(bool(cross)), "MODEL.CIAN.CROSS_CE",
-                    str(bool(cross_ce)), "MODEL.CIAN.COMPLETION", str(bool(completion)),
-                    "DATALOADER.PAIR_SAMPLING", sampling)
+    cfg = _cian_cfg(
+        "MODEL.CIAN.CROSS",
+        str(bool(cross)),
+        "MODEL.CIAN.CROSS_CE",
+        str(bool(cross_ce)),
+        "MODEL.CIAN.COMPLETION",
+        str(bool(completion)),
+        "DATALOADER.PAIR_SAMPLING",
+        sampling,
+    )
     torch.manual_seed(0)
     model = build_model(cfg).train()
     with EventStorage():
@@ -311,5 +345,6 @@ def test_pair_loader_batches_hold_pairs(tmp_path):
         losses = model(batch)
     sum(losses.values()).backward()
     with pytest.raises(ValueError, match="multiple"):
-        WSSSTrainer.build_train_loader(_cian_cfg("WSSS.PSEUDO.TRAIN_ROUND", folder,
-                                                 "SOLVER.IMS_PER_BATCH", "3"))
+        WSSSTrainer.build_train_loader(
+            _cian_cfg("WSSS.PSEUDO.TRAIN_ROUND", folder, "SOLVER.IMS_PER_BATCH", "3")
+        )

@@ -172,3 +172,15 @@ def test_multiscale_flip_inference():
     with torch.no_grad():
         ref = m1.segment(x).softmax(1)[0]
     assert torch.allclose(m1([{"image": img}])[0]["sem_seg"], ref, atol=1e-5)
+
+
+def test_crf_inference_keeps_probabilities():
+    pytest.importorskip("pydensecrf")
+    cfg = _seg_cfg("MODEL.SEG_HEAD.TEST_CRF", "True", "MODEL.SEG_HEAD.TEST_FLIP", "False")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.test_crf is not None
+    img = torch.randint(0, 255, (3, 24, 32), dtype=torch.uint8)
+    out = model([{"image": img, "height": 48, "width": 64}])[0]["sem_seg"]
+    assert out.shape == (6, 48, 64)
+    assert torch.allclose(out.sum(0), torch.ones(48, 64), atol=1e-3)

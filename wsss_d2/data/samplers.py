@@ -98,8 +98,10 @@ class PairTrainingSampler(Sampler):
                 f"(first: {names[lonely[0]]}, tags {self._tags[lonely[0]]})"
             )
             if strict:
-                raise ValueError(f"{mode} pair sampling: {what}; set DATALOADER.PAIR_STRICT False "
-                                 "to pair them with themselves")
+                raise ValueError(
+                    f"{mode} pair sampling: {what}; set DATALOADER.PAIR_STRICT False "
+                    "to pair them with themselves"
+                )
             logger.warning("%s pair sampling: %s; they are paired with themselves", mode, what)
 
     def reference(self, i: int, gen: torch.Generator) -> int:
@@ -124,7 +126,9 @@ class PairTrainingSampler(Sampler):
         gen = torch.Generator()
         gen.manual_seed(self._seed)
         while True:
-            order = torch.randperm(self._size, generator=gen) if self._shuffle else range(self._size)
+            order = (
+                torch.randperm(self._size, generator=gen) if self._shuffle else range(self._size)
+            )
             for q in order:
                 q = int(q)
                 yield [q] + [self.reference(q, gen) for _ in range(self._group_size - 1)]
@@ -167,5 +171,6 @@ def _register() -> None:
 
     for m in PAIR_MODES:
         TRAIN_LOADER_BUILDERS[m] = partial(build_pair_train_loader, mode=m)
+
 
 _register()

@@ -139,6 +139,11 @@ class CIANHead(DeepLabV2Head):
         valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The switchable CIAN losses; ``targets`` (N, H, W) pseudo labels, ``tags`` (N, K)."""
+        # upsample each prediction once; every loss below reuses it
+        size = targets.shape[-2:]
+        logits_self = upsample_to(logits_self, size)
+        if logits_cross is not None:
+            logits_cross = upsample_to(logits_cross, size)
         losses = self.losses(logits_self, targets, self.self_ce_weight, "loss_ce_self")
         if logits_cross is not None and self.cross_ce_weight > 0:
             losses.update(self.losses(logits_cross, targets, self.cross_ce_weight, "loss_ce_cross"))
@@ -146,9 +151,7 @@ class CIANHead(DeepLabV2Head):
             if tags is None:
                 raise ValueError("the completion loss needs the images' 'tags'")
             source = logits_self if logits_cross is None else logits_cross
-            online = completion_targets(
-                source, tags, targets.shape[-2:], valid, self.ignore_value
-            )
+            online = completion_targets(source, tags, size, valid, self.ignore_value)
             if logits_cross is not None:
                 losses.update(
                     self.losses(logits_cross, online, self.completion_weight, "loss_cp_cross")
