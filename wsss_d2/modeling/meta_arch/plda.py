@@ -59,7 +59,9 @@ def simple_assign(cam: torch.Tensor, high: float, low: float
 
 
 def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, K, h, w) bool source pixels -> (N, 1, H, W) float, 1 where the image is erased."""
+    """Pixels to erase (Eq. 6): (N, K, h, w) bool source pixels -> (N, 1, H, W) float, 1 where
+    any class's source covers the pixel (nearest upsampling: whole output-stride cells are
+    erased, so no sliver of the discriminative part survives at the cell borders)."""
     return F.interpolate(source.any(1, keepdim=True).float(), size=size, mode="nearest")
 
 
@@ -260,11 +262,10 @@ class PLDA(CAMClassifier):
         cam = self.normalized_cam(logits, tags, valid)
         masked_cam = None
         if self.assign == "mask":
-            source = cam > self.theta
             # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
             # pass only assigns domains and makes pseudo labels, so it needs no graph
             with torch.no_grad():
-                x_masked = x * (1.0 - erase_mask(source, x.shape[-2:]))
+                x_masked = x * (1.0 - erase_mask(cam > self.theta, x.shape[-2:]))
                 masked_logits = self.cam_logits(self.extract_features(x_masked))
             masked_cam = self.normalized_cam(masked_logits, tags, valid)
             source, target = mask_assign(cam, masked_cam, self.theta)

@@ -1,0 +1,272 @@
+"""PLDA: gradient reversal + schedule hook, MaskAssign, PAMR, multi-head domain classifier,
+training steps for every switch combination, empty-domain and NaN handling."""
+
+import itertools
+
+import pytest
+import torch
+from detectron2.engine import SimpleTrainer
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from wsss_d2.engine import HOOK_REGISTRY, GRLScheduleHook
+from wsss_d2.modeling.heads import MultiHeadDomainClassifier, balanced_domain_loss
+from wsss_d2.modeling.layers import PAMR, GradientReversal, grad_reverse, grl_schedule
+from wsss_d2.modeling.meta_arch import PLDA
+from wsss_d2.modeling.meta_arch.plda import (
+    balanced_cps_loss,
+    cps_pseudo_labels,
+    erase_mask,
+    mask_assign,
+    simple_assign,
+)
+
+SMALL = ("MODEL.TINY.WIDTHS", "(8, 8, 16, 16)", "MODEL.PLDA.DOMAIN_HIDDEN_DIMS", "(16, 8)",
+         "MODEL.PLDA.DOMAIN_DROPOUT", "0.0", "MODEL.PLDA.PAMR_ITERS", "3")
+
+
+def _inputs(n=2, size=64, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        tags = torch.zeros(k)
+        tags[i % k] = 1
+        tags[(i + 2) % k] = 1
+        out.append({"image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
+                    "tags": tags, "height": size, "width": size})
+    return out
+
+
+def _model(cfg_factory, *opts):
+    torch.manual_seed(0)
+    model = build_model(cfg_factory("configs/plda_toy.yaml", *SMALL, *opts))
+    model.train()
+    return model
+
+
+# ---------------------------------------------------------------------- GRL and its schedule
+def test_grl_identity_forward_and_reversed_scaled_backward():
+    x = torch.randn(3, 4, requires_grad=True)
+    layer = GradientReversal(0.5)
+    y = layer(x)
+    assert torch.equal(y, x)
+    g = torch.randn(3, 4)
+    y.backward(g)
+    assert torch.allclose(x.grad, -0.5 * g)
+    layer.coeff = 2.0  # settable; the functional form agrees
+    x.grad = None
+    grad_reverse(x, 2.0).backward(g)
+    assert layer.coeff == 2.0 and torch.allclose(x.grad, -2.0 * g)
+
+
+def test_schedule_values():
+    assert grl_schedule(0.0) == 0.0
+    assert grl_schedule(0.5) == pytest.approx(0.9866142981514305)  # 2/(1+e^-5)-1
+    assert grl_schedule(1.0) == pytest.approx(0.9999092042625951)  # 2/(1+e^-10)-1
+    assert grl_schedule(0.5, gamma=1.0) == pytest.approx(0.2449186624037092)
+
+
+def test_schedule_hook_sets_and_logs_coefficient(cfg_factory):
+    model = _model(cfg_factory)
+    hook = HOOK_REGISTRY.get("GRLScheduleHook")(cfg_factory("configs/plda_toy.yaml"))
+    assert isinstance(hook, GRLScheduleHook)
+
+    class _Trainer:
+        pass
+
+    trainer = _Trainer()
+    trainer.model, trainer.max_iter = model, 100
+    hook.trainer = trainer
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        for it, expected in ((0, 0.0), (50, 0.9866142981514305)):
+            trainer.iter = it
+            storage.iter = it
+            hook.before_step()
+            assert model.grl.coeff == pytest.approx(expected, abs=1e-6)
+            assert storage.latest()["grl_coeff"][0] == pytest.approx(expected, abs=1e-6)
+
+
+# ---------------------------------------------------------------------- domain assignment
+def test_mask_assign_on_hand_made_cams():
+    cam = torch.zeros(1, 2, 4, 4)
+    cam[0, 0, 0, 0:2] = torch.tensor([1.0, 0.7])  # class 0 peak: 2 source pixels
+    cam[0, 0, 1, 0] = 0.5  # below theta: neither domain from this CAM
+    masked = torch.zeros(1, 2, 4, 4)
+    masked[0, 0, 2, 0:3] = torch.tensor([1.0, 0.65, 0.3])  # emerges once the peak is erased
+    masked[0, 0, 0, 0] = 0.9  # an erased (source) pixel is never target
+    masked[0, 1, 3, 3] = 1.0  # class 1 only in the masked CAM
+    source, target = mask_assign(cam, masked, theta=0.6)
+    exp_s = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    exp_s[0, 0, 0, 0:2] = True
+    exp_t = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    exp_t[0, 0, 2, 0:2] = True
+    exp_t[0, 1, 3, 3] = True
+    assert torch.equal(source, exp_s) and torch.equal(target, exp_t)
+    # erasing covers each source cell's whole output-stride block, of any class
+    er = erase_mask(source, (8, 8))
+    assert er.shape == (1, 1, 8, 8) and er.sum() == 8 and er[0, 0, :2, :4].all()
+    s2, t2 = simple_assign(cam, high=0.6, low=0.4)
+    assert torch.equal(s2, exp_s) and t2.sum() == 1 and t2[0, 0, 1, 0]
+
+
+def test_masked_forward_sees_source_pixels_erased_to_the_mean(cfg_factory):
+    model = _model(cfg_factory, "MODEL.PLDA.ADV_ON", "False")
+    seen = []
+    orig = model.extract_features
+
+    def spy(x):
+        seen.append(x.detach().clone())
+        return orig(x)
+
+    model.extract_features = spy
+    with EventStorage():
+        model(_inputs())
+    assert len(seen) == 2  # the image, then the masked image
+    x, xm = seen
+    erased = (xm == 0).all(1) & (x != 0).any(1)
+    assert erased.any() and not erased.all()
+    kept = ~(xm == 0).all(1)
+    assert torch.equal(xm.permute(0, 2, 3, 1)[kept], x.permute(0, 2, 3, 1)[kept])
+
+
+# ---------------------------------------------------------------------- PAMR
+def test_pamr_moves_labels_to_the_region_edge():
+    torch.manual_seed(0)
+    img = torch.zeros(1, 3, 24, 32)
+    img[..., 16:] = 1.0  # two regions, edge between columns 15 and 16
+    img += 0.02 * torch.randn_like(img)
+    fg = torch.zeros(1, 1, 24, 32)
+    fg[..., :20] = 1.0  # a coarse mask that spills 4 columns over the edge
+    masks = torch.cat([1 - fg, fg], 1)
+    out = PAMR(num_iter=10, dilations=(1, 2, 4, 8))(img, masks)
+    assert out.shape == masks.shape
+    assert torch.allclose(out.sum(1), torch.ones(1, 24, 32), atol=1e-5)
+    label = out.argmax(1)[0]
+    assert (label[:, :16] == 1).all() and (label[:, 16:] == 0).all()
+    with pytest.raises(ValueError, match="PAMR expects"):
+        PAMR()(img[0], masks)
+
+
+# ---------------------------------------------------------------------- domain classifier
+def test_domain_heads_receive_only_their_class_pixels():
+    torch.manual_seed(0)
+    d = MultiHeadDomainClassifier(6, num_classes=3, hidden_dims=(5, 4), dropout=0.0)
+    feats = torch.randn(2, 6, 3, 3, requires_grad=True)
+    pix = torch.tensor([0, 4, 4, 10])  # pixel 4 is in classes 0 and 2
+    cls = torch.tensor([0, 0, 2, 2])
+    logits = d(feats, pix, cls)
+    assert logits.shape == (4, 2)
+    flat = feats.detach().permute(0, 2, 3, 1).reshape(-1, 6)
+    for j in range(4):  # each entry is exactly its own class's head on its own pixel
+        emb = d.base(flat[pix[j]][None])[0]
+        ref = d.head_weight[cls[j]] @ emb + d.head_bias[cls[j]]
+        assert torch.allclose(logits[j], ref, atol=1e-5)
+    logits.sum().backward()
+    assert d.head_weight.grad[1].abs().sum() == 0 and d.head_bias.grad[1].abs().sum() == 0
+    assert d.head_weight.grad[0].abs().sum() > 0 and d.head_weight.grad[2].abs().sum() > 0
+    touched = feats.grad.permute(0, 2, 3, 1).reshape(-1, 6).abs().sum(1) > 0
+    assert touched.nonzero().flatten().tolist() == [0, 4, 10]
+
+
+def test_empty_domains_give_exact_zero_losses():
+    logits = torch.randn(3, 2, requires_grad=True)
+    only_source = balanced_domain_loss(logits, torch.zeros(3, dtype=torch.long),
+                                       torch.zeros(3, dtype=torch.long))
+    assert only_source.item() == 0.0
+    only_source.backward()
+    assert torch.isfinite(logits.grad).all()
+    empty = balanced_domain_loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long),
+                                 torch.zeros(0, dtype=torch.long))
+    assert empty.item() == 0.0
+    cps = balanced_cps_loss(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 255))
+    assert cps.item() == 0.0
+    # balanced: each (group, domain) mean weighs the same, whatever the pixel counts
+    lg = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    dom = torch.tensor([0, 0, 0, 1])
+    ce = torch.nn.functional.cross_entropy(lg, dom, reduction="none")
+    expected = (ce[:3].mean() + ce[3]) / 2
+    assert balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long)) == pytest.approx(
+        expected.item())
+
+
+def test_cps_pseudo_labels_dynamic_threshold():
+    probs = torch.zeros(1, 3, 1, 4)  # bg, class 1, class 2
+    probs[0, 1, 0] = torch.tensor([0.9, 0.5, 0.6, 0.0])
+    probs[0, 2, 0] = torch.tensor([0.0, 0.0, 0.3, 0.25])
+    region = torch.ones(1, 2, 1, 4, dtype=torch.bool)
+    lab = cps_pseudo_labels(probs, region, alpha=0.6, min_confidence=0.2)
+    # class 1: > 0.54 -> pixels 0, 2; class 2: > max(0.18, 0.2) -> pixels 2, 3; 2 is ambiguous
+    assert lab.tolist() == [[[1, 255, 255, 2]]]
+    region[0, 1, 0, 3] = False
+    assert cps_pseudo_labels(probs, region, 0.6, 0.2).tolist() == [[[1, 255, 255, 255]]]
+
+
+# ---------------------------------------------------------------------- training steps
+@pytest.mark.parametrize("adv,cps,assign",
+                         list(itertools.product([False, True], [False, True], ["mask", "simple"])))
+def test_training_step_every_switch(cfg_factory, adv, cps, assign):
+    model = _model(cfg_factory, "MODEL.PLDA.ADV_ON", str(adv), "MODEL.PLDA.CPS_ON", str(cps),
+                   "MODEL.PLDA.ASSIGN", assign, "MODEL.PLDA.CPS_UPSAMPLE", "2")
+    with EventStorage():
+        losses = model(_inputs())
+    expected = {"loss_cls"} | ({"loss_adv"} if adv else set()) | (
+        {"loss_cps_src", "loss_cps_tgt"} if cps else set())
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name, mod in (("backbone", model.backbone), ("classifier", model.classifier)):
+        grads = [p.grad for p in mod.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), name
+        assert sum(g.abs().sum() for g in grads) > 0, name
+    if adv:
+        assert losses["loss_adv"] > 0
+        g = model.domain_classifier.head_weight.grad
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_adversarial_gradient_is_reversed_at_the_features(cfg_factory):
+    grads = {}
+    for coeff in (1.0, -1.0):
+        model = _model(cfg_factory, "MODEL.PLDA.CPS_ON", "False")
+        model.grl.coeff = coeff
+        with EventStorage():
+            model(_inputs())["loss_adv"].backward()
+        grads[coeff] = model.backbone.stages[-1].conv2.weight.grad.clone()
+        dgrad = model.domain_classifier.head_weight.grad.clone()
+        grads[f"d{coeff}"] = dgrad
+    assert grads[1.0].abs().sum() > 0
+    assert torch.allclose(grads[1.0], -grads[-1.0], atol=1e-6)
+    assert torch.allclose(grads["d1.0"], grads["d-1.0"], atol=1e-6)  # D itself is not reversed
+
+
+def test_no_pixel_above_theta_gives_zero_losses(cfg_factory):
+    model = _model(cfg_factory, "MODEL.PLDA.THETA", "1.5")
+    with EventStorage():
+        losses = model(_inputs())
+    for k in ("loss_adv", "loss_cps_src", "loss_cps_tgt"):
+        assert losses[k].item() == 0.0, k
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_inference_matches_cam_classifier(cfg_factory):
+    model = _model(cfg_factory)
+    assert isinstance(model, PLDA)
+    model.eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        out = model(inputs)
+        ref = super(PLDA, model).forward(inputs)  # CAMClassifier.forward
+    assert set(out[0]) == {"cam", "sem_seg"}
+    assert torch.equal(out[0]["cam"], ref[0]["cam"])
+
+
+def test_nan_loss_stops_training_naming_iteration_and_term(cfg_factory):
+    model = _model(cfg_factory, "MODEL.PLDA.CPS_ON", "False")
+    model.adv_loss_weight = float("nan")  # forces loss_adv (only) to NaN
+    data = iter(lambda: _inputs(), None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, data, opt)
+    with pytest.raises(FloatingPointError, match=r"(?s)iteration=0.*loss_adv.: nan"):
+        trainer.train(0, 2)
