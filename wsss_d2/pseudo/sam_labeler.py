@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, Sequence
@@ -535,13 +534,6 @@ class SamBoxLabeler:
         return results
 
 
-def _stem_safe(d: dict) -> str:
-    stem = label_stem(d)
-    if not re.match(r"^[\w.\-]+$", stem):
-        raise ValueError(f"image {d['file_name']}: file stem '{stem}' is not a safe file name")
-    return stem
-
-
 def label_dataset(
     labeler: SamBoxLabeler,
     dicts: Iterable[dict],
@@ -568,7 +560,7 @@ def label_dataset(
     for d in dicts:
         if writer.is_done(d):
             if evaluator is not None:
-                rec = read_record(os.path.join(rec_dir, _stem_safe(d) + ".json"))
+                rec = read_record(os.path.join(rec_dir, label_stem(d) + ".json"))
                 evaluator.process(
                     [d], [{"sam_label": read_label_png(writer.label_path(d)), "sam_record": rec}]
                 )
@@ -587,7 +579,7 @@ def label_dataset(
         for d, r in zip(batch, labeler.label(batch)):
             rec = r.record(d)
             atomic_write_bytes(
-                os.path.join(rec_dir, _stem_safe(d) + ".json"), json.dumps(rec).encode()
+                os.path.join(rec_dir, label_stem(d) + ".json"), json.dumps(rec).encode()
             )
             writer.write(d, r.label)
             if evaluator is not None:
