@@ -116,16 +116,22 @@ def test_head_equals_baseline_at_init():
     assert torch.allclose(s, ref) and torch.allclose(c, ref)
 
 
-def test_completion_targets_stay_in_tags():
+def test_completion_targets_follow_the_prediction_within_tags():
     logits = torch.zeros(2, 4, 2, 2)
-    logits[:, 3] = 5.0  # class 3 wins everywhere ...
-    logits[:, 1] = 1.0
-    tags = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # ... but only image 1 has it
-    valid = torch.ones(2, 4, 4, dtype=torch.bool)
-    valid[0, 0, 0] = False
-    t = completion_targets(logits, tags, (4, 4), valid)
-    assert t.shape == (2, 4, 4)
-    assert t[0, 0, 0] == 255 and (t[0].flatten()[1:] == 1).all() and (t[1] == 3).all()
+    logits[:, 3] = 5.0  # class 3 wins everywhere but the last column ...
+    logits[:, 1, :, 1] = 9.0  # ... where class 1 wins
+    tags = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # image 0: {1}, image 1: {3}
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    valid[1, 0, 0] = False
+    t = completion_targets(logits, tags, (2, 2), valid)
+    # image 0: class 3 is not among its tags -> ignored; class 1 is -> kept
+    assert t[0].tolist() == [[255, 1], [255, 1]]
+    # image 1: class 3 kept, class 1 (not a tag) ignored, padding ignored
+    assert t[1].tolist() == [[255, 255], [3, 255]]
+    # background is always allowed
+    bg = torch.zeros(1, 4, 2, 2)
+    bg[:, 0] = 1.0
+    assert (completion_targets(bg, torch.zeros(1, 3), (4, 4)) == 0).all()
 
 
 @pytest.mark.parametrize("cross,cross_ce,completion", list(itertools.product([0, 1], repeat=3)))

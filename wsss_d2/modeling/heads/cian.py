@@ -10,8 +10,9 @@ Losses (each switchable, so that the paper's ablation runs from configs alone):
 - ``loss_ce_self``: CE of the self-affinity prediction on the pseudo labels (the baseline's loss);
 - ``loss_ce_cross``: CE of the cross-affinity prediction on the pseudo labels ("+CE");
 - ``loss_cp_self`` / ``loss_cp_cross``: the completion loss ("+CP", Eq. 7-8): the arg-max of the
-  cross-affinity prediction over the background and the image's tags (detached) labels every
-  non-padded pixel of the query, and supervises both predictions.
+  cross-affinity prediction (detached) labels every non-padded pixel of the query whose arg-max
+  is the background or one of the image's tags (the others are ignored), and supervises both
+  predictions, as the official code does.
 """
 
 from __future__ import annotations
@@ -37,21 +38,24 @@ def completion_targets(
 ) -> torch.Tensor:
     """Online pseudo labels of the completion loss (Eq. 7).
 
+    A pixel is labelled with the arg-max of the prediction when that class is the background or
+    one of the image's tags, and ignored otherwise (the equation's "matches the prediction and
+    the image-level labels"; the official code masks the one-hot arg-max the same way).
+
     Args:
         logits: (N, K+1, h, w) prediction (the cross-affinity one).
         tags: (N, K) multi-hot image labels; background (class 0) is always allowed.
         size: (H, W) of the labels.
         valid: optional (N, H, W) bool, False on padding (-> ``ignore_value``).
     Returns:
-        (N, H, W) long: the arg-max over {0} U tags of the upsampled logits.
+        (N, H, W) long labels in {0} U tags U {ignore_value}.
     """
-    up = upsample_to(logits.detach().float(), size)
-    allowed = torch.cat([torch.ones_like(tags[:, :1]), tags], 1).bool()
-    up = up.masked_fill(~allowed[:, :, None, None], float("-inf"))
-    target = up.argmax(1)
+    target = upsample_to(logits.detach().float(), size).argmax(1)
+    allowed = torch.cat([torch.ones_like(tags[:, :1]), tags], 1).bool()  # (N, K+1)
+    keep = allowed.gather(1, target.flatten(1)).view_as(target)
     if valid is not None:
-        target = target.masked_fill(~valid, ignore_value)
-    return target
+        keep &= valid
+    return target.masked_fill(~keep, ignore_value)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
