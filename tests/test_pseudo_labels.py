@@ -341,6 +341,7 @@ def test_refresh_hook_writes_a_round_and_switches_the_loader(tmp_path, cfg_facto
         "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", 0,
         "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 2, "SOLVER.WARMUP_ITERS", 0,
         "WSSS.HOOKS", ("PseudoLabelRefreshHook",), "WSSS.PSEUDO.REFRESH.PERIOD", 1,
+        "WSSS.PSEUDO.REFRESH.AT_END", True,
         "WSSS.PSEUDO.SCALES", (1.0,), "WSSS.PSEUDO.NUM_WORKERS", 1,
         "MODEL.TINY.WIDTHS", (8, 8, 8, 8),
     )
@@ -349,7 +350,9 @@ def test_refresh_hook_writes_a_round_and_switches_the_loader(tmp_path, cfg_facto
     hook = next(h for h in trainer._hooks if isinstance(h, PseudoLabelRefreshHook))
     trainer.train()
     root = str(tmp_path / "out" / "pseudo_labels")
-    assert rounds.latest_complete_round(root)[0] == 1
+    # round 1 at iteration 1 (trained on from then on), round 2 after the last iteration
+    assert [k for k, _ in rounds.list_complete_rounds(root)] == [1, 2]
+    assert rounds.read_manifest(rounds.round_dir(root, 2))["iteration"] == 2
     folder = rounds.round_dir(root, 1)
     assert hook.cfg.WSSS.PSEUDO.TRAIN_ROUND == folder
     assert hook.history and "mIoU" in hook.history[0]["metrics"]

@@ -64,23 +64,24 @@ class PseudoLabelRefreshHook(HookBase):
     def after_step(self):
         it = self.trainer.iter + 1
         if self.period > 0 and it % self.period == 0 and it < self.trainer.max_iter:
-            self.refresh(switch=True)
+            self.refresh(switch=True, iteration=it)
 
     def after_train(self):
-        if self.at_end and self.trainer.iter + 1 >= self.trainer.max_iter:
-            self.refresh(switch=False)
+        # after the loop Detectron2 leaves trainer.iter at max_iter (unless training stopped early)
+        if self.at_end and self.trainer.iter >= self.trainer.max_iter:
+            self.refresh(switch=False, iteration=self.trainer.iter)
 
     # ------------------------------------------------------------------ work
-    def refresh(self, switch: bool = True) -> str:
+    def refresh(self, switch: bool = True, iteration: int | None = None) -> str:
         """Write the next round with the trainer's model; optionally train on it from now on."""
+        it = self.trainer.iter + 1 if iteration is None else iteration
         latest = latest_complete_round(self.root)
         k = (latest[0] if latest else 0) + 1
         dicts = get_detection_dataset_dicts(label_datasets(self.cfg), filter_empty=False)
         logger.info("pseudo-label refresh at iteration %d: writing round %d of %d images",
-                    self.trainer.iter + 1, k, len(dicts))
+                    it, k, len(dicts))
         folder = make_round(self.cfg, self.trainer.model, dicts, k, root=self.root,
-                            meta={"iteration": self.trainer.iter + 1,
-                                  "weights": f"training iteration {self.trainer.iter + 1}"})
+                            meta={"iteration": it, "weights": f"training iteration {it}"})
         metrics = {}
         if self.evaluate:
             metrics = evaluate_round(dicts, folder, self.cfg.INPUT.TAGS.NUM_CLASSES + 1,
