@@ -69,11 +69,29 @@ class PAMR(nn.Module):
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) image at mask resolution -> (N, P, h, w) weights summing to 1 over P."""
         image = image.float()
-        nb = _neighbours(image, self.dilations)  # (N, 3, P, h, w)
+        nb = _neighbours(image, self.dilations)  # (N, 3, P, h, w): 3 channels only, cheap
         # local contrast: std over the neighbourhood, per channel (eps keeps flat regions finite)
         std = nb.std(dim=2, keepdim=True)
         aff = -(nb - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * std)
         return F.softmax(aff.mean(1), dim=1)
+
+    def propagate(self, masks: torch.Tensor, aff: torch.Tensor) -> torch.Tensor:
+        """One step: (N, C, h, w) masks, (N, P, h, w) affinities -> sum_p aff_p * neighbour_p.
+
+        Accumulates neighbour by neighbour instead of stacking a (N, C, P, h, w) tensor: P times
+        less memory, and much faster on CPU where the stack dominates.
+        """
+        h, w = masks.shape[-2:]
+        pad = max(self.dilations)
+        mp = F.pad(masks, (pad, pad, pad, pad), mode="replicate")
+        out = torch.zeros_like(masks)
+        p = 0
+        for d in self.dilations:
+            for dy, dx in _OFFSETS:
+                y0, x0 = pad + dy * d, pad + dx * d
+                out.addcmul_(mp[..., y0 : y0 + h, x0 : x0 + w], aff[:, p : p + 1])
+                p += 1
+        return out
 
     def forward(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """
@@ -91,9 +109,9 @@ class PAMR(nn.Module):
         if image.shape[-2:] != (h, w):
             image = F.interpolate(image.float(), size=(h, w), mode="bilinear",
                                   align_corners=False)
-        aff = self.affinity(image).to(masks.dtype).unsqueeze(1)  # (N, 1, P, h, w)
+        aff = self.affinity(image).to(masks.dtype)  # (N, P, h, w)
         for _ in range(self.num_iter):
-            masks = (_neighbours(masks, self.dilations) * aff).sum(2)
+            masks = self.propagate(masks, aff)
         return masks
 
     def extra_repr(self) -> str:
