@@ -144,7 +144,7 @@ class TagDatasetMapper:
 
         image_t = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if sem_seg is not None:
-            sem_seg_t = torch.as_tensor(np.ascontiguousarray(sem_seg)).long()
+            sem_seg_t = torch.from_numpy(np.array(sem_seg, dtype=np.int64))  # writable copy
         d["image"] = image_t
         if sem_seg is not None:
             d["sem_seg"] = sem_seg_t

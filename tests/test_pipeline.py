@@ -1,0 +1,161 @@
+"""tools/run_pipeline.py: tiny stages end to end, crash + --resume, config changes, Ctrl-C."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from detectron2.engine import HookBase
+
+from conftest import REPO
+from wsss_d2.engine import HOOK_REGISTRY
+from wsss_d2.pipeline import DONE_FILE, load_pipeline
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("run_pipeline", REPO / "tools" / "run_pipeline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@HOOK_REGISTRY.register()
+class _CrashOnce(HookBase):
+    """Raises at iteration 2 while ``armed`` (a test switch; no checkpoint exists yet)."""
+
+    armed = False
+
+    def __init__(self, cfg):
+        super().__init__()
+
+    def before_step(self):
+        if type(self).armed and self.trainer.iter == 2:
+            type(self).armed = False
+            raise RuntimeError("simulated crash in stage 3")
+
+
+MINI = ["DATASETS.TRAIN", "('toyparts_mini_train',)", "DATASETS.TEST", "('toyparts_mini_val',)",
+        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
+        "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)"]
+
+
+def _write_pipeline(tmp_path, seg_lr="0.02", crash_hook=True):
+    seg_opts = MINI + ["SOLVER.MAX_ITER", "5", "MODEL.SEG_HEAD.CONV_DIMS", "16",
+                       "MODEL.SEG_HEAD.TEST_FLIP", "False", "SOLVER.BASE_LR", seg_lr]
+    if crash_hook:
+        seg_opts += ["WSSS.HOOKS", "('_CrashOnce',)"]
+    spec = {
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "STAGES": [
+            {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml",
+             "opts": MINI + ["SOLVER.MAX_ITER", "6"]},
+            {"name": "labels", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
+             "weights_from": "cam",
+             "opts": MINI + ["WSSS.PSEUDO.METHOD", "threshold", "WSSS.PSEUDO.SCALES", "(1.0,)",
+                             "WSSS.PSEUDO.FLIP", "False", "WSSS.PSEUDO.NUM_WORKERS", "1"]},
+            {"name": "seg", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+             "round_from": "labels", "opts": seg_opts},
+        ],
+    }
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _mtimes(folder):
+    return {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
+            for r, _, fs in os.walk(folder) for f in fs}
+
+
+def test_pipeline_crash_resume_and_config_change(tmp_path):
+    tool = _tool()
+    # uninterrupted reference run
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    ref = tool.main(["--config-file", _write_pipeline(ref_dir), "--no-report"])
+    assert [s["status"] for s in ref] == ["ran"] * 3
+    ref_seg = ref[2]["results"]
+    assert "sem_seg/mIoU" in ref_seg and "cam/mIoU" in ref[0]["results"]
+    assert "pseudo_seg/mIoU" in ref[1]["results"] or "mIoU" in ref[1]["results"]
+
+    # the same pipeline, crashing inside stage 3
+    pipe_file = _write_pipeline(tmp_path)
+    _CrashOnce.armed = True
+    with pytest.raises(RuntimeError, match="simulated crash in stage 3"):
+        tool.main(["--config-file", pipe_file, "--no-report"])
+    out = tmp_path / "out"
+    assert (out / "cam" / DONE_FILE).is_file() and (out / "labels" / DONE_FILE).is_file()
+    assert not (out / "seg" / DONE_FILE).is_file()
+    before = {**_mtimes(out / "cam"), **_mtimes(out / "labels")}
+
+    # without --resume, existing stages are never overwritten
+    with pytest.raises(FileExistsError, match="--resume"):
+        tool.main(["--config-file", pipe_file, "--no-report"])
+
+    res = tool.main(["--config-file", pipe_file, "--resume"])
+    assert [s["status"] for s in res] == ["skipped", "skipped", "ran"]
+    assert {**_mtimes(out / "cam"), **_mtimes(out / "labels")} == before
+    assert res[2]["results"]["sem_seg/mIoU"] == pytest.approx(ref_seg["sem_seg/mIoU"], abs=1e-9)
+    assert (out / "report.html").is_file()
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "per-class IoU" in html
+
+    # a complete pipeline resumes to nothing
+    again = tool.main(["--config-file", pipe_file, "--resume", "--no-report"])
+    assert [s["status"] for s in again] == ["skipped"] * 3
+
+    # a changed stage config re-runs that stage (and what reads from it), not the earlier ones
+    changed = _write_pipeline(tmp_path, seg_lr="0.01")
+    res = tool.main(["--config-file", changed, "--resume", "--no-report"])
+    assert [s["status"] for s in res] == ["skipped", "skipped", "ran"]
+    assert (out / "seg.stale" / DONE_FILE).is_file()  # the old run is kept aside, not lost
+
+
+def test_pipeline_validation_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"STAGES": [
+        {"name": "a", "kind": "train", "config": "configs/cam_toy.yaml", "weights_from": "b"}]}))
+    with pytest.raises(ValueError, match="weights_from 'b' is not an earlier stage"):
+        load_pipeline(str(bad), repo_root=str(REPO))
+    bad.write_text(yaml.safe_dump({"STAGES": [
+        {"name": "a", "kind": "fly", "config": "configs/cam_toy.yaml"}]}))
+    with pytest.raises(ValueError, match="kind 'fly'"):
+        load_pipeline(str(bad), repo_root=str(REPO))
+    bad.write_text(yaml.safe_dump({"STAGES": [{"name": "a", "kind": "train", "config": "x.yaml"}]}))
+    with pytest.raises(FileNotFoundError, match="x.yaml"):
+        load_pipeline(str(bad), repo_root=str(REPO))
+
+
+def test_ctrl_c_during_a_stage_then_resume(tmp_path):
+    pipe_file = _write_pipeline(tmp_path, crash_hook=False)
+    spec = yaml.safe_load(open(pipe_file))
+    spec["STAGES"][0]["opts"] = MINI + ["SOLVER.MAX_ITER", "150", "SOLVER.CHECKPOINT_PERIOD", "5"]
+    spec["STAGES"] = spec["STAGES"][:1]
+    with open(pipe_file, "w") as f:
+        yaml.safe_dump(spec, f)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--config-file", pipe_file,
+           "--no-report"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    stage = tmp_path / "out" / "cam"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (stage / "model_0000009.pth").is_file():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert not (stage / DONE_FILE).exists() and not (stage / "model_final.pth").exists()
+    with open(stage / "last_checkpoint") as f:
+        last = int(f.read().strip()[len("model_"):-len(".pth")])
+    assert 9 <= last < 149
+    # the same pipeline with --resume continues the stage from its last checkpoint
+    res = _tool().main(["--config-file", pipe_file, "--resume", "--no-report"])
+    assert res[0]["status"] == "ran"
+    assert f"Starting training from iteration {last + 1}" in (stage / "log.txt").read_text()
+    assert (stage / "model_final.pth").is_file() and not (tmp_path / "out" / "cam.stale").exists()

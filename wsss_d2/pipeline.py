@@ -1,0 +1,232 @@
+"""A resumable multi-stage WSSS pipeline made of ordinary Detectron2 runs.
+
+A pipeline config (plain YAML, ``configs/pipelines/*.yaml``) lists stages; each is a normal run
+of one of the project's tools in its own sub-folder of ``OUTPUT_DIR``::
+
+    OUTPUT_DIR: output/pipeline_toy
+    STAGES:
+      - {name: cam, kind: train, config: configs/cam_toy.yaml}
+      - {name: labels, kind: pseudo_labels, config: configs/pseudo_toy.yaml, weights_from: cam}
+      - {name: deeplab, kind: train, config: configs/deeplabv2_toy.yaml, round_from: labels}
+      - {name: deeplab_eval, kind: evaluate, config: configs/deeplabv2_toy.yaml,
+         weights_from: deeplab, opts: [DATASETS.TEST, "('toyparts_val',)"]}
+
+Kinds: ``train`` (tools/train_net.py), ``evaluate`` (train_net ``--eval-only``),
+``pseudo_labels`` (tools/make_pseudo_labels.py), ``sam_labels`` (tools/make_sam_labels.py).
+``weights_from`` sets ``MODEL.WEIGHTS`` to that stage's ``model_final.pth``; ``round_from`` sets
+``WSSS.PSEUDO.TRAIN_ROUND`` to that stage's latest complete pseudo-label round; ``opts`` are
+extra ``KEY VALUE`` overrides.
+
+Completion and resume: a stage is complete when its folder holds ``stage_done.json`` whose hash
+matches the stage's current hash — the merged Detectron2 config of the stage (``_BASE_`` files and
+overrides included), its kind, and the hashes of the stages it reads from. ``--resume`` skips
+complete stages, resumes an interrupted one (train stages from their last checkpoint, label stages
+from their last finished image) and re-runs a stage whose hash changed — and so every stage after
+it that reads from it — after moving its old folder aside to ``<name>.stale``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import yaml
+from detectron2.config import get_cfg
+from detectron2.utils.file_io import PathManager
+
+from .config import add_wsss_config
+from .data.datasets.common import atomic_write_bytes
+from .pseudo.rounds import config_hash, latest_complete_round
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Stage", "Pipeline", "load_pipeline", "STAGE_KINDS", "DONE_FILE", "primary_metric"]
+
+STAGE_KINDS = ("train", "evaluate", "pseudo_labels", "sam_labels")
+DONE_FILE = "stage_done.json"
+STARTED_FILE = "stage_started.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    config: str
+    opts: list = field(default_factory=list)
+    weights_from: str = ""
+    round_from: str = ""
+
+
+def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
+    """Read and validate a pipeline YAML; config paths are relative to ``repo_root``."""
+    with PathManager.open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    if not isinstance(spec.get("STAGES"), list) or not spec["STAGES"]:
+        raise ValueError(f"{path}: needs a non-empty STAGES list")
+    stages, seen = [], set()
+    allowed = {"name", "kind", "config", "opts", "weights_from", "round_from"}
+    for i, s in enumerate(spec["STAGES"]):
+        where = f"{path}: STAGES[{i}]"
+        unknown = set(s) - allowed
+        if unknown:
+            raise KeyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        for key in ("name", "kind", "config"):
+            if key not in s:
+                raise KeyError(f"{where}: missing '{key}'")
+        if s["kind"] not in STAGE_KINDS:
+            raise ValueError(f"{where}: kind '{s['kind']}' is not one of {STAGE_KINDS}")
+        if s["name"] in seen or "/" in s["name"] or s["name"].startswith("."):
+            raise ValueError(f"{where}: stage name '{s['name']}' is repeated or not a folder name")
+        for ref in ("weights_from", "round_from"):
+            if s.get(ref) and s[ref] not in seen:
+                raise ValueError(f"{where}: {ref} '{s[ref]}' is not an earlier stage")
+        seen.add(s["name"])
+        cfg_path = s["config"]
+        if repo_root and not os.path.isabs(cfg_path):
+            cfg_path = os.path.join(repo_root, cfg_path)
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{where}: config file not found: {cfg_path}")
+        opts = [str(o) for o in s.get("opts", [])]
+        if len(opts) % 2:
+            raise ValueError(f"{where}: opts must be KEY VALUE pairs, got {opts}")
+        stages.append(Stage(s["name"], s["kind"], cfg_path, opts, s.get("weights_from", ""),
+                            s.get("round_from", "")))
+    return Pipeline(spec.get("OUTPUT_DIR", "output/pipeline"), stages, source=path)
+
+
+def primary_metric(results: dict) -> tuple[str, float] | None:
+    """The number a stage is summarised by: CAM mIoU, segmentation mIoU or pseudo-label mIoU."""
+    for key in ("cam/mIoU", "sem_seg/mIoU", "pseudo_seg/mIoU", "mIoU", "sam_labels/mIoU"):
+        if key in results:
+            return key, float(results[key])
+    for key, v in results.items():
+        if key.endswith("mIoU"):
+            return key, float(v)
+    return None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+class Pipeline:
+    """Stages run in order; see the module docstring for completion and resume rules."""
+
+    def __init__(self, output_dir: str, stages: list[Stage], source: str = ""):
+        self.output_dir = output_dir
+        self.stages = stages
+        self.source = source
+        self._hashes: dict[str, str] = {}
+
+    def stage_dir(self, name: str) -> str:
+        return os.path.join(self.output_dir, name)
+
+    # ------------------------------------------------------------------ per-stage inputs
+    def stage_opts(self, stage: Stage) -> list[str]:
+        """The overrides a stage runs with: its own, its inputs, its OUTPUT_DIR."""
+        opts = list(stage.opts)
+        if stage.weights_from:
+            opts += ["MODEL.WEIGHTS",
+                     os.path.join(self.stage_dir(stage.weights_from), "model_final.pth")]
+        if stage.round_from:
+            opts += ["WSSS.PSEUDO.TRAIN_ROUND", self.round_of(stage.round_from)]
+        return opts + ["OUTPUT_DIR", self.stage_dir(stage.name)]
+
+    def round_of(self, name: str) -> str:
+        """The latest complete pseudo-label round written by stage ``name``."""
+        root = os.path.join(self.stage_dir(name), "pseudo_labels")
+        found = latest_complete_round(root)
+        if found is None:
+            raise FileNotFoundError(f"stage '{name}' has no complete pseudo-label round in {root}")
+        return found[1]
+
+    def stage_hash(self, stage: Stage) -> str:
+        """Hash of the merged config (minus paths of this run), the kind and the inputs' hashes."""
+        cfg = get_cfg()
+        add_wsss_config(cfg)
+        cfg.merge_from_file(stage.config)
+        cfg.merge_from_list(list(stage.opts))
+        upstream = [self._hashes[n] for n in (stage.weights_from, stage.round_from) if n]
+        return config_hash({"cfg": cfg.dump(), "kind": stage.kind, "inputs": upstream})
+
+    def is_complete(self, stage: Stage) -> bool:
+        done = os.path.join(self.stage_dir(stage.name), DONE_FILE)
+        if not os.path.isfile(done):
+            return False
+        with open(done) as f:
+            return json.load(f).get("hash") == self._hashes[stage.name]
+
+    def _set_aside(self, folder: str) -> None:
+        stale = folder + ".stale"
+        if os.path.exists(stale):
+            shutil.rmtree(stale)
+        os.rename(folder, stale)
+        logger.info("moved %s (an older configuration) to %s", folder, stale)
+
+    # ------------------------------------------------------------------ running
+    def run(self, executors: dict[str, Callable[[Stage, list, bool], dict]],
+            resume: bool = False) -> list[dict]:
+        """Run (or resume) every stage. ``executors[kind](stage, opts, resume) -> results``.
+
+        Returns one summary dict per stage: name, kind, status ("ran" | "skipped"), seconds,
+        results (flattened metrics), folder.
+        """
+        os.makedirs(self.output_dir, exist_ok=True)
+        if not resume:
+            existing = [s.name for s in self.stages if os.path.exists(self.stage_dir(s.name))]
+            if existing:
+                raise FileExistsError(
+                    f"{self.output_dir} already has stage folders {existing}; pass --resume to "
+                    "continue (complete stages are kept) or choose another OUTPUT_DIR"
+                )
+        summaries = []
+        for stage in self.stages:
+            self._hashes[stage.name] = h = self.stage_hash(stage)
+            folder = self.stage_dir(stage.name)
+            if self.is_complete(stage):
+                with open(os.path.join(folder, DONE_FILE)) as f:
+                    done = json.load(f)
+                logger.info("stage %s: complete (hash %s), skipped", stage.name, h)
+                summaries.append({**done, "status": "skipped"})
+                continue
+            started = os.path.join(folder, STARTED_FILE)
+            if os.path.exists(folder):
+                prev = None
+                if os.path.isfile(started):
+                    with open(started) as f:
+                        prev = json.load(f).get("hash")
+                if prev != h:  # a different configuration ran here: keep it aside, start anew
+                    self._set_aside(folder)
+            os.makedirs(folder, exist_ok=True)
+            atomic_write_bytes(started, json.dumps({"hash": h, "time": time.time()}).encode())
+            opts = self.stage_opts(stage)
+            logger.info("stage %s (%s): %s %s", stage.name, stage.kind, stage.config,
+                        " ".join(opts))
+            t0 = time.time()
+            results = executors[stage.kind](stage, opts, resume) or {}
+            done = {
+                "name": stage.name,
+                "kind": stage.kind,
+                "config": stage.config,
+                "hash": h,
+                "seconds": round(time.time() - t0, 1),
+                "results": _flatten(results),
+                "folder": folder,
+            }
+            atomic_write_bytes(os.path.join(folder, DONE_FILE), json.dumps(done, indent=2).encode())
+            summaries.append({**done, "status": "ran"})
+        atomic_write_bytes(os.path.join(self.output_dir, "pipeline_summary.json"),
+                           json.dumps(summaries, indent=2).encode())
+        return summaries
