@@ -219,30 +219,31 @@ def paste_masks(
     classes = np.asarray(classes, np.int64).reshape(n)
     scores = np.asarray(scores, np.float64).reshape(n)
     keep = np.ones(n, bool) if keep is None else np.asarray(keep, bool).reshape(n)
-    label = np.zeros((h, w), np.uint8)
-    areas = masks.reshape(n, h * w).sum(1)
+    areas = np.count_nonzero(masks.reshape(n, h * w), axis=1)
     info = {"areas": areas, "won": np.zeros(n, np.int64), "overlap_pixels": 0, "conflict_pixels": 0}
-    if ignore_dropped and (~keep).any():
-        label[np.logical_or.reduce(masks[~keep], axis=0)] = ignore_label
     kept = np.flatnonzero(keep)
-    if len(kept) == 0:
-        return label, info
+    # owner: 0 = no kept mask, i + 1 = mask i; int16 keeps the per-mask writes cheap
+    owner = np.zeros((h, w), np.int16 if n < 32767 else np.int32)
     # paint from the weakest to the strongest mask so that the strongest ends on top:
     # lexsort's last key is the primary one (score ascending, then area descending)
-    order = kept[np.lexsort((-areas[kept], scores[kept]))]
-    owner = np.full((h, w), -1, np.int64)
-    for i in order:
-        owner[masks[i]] = i
-    fg = owner >= 0
-    label[fg] = classes[owner[fg]]
-    info["won"] = np.bincount(owner[fg], minlength=n)
+    for i in kept[np.lexsort((-areas[kept], scores[kept]))]:
+        np.copyto(owner, i + 1, where=masks[i])
+    lut = np.zeros(n + 1, np.uint8)
+    lut[1:] = classes
+    label = lut[owner]
+    if ignore_dropped and len(kept) < n:
+        dropped = np.logical_or.reduce(masks[~keep], axis=0)
+        label[dropped & (owner == 0)] = ignore_label
+    info["won"] = np.bincount(owner.ravel(), minlength=n + 1)[1:]
     if len(kept) > 1:
         km = masks[kept]
-        info["overlap_pixels"] = int((km.sum(0, dtype=np.uint16) >= 2).sum())
-        kc = classes[kept]
-        if len(np.unique(kc)) > 1:
-            per_class = np.stack([np.logical_or.reduce(km[kc == c], 0) for c in np.unique(kc)])
-            info["conflict_pixels"] = int((per_class.sum(0, dtype=np.uint16) >= 2).sum())
+        info["overlap_pixels"] = int(np.count_nonzero(km.sum(0, dtype=np.uint16) >= 2))
+        kc = classes[kept].astype(np.uint8)
+        if (kc != kc[0]).any():
+            # several classes cover a pixel iff the largest and smallest covering class differ
+            cmax = np.max(km * kc[:, None, None], axis=0)
+            cmin = np.min(np.where(km, kc[:, None, None], np.uint8(255)), axis=0)
+            info["conflict_pixels"] = int(np.count_nonzero((cmax > cmin) & (cmax > 0)))
     return label, info
 
 
