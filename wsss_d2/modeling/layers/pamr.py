@@ -24,25 +24,6 @@ __all__ = ["PAMR"]
 _OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 
 
-def _neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
-    """Stack the 8 neighbours of every pixel at every dilation.
-
-    Args:
-        x: (N, C, H, W).
-    Returns:
-        (N, C, P, H, W) with P = 8 * len(dilations); borders are replicate-padded.
-    """
-    H, W = x.shape[-2:]
-    pad = max(dilations)
-    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    views = [
-        xp[..., pad + dy * d : pad + dy * d + H, pad + dx * d : pad + dx * d + W]
-        for d in dilations
-        for dy, dx in _OFFSETS
-    ]
-    return torch.stack(views, dim=2)
-
-
 class PAMR(nn.Module):
     """Refine soft masks with image-adaptive local affinities (no learnable parameters).
 
@@ -69,11 +50,28 @@ class PAMR(nn.Module):
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) image at mask resolution -> (N, P, h, w) weights summing to 1 over P."""
         image = image.float()
-        nb = _neighbours(image, self.dilations)  # (N, 3, P, h, w): 3 channels only, cheap
-        # local contrast: std over the neighbourhood, per channel (eps keeps flat regions finite)
-        std = nb.std(dim=2, keepdim=True)
-        aff = -(nb - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * std)
-        return F.softmax(aff.mean(1), dim=1)
+        h, w = image.shape[-2:]
+        pad = max(self.dilations)
+        xp = F.pad(image, (pad, pad, pad, pad), mode="replicate")
+        shifts = [xp[..., pad + dy * d : pad + dy * d + h, pad + dx * d : pad + dx * d + w]
+                  for d in self.dilations for dy, dx in _OFFSETS]
+        # local contrast: per-channel std over the neighbourhood (from running sums, so no
+        # (N, 3, P, h, w) tensor is built); eps keeps flat regions finite
+        num = len(shifts)
+        s1 = sum(shifts)
+        s2 = sum(t * t for t in shifts)
+        var = (s2 - s1 * s1 / num) / max(num - 1, 1)
+        scale = 1.0 / (1e-8 + 0.1 * var.clamp(min=0).sqrt())
+        aff = torch.stack([-((t - image).abs() * scale).mean(1) for t in shifts], 1)
+        return F.softmax(aff, dim=1)
+
+    def refine(self, masks: torch.Tensor, aff: torch.Tensor) -> torch.Tensor:
+        """``num_iter`` propagation steps with precomputed :meth:`affinity` (N, P, h, w), so that
+        several masks of the same image share one affinity computation."""
+        aff = aff.to(masks.dtype)
+        for _ in range(self.num_iter):
+            masks = self.propagate(masks, aff)
+        return masks
 
     def propagate(self, masks: torch.Tensor, aff: torch.Tensor) -> torch.Tensor:
         """One step: (N, C, h, w) masks, (N, P, h, w) affinities -> sum_p aff_p * neighbour_p.
@@ -109,10 +107,7 @@ class PAMR(nn.Module):
         if image.shape[-2:] != (h, w):
             image = F.interpolate(image.float(), size=(h, w), mode="bilinear",
                                   align_corners=False)
-        aff = self.affinity(image).to(masks.dtype)  # (N, P, h, w)
-        for _ in range(self.num_iter):
-            masks = self.propagate(masks, aff)
-        return masks
+        return self.refine(masks, self.affinity(image))
 
     def extra_repr(self) -> str:
         return f"num_iter={self.num_iter}, dilations={self.dilations}"

@@ -197,17 +197,18 @@ class PLDA(CAMClassifier):
         cam = F.relu(logits.detach()) * tags[:, :, None, None] * valid
         return normalize_cams(cam)
 
-    def pseudo_distribution(self, image: torch.Tensor, cam: torch.Tensor,
+    def pseudo_distribution(self, affinity: torch.Tensor, cam: torch.Tensor,
                             tags: torch.Tensor) -> torch.Tensor:
         """PAMR-refined (N, K+1, h, w) distribution from a normalised CAM (N, K, h, w).
 
-        Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR on
-        the image resized to the CAM's resolution, then restricted to bg + the image's tags.
+        Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR with
+        ``affinity`` (``self.pamr.affinity`` of the image resized to the CAM's resolution), then
+        restricted to bg + the image's tags.
         """
         bg = 1.0 - cam.amax(1, keepdim=True)
         scores = torch.cat([bg, cam], 1)
         probs = scores / scores.sum(1, keepdim=True).clamp(min=1e-5)
-        probs = self.pamr(image, probs)
+        probs = self.pamr.refine(probs, affinity)
         keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
         return probs * keep
 
@@ -279,7 +280,11 @@ class PLDA(CAMClassifier):
         if self.cps_on:
             up_logits = self.cps_logits(self._upsample(logits), tags)
             with torch.no_grad():
-                src_probs = self.pseudo_distribution(x, self._upsample(cam), tags)
+                # one affinity for both refinements: the source and target CAMs share the image
+                small = F.interpolate(x, size=up_logits.shape[-2:], mode="bilinear",
+                                      align_corners=False)
+                affinity = self.pamr.affinity(small)
+                src_probs = self.pseudo_distribution(affinity, self._upsample(cam), tags)
                 src_region = self._upsample(source, "nearest") > 0.5
                 src_labels = cps_pseudo_labels(src_probs, src_region, self.cps_alpha,
                                                self.cps_min_confidence, self.ignore_value)
@@ -289,7 +294,8 @@ class PLDA(CAMClassifier):
                 with torch.no_grad():
                     # symmetric (Eq. 8): the masked CAM (or, for SimpleAssign, the CAM) refined
                     tgt_cam = masked_cam if masked_cam is not None else cam
-                    tgt_probs = self.pseudo_distribution(x, self._upsample(tgt_cam), tags)
+                    tgt_probs = self.pseudo_distribution(affinity, self._upsample(tgt_cam),
+                                                         tags)
                     tgt_region = self._upsample(target, "nearest") > 0.5
                     tgt_labels = cps_pseudo_labels(tgt_probs, tgt_region, self.cps_alpha,
                                                    self.cps_min_confidence, self.ignore_value)

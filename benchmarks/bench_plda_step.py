@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Time per training step of PLDA vs the CAM baseline: same backbone, batch and inputs, in one run.
+
+    python benchmarks/bench_plda_step.py                       # tiny backbone, 96 px, batch 16
+    python benchmarks/bench_plda_step.py --backbone r50 --size 128 --batch 4
+    python benchmarks/bench_plda_step.py --backbone r101 --size 512 --batch 16 --device cuda
+
+A step is forward + backward + SGD update on random images with random tags (the cost does not
+depend on the pixel values). Prints both medians and the ratio PLDA / CAM (goal: <= 2.3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from wsss_d2 import add_wsss_config
+
+CONFIGS = {"tiny": ("configs/cam_toy.yaml", "configs/plda_toy.yaml"),
+           "r50": ("configs/cam_r50.yaml", "configs/plda_r50.yaml"),
+           "r101": ("configs/cam_r101.yaml", "configs/plda_r101.yaml")}
+
+
+def make_cfg(path: str, device: str, extra: list[str]):
+    cfg = get_cfg()
+    add_wsss_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""] + extra)
+    return cfg
+
+
+def time_steps(cfg, inputs, steps: int, warmup: int) -> list[float]:
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9)
+    sync = torch.cuda.synchronize if cfg.MODEL.DEVICE.startswith("cuda") else (lambda: None)
+    times = []
+    with EventStorage():
+        for i in range(warmup + steps):
+            sync()
+            t0 = time.perf_counter()
+            losses = model(inputs)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", choices=sorted(CONFIGS), default="tiny")
+    ap.add_argument("--size", type=int, default=96, help="square input size (pixels)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cam_path, plda_path = CONFIGS[args.backbone]
+    cfgs = {"CAM": make_cfg(cam_path, args.device, args.opts),
+            "PLDA": make_cfg(plda_path, args.device, args.opts)}
+    k = cfgs["CAM"].INPUT.TAGS.NUM_CLASSES
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    for i in range(args.batch):
+        tags = torch.zeros(k)
+        tags[torch.randperm(k, generator=g)[: 1 + i % 2]] = 1
+        inputs.append({"image": torch.randint(0, 256, (3, args.size, args.size), generator=g,
+                                              dtype=torch.uint8), "tags": tags})
+    med = {}
+    for name, cfg in cfgs.items():
+        t = time_steps(cfg, inputs, args.steps, args.warmup)
+        med[name] = statistics.median(t)
+        print(f"{name:5s} {args.backbone} {args.size}px batch {args.batch} on {args.device}: "
+              f"median {med[name] * 1000:.1f} ms/step (min {min(t) * 1000:.1f}, "
+              f"{args.steps} steps)")
+    print(f"ratio PLDA/CAM = {med['PLDA'] / med['CAM']:.2f}x  (goal <= 2.3x)")
+
+
+if __name__ == "__main__":
+    main()
