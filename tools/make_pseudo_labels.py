@@ -58,7 +58,8 @@ def main(args):
     DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
                                                                          resume=False)
     names = label_datasets(cfg)
-    dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    # no consistency check: its class histogram assumes 0-based COCO-style category ids
+    dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
     folder = make_round(cfg, model, dicts, k, root=root, overwrite=args.overwrite,
                         meta={"datasets": list(names)})
     res = evaluate_round(dicts, folder, cfg.INPUT.TAGS.NUM_CLASSES + 1,

@@ -77,7 +77,9 @@ class PseudoLabelRefreshHook(HookBase):
         it = self.trainer.iter + 1 if iteration is None else iteration
         latest = latest_complete_round(self.root)
         k = (latest[0] if latest else 0) + 1
-        dicts = get_detection_dataset_dicts(label_datasets(self.cfg), filter_empty=False)
+        # no consistency check: its class histogram assumes 0-based COCO-style category ids
+        dicts = get_detection_dataset_dicts(label_datasets(self.cfg), filter_empty=False,
+                                            check_consistency=False)
         logger.info("pseudo-label refresh at iteration %d: writing round %d of %d images",
                     it, k, len(dicts))
         folder = make_round(self.cfg, self.trainer.model, dicts, k, root=self.root,
