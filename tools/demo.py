@@ -1,51 +1,27 @@
 #!/usr/bin/env python
-"""``make demo``: train the CAM baseline on the generated toy data and print its scores.
+"""``make demo``: the whole pipeline on the generated toy data, on CPU.
 
-Everything runs on CPU in a few minutes; outputs go to ``output/demo`` (a normal Detectron2
-OUTPUT_DIR per stage: config.yaml, log.txt, metrics.json, TensorBoard events, checkpoints).
+Runs ``configs/pipelines/toy_demo.yaml`` through tools/run_pipeline.py (CAM and PLDA → CRF pseudo
+labels → DeepLab-v2 and CIAN → CIAN retraining round → COCO-format evaluation) into
+``output/demo`` and prints one table (each stage's toyparts_val mIoU) and the report's path.
+Run it again to reuse finished stages (it resumes).
 """
 
-import argparse
-import json
-import logging
 import os
-import subprocess
 import sys
 import time
 
-from tabulate import tabulate
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TOOLS)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-logger = logging.getLogger("wsss_d2.demo")
-
-
-def last_metrics(output_dir: str) -> dict:
-    """Merge every row of ``metrics.json`` (later rows win)."""
-    merged = {}
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        for line in f:
-            merged.update(json.loads(line))
-    return merged
+import run_pipeline  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--output-dir", default=os.path.join(REPO, "output", "demo"))
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = []
     t0 = time.time()
-    out = os.path.join(args.output_dir, "cam")
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-           os.path.join(REPO, "configs", "cam_toy.yaml"), "OUTPUT_DIR", out]
-    logger.info("running: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    m = last_metrics(out)
-    rows.append(["CAM (tiny CNN)", "CAM, best bg threshold", f"{m['cam/mIoU']:.1f}",
-                 f"{m['cam/best_threshold']:.2f}", out])
-    rows.append(["CAM (tiny CNN)", "CAM, fixed bg 0.30", f"{m['sem_seg/mIoU']:.1f}", "0.30", out])
-    print()
-    print(tabulate(rows, headers=["model", "scored as", "toyparts_val mIoU", "bg thr", "output"]))
+    argv = ["--config-file", os.path.join(os.path.dirname(TOOLS), "configs", "pipelines",
+                                          "toy_demo.yaml"), "--resume", *sys.argv[1:]]
+    run_pipeline.main(argv)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
 
 
