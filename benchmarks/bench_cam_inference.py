@@ -44,22 +44,32 @@ def reference_loop(model, mapper, dicts, scales, out_dir, pairs: bool) -> None:
         H, W = img.shape[-2:]
         total = torch.zeros(model.num_classes, H, W)
         for s in scales:
-            xs = img if s == 1.0 else F.interpolate(img, scale_factor=s, mode="bilinear",
-                                                    align_corners=False,
-                                                    recompute_scale_factor=False)
+            xs = (
+                img
+                if s == 1.0
+                else F.interpolate(
+                    img,
+                    scale_factor=s,
+                    mode="bilinear",
+                    align_corners=False,
+                    recompute_scale_factor=False,
+                )
+            )
             views = [torch.cat([xs, xs.flip(-1)])] if pairs else [xs, xs.flip(-1)]
             outs = []
             for v in views:
                 outs.append(F.relu(model.cam_logits(model.extract_features(v))))
             cam = torch.cat(outs)
             cam = cam[0] + cam[1].flip(-1)
-            total += F.interpolate(cam[None], size=(H, W), mode="bilinear",
-                                   align_corners=False)[0]
+            total += F.interpolate(cam[None], size=(H, W), mode="bilinear", align_corners=False)[0]
         keys = torch.nonzero(x["tags"] > 0).flatten()
         cam = total[keys]
         cam = cam / (cam.flatten(1).amax(1)[:, None, None] + 1e-5)
-        np.save(os.path.join(out_dir, label_stem(d) + ".npy"),
-                {"keys": keys.numpy(), "high_res": cam.numpy()}, allow_pickle=True)
+        np.save(
+            os.path.join(out_dir, label_stem(d) + ".npy"),
+            {"keys": keys.numpy(), "high_res": cam.numpy()},
+            allow_pickle=True,
+        )
 
 
 def main():
@@ -69,8 +79,12 @@ def main():
     ap.add_argument("--dataset", default="toyparts_train")
     ap.add_argument("--num-images", type=int, default=64)
     ap.add_argument("--ims-per-batch", type=int, default=16)
-    ap.add_argument("--reference", choices=("single", "irn_pairs"), default="single",
-                    help="single: one image/scale/flip per forward; irn_pairs: image+flip pair")
+    ap.add_argument(
+        "--reference",
+        choices=("single", "irn_pairs"),
+        default="single",
+        help="single: one image/scale/flip per forward; irn_pairs: image+flip pair",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = ap.parse_args()
@@ -80,8 +94,9 @@ def main():
     cfg = get_cfg()
     add_wsss_config(cfg)
     cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "WSSS.PSEUDO.IMS_PER_BATCH",
-                         args.ims_per_batch, *args.opts])
+    cfg.merge_from_list(
+        ["MODEL.DEVICE", "cpu", "WSSS.PSEUDO.IMS_PER_BATCH", args.ims_per_batch, *args.opts]
+    )
     model = WSSSTrainer.build_model(cfg).eval()
     if args.weights:
         from detectron2.checkpoint import DetectionCheckpointer
@@ -91,9 +106,11 @@ def main():
     mapper = build_mapper(cfg, is_train=False)
     engine = CAMInferenceEngine(cfg)
     scales = engine.scales
-    print(f"{len(dicts)} images of {args.dataset}, scales {scales}, flip {engine.flip}, "
-          f"torch threads {torch.get_num_threads()}, batch {engine.ims_per_batch}, "
-          f"reference '{args.reference}'")
+    print(
+        f"{len(dicts)} images of {args.dataset}, scales {scales}, flip {engine.flip}, "
+        f"torch threads {torch.get_num_threads()}, batch {engine.ims_per_batch}, "
+        f"reference '{args.reference}'"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         ref_dir, our_dir = os.path.join(tmp, "ref"), os.path.join(tmp, "ours")
@@ -121,8 +138,9 @@ def main():
     print(f"{'':24s}{'seconds':>10s}{'images/s':>12s}")
     print(f"{'IRN-style loop':24s}{t_ref:10.2f}{n / t_ref:12.2f}")
     print(f"{'batched engine':24s}{t_ours:10.2f}{n / t_ours:12.2f}")
-    print(f"speed-up: {t_ref / t_ours:.2f}x   max |CAM difference|: {diff:.4f} "
-          "(float16 storage)")
+    print(
+        f"speed-up: {t_ref / t_ours:.2f}x   max |CAM difference|: {diff:.4f} " "(float16 storage)"
+    )
 
 
 if __name__ == "__main__":

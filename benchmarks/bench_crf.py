@@ -55,9 +55,11 @@ def main():
     jobs = [(i, args.height, args.width, args.labels, params) for i in range(args.num_images)]
     workers = args.workers or default_num_workers()
     load = os.getloadavg()
-    print(f"{args.num_images} images {args.width}x{args.height}, {args.labels} labels, "
-          f"{args.iterations} iterations; pool of {workers} on {default_num_workers()} cores; "
-          f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"{args.num_images} images {args.width}x{args.height}, {args.labels} labels, "
+        f"{args.iterations} iterations; pool of {workers} on {default_num_workers()} cores; "
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
 
     t0 = time.perf_counter()
     seq = list(map_in_pool(_job, jobs, num_workers=1, progress=False))
@@ -80,8 +82,10 @@ def main():
     for i in range(m):
         _job((i, args.height, args.width, k, params))
     t_tags = (time.perf_counter() - t0) / m
-    print(f"one image, {k} labels (tags + background) instead of {args.labels}: "
-          f"{t_tags:.3f} s/image ({t_seq / n / t_tags:.1f}x less)")
+    print(
+        f"one image, {k} labels (tags + background) instead of {args.labels}: "
+        f"{t_tags:.3f} s/image ({t_seq / n / t_tags:.1f}x less)"
+    )
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if not same:
         raise SystemExit("pool output differs from the sequential output")

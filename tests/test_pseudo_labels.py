@@ -53,8 +53,13 @@ class _IdentityBackbone(Backbone):
 def _hand_model() -> CAMClassifier:
     """CAM of class k = ReLU(channel k of the image / 255): exact, known, asymmetric if the image
     is."""
-    m = CAMClassifier(backbone=_IdentityBackbone(), in_feature="res5", num_classes=3,
-                      pixel_mean=[0.0, 0.0, 0.0], pixel_std=[255.0, 255.0, 255.0])
+    m = CAMClassifier(
+        backbone=_IdentityBackbone(),
+        in_feature="res5",
+        num_classes=3,
+        pixel_mean=[0.0, 0.0, 0.0],
+        pixel_std=[255.0, 255.0, 255.0],
+    )
     with torch.no_grad():
         m.classifier.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
     return m.eval()
@@ -72,8 +77,13 @@ def _mapped(img: torch.Tensor, tags, name="a.png"):
     t = torch.zeros(3)
     for c in tags:
         t[c - 1] = 1
-    return {"image": img, "tags": t, "height": img.shape[1], "width": img.shape[2],
-            "file_name": name}
+    return {
+        "image": img,
+        "tags": t,
+        "height": img.shape[1],
+        "width": img.shape[2],
+        "file_name": name,
+    }
 
 
 def test_multiscale_flip_merging_matches_hand_computation():
@@ -115,9 +125,14 @@ def test_absent_tags_stay_zero(tmp_path):
     cams, keys = load_cam_file(path, tuple(img.shape[1:]))
     assert keys.tolist() == [1, 3]
     for method in ("threshold", "pamr"):
-        label = cams_to_label(img.permute(1, 2, 0).numpy(), cams, keys,
-                              LabelParams(method=method, bg_threshold=0.1, conf_fg=0.3,
-                                          conf_bg=0.1, pamr_iterations=2))
+        label = cams_to_label(
+            img.permute(1, 2, 0).numpy(),
+            cams,
+            keys,
+            LabelParams(
+                method=method, bg_threshold=0.1, conf_fg=0.3, conf_bg=0.1, pamr_iterations=2
+            ),
+        )
         assert set(np.unique(label).tolist()) <= {0, 1, 3, 255}
     # the model's own inference output masks the absent class too
     out = model([{"image": img, "tags": torch.tensor([1.0, 0.0, 1.0])}])[0]
@@ -165,8 +180,13 @@ def _toy_set(tmp_path: Path, n=6, h=20, w=28, seed=0):
             y, x = rng.integers(4, h - 4), rng.integers(4, w - 4)
             img[y - 3 : y + 4, x - 3 : x + 4] = (200, 50 * t, 30)
             cams[t - 1, y - 2 : y + 3, x - 2 : x + 3] = 1.0
-        d = {"file_name": _write_image(tmp_path / f"im{i:02d}.png", img), "image_id": i,
-             "height": h, "width": w, "tags": tags}
+        d = {
+            "file_name": _write_image(tmp_path / f"im{i:02d}.png", img),
+            "image_id": i,
+            "height": h,
+            "width": w,
+            "tags": tags,
+        }
         save_cam_file(cam_file_path(str(cam_dir), d), cams[np.asarray(tags) - 1], tags, (h, w))
         dicts.append(d)
     return dicts, str(cam_dir)
@@ -174,8 +194,9 @@ def _toy_set(tmp_path: Path, n=6, h=20, w=28, seed=0):
 
 def test_pool_output_equals_sequential(tmp_path):
     dicts, cam_dir = _toy_set(tmp_path, n=6)
-    params = LabelParams(method="crf", conf_fg=0.5, conf_bg=0.2,
-                         crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10))
+    params = LabelParams(
+        method="crf", conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
+    )
     jobs = [(d, cam_file_path(cam_dir, d), params) for d in dicts]
     seq = list(map_in_pool(label_from_files, jobs, num_workers=1, progress=False))
     pool = list(map_in_pool(label_from_files, jobs, num_workers=2, progress=False))
@@ -188,11 +209,13 @@ def test_pool_output_equals_sequential(tmp_path):
 # ---------------------------------------------------------------------- rounds
 def test_killed_round_leaves_nothing_complete_and_resumes_to_same_files(tmp_path, monkeypatch):
     dicts, cam_dir = _toy_set(tmp_path, n=6)
-    params = LabelParams(method="crf", conf_fg=0.5, conf_bg=0.2,
-                         crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10))
+    params = LabelParams(
+        method="crf", conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
+    )
     ref_root, root = str(tmp_path / "ref"), str(tmp_path / "run")
-    write_cam_round(dicts, cam_dir, rounds.RoundWriter(ref_root, 1, 4), params, num_workers=1,
-                    progress=False)
+    write_cam_round(
+        dicts, cam_dir, rounds.RoundWriter(ref_root, 1, 4), params, num_workers=1, progress=False
+    )
 
     writer = rounds.RoundWriter(root, 1, 4)
     real_write, calls = writer.write, []
@@ -212,16 +235,20 @@ def test_killed_round_leaves_nothing_complete_and_resumes_to_same_files(tmp_path
 
     # resume: the 3 finished labels are not recomputed
     writer2 = rounds.RoundWriter(root, 1, 4)
-    done_before = {f: os.path.getmtime(os.path.join(writer2.partial_dir, f))
-                   for f in os.listdir(writer2.partial_dir)}
+    done_before = {
+        f: os.path.getmtime(os.path.join(writer2.partial_dir, f))
+        for f in os.listdir(writer2.partial_dir)
+    }
     folder = write_cam_round(dicts, cam_dir, writer2, params, num_workers=2, progress=False)
     assert rounds.latest_complete_round(root) == (1, folder)
     for f, t in done_before.items():
         assert os.path.getmtime(os.path.join(folder, f)) == t
     for d in dicts:
         stem = rounds.label_stem(d) + ".png"
-        np.testing.assert_array_equal(read_label_png(os.path.join(folder, stem)),
-                                      read_label_png(os.path.join(ref_root, "round_01", stem)))
+        np.testing.assert_array_equal(
+            read_label_png(os.path.join(folder, stem)),
+            read_label_png(os.path.join(ref_root, "round_01", stem)),
+        )
     # and a complete round is not overwritten without asking
     with pytest.raises(FileExistsError, match="already complete"):
         rounds.RoundWriter(root, 1, 4)
@@ -240,9 +267,14 @@ def test_segmentor_round_only_uses_tags(tmp_path):
     def mapper(d):
         return dict(d)
 
-    folder = write_segmentation_round(FakeSegmentor(), dicts, mapper,
-                                      rounds.RoundWriter(str(tmp_path / "seg"), 1, 4), crf=None,
-                                      progress=False)
+    folder = write_segmentation_round(
+        FakeSegmentor(),
+        dicts,
+        mapper,
+        rounds.RoundWriter(str(tmp_path / "seg"), 1, 4),
+        crf=None,
+        progress=False,
+    )
     for d in dicts:
         lab = read_label_png(os.path.join(folder, rounds.label_stem(d) + ".png"))
         assert (lab == (2 if 2 in d["tags"] else 0)).all()
@@ -280,8 +312,9 @@ def test_image_without_tags_is_all_background(tmp_path):
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_pseudo_labels",
-                                                  REPO / "tools" / "make_pseudo_labels.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_pseudo_labels", REPO / "tools" / "make_pseudo_labels.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -295,8 +328,9 @@ def test_tool_does_not_overwrite_a_complete_round(tmp_path):
     (final / "manifest.json").write_text('{"round": 1}')
     parser = tool.default_argument_parser()
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(["--config-file", str(REPO / "configs" / "pseudo_toy.yaml"),
-                              "OUTPUT_DIR", str(out)])
+    args = parser.parse_args(
+        ["--config-file", str(REPO / "configs" / "pseudo_toy.yaml"), "OUTPUT_DIR", str(out)]
+    )
     with pytest.raises(FileExistsError, match="--overwrite"):
         tool.main(args)
     assert (final / "manifest.json").read_text() == '{"round": 1}'
@@ -322,9 +356,18 @@ def test_evaluator_reads_round_files(tmp_path):
     save_label_png(str(tmp_path / "gt.png"), gt)
     save_label_png(str(tmp_path / "p.png"), pred)
     ev = PseudoLabelEvaluator("", num_classes=2, distributed=False)
-    ev.process([{"file_name": "x", "height": 1, "width": 4, "sem_seg_file_name":
-                 str(tmp_path / "gt.png"), "pseudo_seg_file_name": str(tmp_path / "p.png")}],
-               [None])
+    ev.process(
+        [
+            {
+                "file_name": "x",
+                "height": 1,
+                "width": 4,
+                "sem_seg_file_name": str(tmp_path / "gt.png"),
+                "pseudo_seg_file_name": str(tmp_path / "p.png"),
+            }
+        ],
+        [None],
+    )
     r = ev.evaluate()["pseudo_seg"]
     assert r["ignored_fraction"] == pytest.approx(1 / 3)
     assert r["IoU-1"] == pytest.approx(100.0) and r["IoU-0"] == pytest.approx(50.0)
@@ -337,13 +380,32 @@ def test_refresh_hook_writes_a_round_and_switches_the_loader(tmp_path, cfg_facto
 
     cfg = cfg_factory(
         "configs/pseudo_toy.yaml",
-        "DATASETS.TRAIN", ("toyparts_mini_train",), "DATASETS.TEST", (),
-        "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", 0,
-        "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 2, "SOLVER.WARMUP_ITERS", 0,
-        "WSSS.HOOKS", ("PseudoLabelRefreshHook",), "WSSS.PSEUDO.REFRESH.PERIOD", 1,
-        "WSSS.PSEUDO.REFRESH.AT_END", True,
-        "WSSS.PSEUDO.SCALES", (1.0,), "WSSS.PSEUDO.NUM_WORKERS", 1,
-        "MODEL.TINY.WIDTHS", (8, 8, 8, 8),
+        "DATASETS.TRAIN",
+        ("toyparts_mini_train",),
+        "DATASETS.TEST",
+        (),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "DATALOADER.NUM_WORKERS",
+        0,
+        "SOLVER.IMS_PER_BATCH",
+        4,
+        "SOLVER.MAX_ITER",
+        2,
+        "SOLVER.WARMUP_ITERS",
+        0,
+        "WSSS.HOOKS",
+        ("PseudoLabelRefreshHook",),
+        "WSSS.PSEUDO.REFRESH.PERIOD",
+        1,
+        "WSSS.PSEUDO.REFRESH.AT_END",
+        True,
+        "WSSS.PSEUDO.SCALES",
+        (1.0,),
+        "WSSS.PSEUDO.NUM_WORKERS",
+        1,
+        "MODEL.TINY.WIDTHS",
+        (8, 8, 8, 8),
     )
     trainer = WSSSTrainer(cfg)
     trainer.resume_or_load(resume=False)

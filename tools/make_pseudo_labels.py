@@ -51,34 +51,57 @@ def main(args):
     final = round_dir(root, k)
     # fail before any model work when the round is already complete
     if os.path.isfile(os.path.join(final, MANIFEST)) and not args.overwrite:
-        raise FileExistsError(f"pseudo-label round {final} is already complete; pass --overwrite "
-                              "to write it again")
+        raise FileExistsError(
+            f"pseudo-label round {final} is already complete; pass --overwrite " "to write it again"
+        )
     model = WSSSTrainer.build_model(cfg)
     check_weights_exist(cfg.MODEL.WEIGHTS)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
-                                                                         resume=False)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        cfg.MODEL.WEIGHTS, resume=False
+    )
     names = label_datasets(cfg)
     # no consistency check: its class histogram assumes 0-based COCO-style category ids
     dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
-    folder = make_round(cfg, model, dicts, k, root=root, overwrite=args.overwrite,
-                        meta={"datasets": list(names)})
-    res = evaluate_round(dicts, folder, cfg.INPUT.TAGS.NUM_CLASSES + 1,
-                         dataset_name=names[0] if len(names) == 1 else "",
-                         output_dir=cfg.OUTPUT_DIR)
+    folder = make_round(
+        cfg, model, dicts, k, root=root, overwrite=args.overwrite, meta={"datasets": list(names)}
+    )
+    res = evaluate_round(
+        dicts,
+        folder,
+        cfg.INPUT.TAGS.NUM_CLASSES + 1,
+        dataset_name=names[0] if len(names) == 1 else "",
+        output_dir=cfg.OUTPUT_DIR,
+    )
     if comm.is_main_process():
         summary = {"round": k, "folder": folder, "metrics": res}
-        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, f"pseudo_round_{k:02d}.json"),
-                           json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(
+            os.path.join(cfg.OUTPUT_DIR, f"pseudo_round_{k:02d}.json"),
+            json.dumps(summary, indent=2).encode(),
+        )
         if res:
-            logger.info("round %d: mIoU %.2f, labeled-pixel mIoU %.2f, %.1f%% unsure", k,
-                        res["mIoU"], res["mIoU_labeled"], 100 * res["ignored_fraction"])
+            logger.info(
+                "round %d: mIoU %.2f, labeled-pixel mIoU %.2f, %.1f%% unsure",
+                k,
+                res["mIoU"],
+                res["mIoU_labeled"],
+                100 * res["ignored_fraction"],
+            )
     return res
 
 
 if __name__ == "__main__":
     parser = default_argument_parser()
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rewrite a complete round (and its CAMs) instead of stopping")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite a complete round (and its CAMs) instead of stopping",
+    )
     args = parser.parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

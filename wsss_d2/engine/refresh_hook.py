@@ -37,8 +37,9 @@ class PseudoLabelRefreshHook(HookBase):
     """Write pseudo-label round k+1 with the current model and train on it from then on."""
 
     @configurable
-    def __init__(self, *, cfg, root: str, period: int = 0, at_end: bool = False,
-                 evaluate: bool = True):
+    def __init__(
+        self, *, cfg, root: str, period: int = 0, at_end: bool = False, evaluate: bool = True
+    ):
         """
         Args:
             cfg: the training config (cloned; the labeling settings and loader are built from it).
@@ -57,8 +58,13 @@ class PseudoLabelRefreshHook(HookBase):
     @classmethod
     def from_config(cls, cfg):
         r = cfg.WSSS.PSEUDO.REFRESH
-        return {"cfg": cfg, "root": default_round_root(cfg), "period": r.PERIOD,
-                "at_end": r.AT_END, "evaluate": r.EVALUATE}
+        return {
+            "cfg": cfg,
+            "root": default_round_root(cfg),
+            "period": r.PERIOD,
+            "at_end": r.AT_END,
+            "evaluate": r.EVALUATE,
+        }
 
     # ------------------------------------------------------------------ hook points
     def after_step(self):
@@ -78,21 +84,35 @@ class PseudoLabelRefreshHook(HookBase):
         latest = latest_complete_round(self.root)
         k = (latest[0] if latest else 0) + 1
         # no consistency check: its class histogram assumes 0-based COCO-style category ids
-        dicts = get_detection_dataset_dicts(label_datasets(self.cfg), filter_empty=False,
-                                            check_consistency=False)
-        logger.info("pseudo-label refresh at iteration %d: writing round %d of %d images",
-                    it, k, len(dicts))
-        folder = make_round(self.cfg, self.trainer.model, dicts, k, root=self.root,
-                            meta={"iteration": it, "weights": f"training iteration {it}"})
+        dicts = get_detection_dataset_dicts(
+            label_datasets(self.cfg), filter_empty=False, check_consistency=False
+        )
+        logger.info(
+            "pseudo-label refresh at iteration %d: writing round %d of %d images", it, k, len(dicts)
+        )
+        folder = make_round(
+            self.cfg,
+            self.trainer.model,
+            dicts,
+            k,
+            root=self.root,
+            meta={"iteration": it, "weights": f"training iteration {it}"},
+        )
         metrics = {}
         if self.evaluate:
-            metrics = evaluate_round(dicts, folder, self.cfg.INPUT.TAGS.NUM_CLASSES + 1,
-                                     output_dir=os.path.join(self.root, f"eval_round_{k:02d}"))
+            metrics = evaluate_round(
+                dicts,
+                folder,
+                self.cfg.INPUT.TAGS.NUM_CLASSES + 1,
+                output_dir=os.path.join(self.root, f"eval_round_{k:02d}"),
+            )
             if metrics and comm.is_main_process():
                 self.trainer.storage.put_scalars(
-                    pseudo_round=k, pseudo_mIoU=metrics["mIoU"],
+                    pseudo_round=k,
+                    pseudo_mIoU=metrics["mIoU"],
                     pseudo_mIoU_labeled=metrics["mIoU_labeled"],
-                    pseudo_ignored=metrics["ignored_fraction"], smoothing_hint=False,
+                    pseudo_ignored=metrics["ignored_fraction"],
+                    smoothing_hint=False,
                 )
         self.history.append({"round": k, "folder": folder, "metrics": metrics})
         if switch:

@@ -86,8 +86,15 @@ class PseudoLabelEvaluator(DatasetEvaluator):
     """
 
     @configurable
-    def __init__(self, dataset_name: str, *, num_classes: int, ignore_label: int = IGNORE_LABEL,
-                 output_dir: str | None = None, distributed: bool = True):
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        num_classes: int,
+        ignore_label: int = IGNORE_LABEL,
+        output_dir: str | None = None,
+        distributed: bool = True,
+    ):
         self.dataset_name = dataset_name
         meta = MetadataCatalog.get(dataset_name) if dataset_name else None
         names = getattr(meta, "stuff_classes", None) if meta is not None else None
@@ -121,8 +128,10 @@ class PseudoLabelEvaluator(DatasetEvaluator):
             else:
                 continue
             if "sem_seg_file_name" not in inp:
-                raise KeyError(f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': "
-                               "no ground truth to score the pseudo labels against")
+                raise KeyError(
+                    f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': "
+                    "no ground truth to score the pseudo labels against"
+                )
             gt = read_label_png(inp["sem_seg_file_name"], pred.shape, inp.get("file_name"))
             self._conf += _confusion_with_unsure(pred, gt, self.num_classes, self.ignore_label)
             self._count += 1
@@ -142,16 +151,27 @@ class PseudoLabelEvaluator(DatasetEvaluator):
         res["num_images"] = count
         if self.output_dir:
             PathManager.mkdirs(self.output_dir)
-            atomic_write_bytes(os.path.join(self.output_dir, "pseudo_label_evaluation.json"),
-                               json.dumps(res, indent=2).encode())
-        logger.info("%s pseudo labels: mIoU %.2f (labeled pixels %.2f, %.1f%% unsure)",
-                    self.dataset_name, res["mIoU"], res["mIoU_labeled"],
-                    100 * res["ignored_fraction"])
+            atomic_write_bytes(
+                os.path.join(self.output_dir, "pseudo_label_evaluation.json"),
+                json.dumps(res, indent=2).encode(),
+            )
+        logger.info(
+            "%s pseudo labels: mIoU %.2f (labeled pixels %.2f, %.1f%% unsure)",
+            self.dataset_name,
+            res["mIoU"],
+            res["mIoU_labeled"],
+            100 * res["ignored_fraction"],
+        )
         return OrderedDict(pseudo_seg=res)
 
 
-def evaluate_round(dicts: Iterable[dict], folder: str, num_classes: int,
-                   dataset_name: str = "", output_dir: str | None = None) -> dict:
+def evaluate_round(
+    dicts: Iterable[dict],
+    folder: str,
+    num_classes: int,
+    dataset_name: str = "",
+    output_dir: str | None = None,
+) -> dict:
     """Score round ``folder`` on the dicts that have ground truth (sharded over ranks).
 
     Returns the metrics dict on the main process (``{}`` elsewhere, or when no image has GT).
@@ -162,7 +182,7 @@ def evaluate_round(dicts: Iterable[dict], folder: str, num_classes: int,
     if not dicts:
         return {}
     ev = PseudoLabelEvaluator(dataset_name, num_classes=num_classes, output_dir=output_dir)
-    shard = attach_round(dicts[comm.get_rank()::comm.get_world_size()], folder)
+    shard = attach_round(dicts[comm.get_rank() :: comm.get_world_size()], folder)
     for d in shard:
         ev.process([d], [None])
     return ev.evaluate().get("pseudo_seg", {})

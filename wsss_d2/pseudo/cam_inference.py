@@ -65,14 +65,19 @@ def save_cam_file(path: str, cams: np.ndarray, keys: Sequence[int], hw: tuple[in
     if cams.shape != (len(keys), *hw):
         raise ValueError(f"CAMs for {path} are {cams.shape}, expected {(len(keys), *hw)}")
     buf = io.BytesIO()
-    np.savez_compressed(buf, cams=cams.astype(np.float16), keys=keys,
-                        hw=np.asarray(hw, dtype=np.int64),
-                        version=np.asarray(CAM_FILE_VERSION, dtype=np.int64))
+    np.savez_compressed(
+        buf,
+        cams=cams.astype(np.float16),
+        keys=keys,
+        hw=np.asarray(hw, dtype=np.int64),
+        version=np.asarray(CAM_FILE_VERSION, dtype=np.int64),
+    )
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_cam_file(path: str, expected_hw: tuple[int, int] | None = None,
-                  image_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_cam_file(
+    path: str, expected_hw: tuple[int, int] | None = None, image_file: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a CAM file -> ``(cams (k, H, W) float32, keys (k,) int64)``.
 
     Raises:
@@ -88,11 +93,13 @@ def load_cam_file(path: str, expected_hw: tuple[int, int] | None = None,
             keys = z["keys"].astype(np.int64)
             hw = tuple(int(v) for v in z["hw"])
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as e:
-        raise OSError(f"cannot read CAM file {path} (truncated or corrupt?): "
-                      f"{type(e).__name__}: {e}") from e
+        raise OSError(
+            f"cannot read CAM file {path} (truncated or corrupt?): " f"{type(e).__name__}: {e}"
+        ) from e
     if cams.shape != (len(keys), *hw):
-        raise OSError(f"CAM file {path} is inconsistent: cams {cams.shape}, keys {len(keys)}, "
-                      f"hw {hw}")
+        raise OSError(
+            f"CAM file {path} is inconsistent: cams {cams.shape}, keys {len(keys)}, " f"hw {hw}"
+        )
     if expected_hw is not None and hw != tuple(expected_hw):
         raise ValueError(
             f"CAM file {path} is for a {hw[1]}x{hw[0]} (WxH) image but its image "
@@ -162,8 +169,15 @@ class CAMInferenceEngine:
     """
 
     @configurable
-    def __init__(self, *, mapper, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-                 flip: bool = True, ims_per_batch: int = 8, num_loader_workers: int = 0):
+    def __init__(
+        self,
+        *,
+        mapper,
+        scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+        flip: bool = True,
+        ims_per_batch: int = 8,
+        num_loader_workers: int = 0,
+    ):
         """
         Args:
             mapper: maps a dataset dict to a model input (``image`` (3, H, W), ``tags`` (K,)).
@@ -217,8 +231,13 @@ class CAMInferenceEngine:
             out.append(normalize_cams(cam[0]).float().cpu().numpy().reshape(-1, oh, ow))
         return out
 
-    def run(self, model: torch.nn.Module, dataset_dicts: Iterable[dict], cam_dir: str,
-            progress: bool = True) -> list[str]:
+    def run(
+        self,
+        model: torch.nn.Module,
+        dataset_dicts: Iterable[dict],
+        cam_dir: str,
+        progress: bool = True,
+    ) -> list[str]:
         """Write ``cam_dir/<stem>.npz`` for every image (skipping valid existing files).
 
         Every rank processes ``dicts[rank::world_size]``; all ranks return the full list of CAM
@@ -230,8 +249,13 @@ class CAMInferenceEngine:
         shard = dicts[rank::world]
         todo = [d for d in shard if not _cam_file_ok(cam_file_path(cam_dir, d))]
         if len(todo) < len(shard):
-            logger.info("CAM inference: %d of %d images already done in %s (rank %d)",
-                        len(shard) - len(todo), len(shard), cam_dir, rank)
+            logger.info(
+                "CAM inference: %d of %d images already done in %s (rank %d)",
+                len(shard) - len(todo),
+                len(shard),
+                cam_dir,
+                rank,
+            )
         # same-size images are adjacent so that they share forward passes
         todo.sort(key=lambda d: (d.get("height", 0), d.get("width", 0)))
         t0 = time.perf_counter()
@@ -246,15 +270,22 @@ class CAMInferenceEngine:
         counts = comm.all_gather((len(todo), dt))
         if comm.is_main_process() and sum(c for c, _ in counts):
             n = sum(c for c, _ in counts)
-            logger.info("CAM inference: %d images in %.1fs (%.2f img/s over %d ranks) -> %s", n,
-                        max(t for _, t in counts), n / max(max(t for _, t in counts), 1e-9),
-                        world, cam_dir)
+            logger.info(
+                "CAM inference: %d images in %.1fs (%.2f img/s over %d ranks) -> %s",
+                n,
+                max(t for _, t in counts),
+                n / max(max(t for _, t in counts), 1e-9),
+                world,
+                cam_dir,
+            )
         comm.synchronize()
         return [cam_file_path(cam_dir, d) for d in dicts]
 
     def _run_shard(self, model, dicts: list[dict], cam_dir: str, progress: bool) -> None:
         loader = torch.utils.data.DataLoader(
-            _ListDataset(dicts, self.mapper), batch_size=None, shuffle=False,
+            _ListDataset(dicts, self.mapper),
+            batch_size=None,
+            shuffle=False,
             num_workers=self.num_loader_workers,
         )
         buckets: dict[tuple, list] = defaultdict(list)

@@ -21,8 +21,15 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CRFParams", "crf_inference_label", "crf_inference_prob", "crf_from_config",
-           "map_in_pool", "default_num_workers", "local_ids"]
+__all__ = [
+    "CRFParams",
+    "crf_inference_label",
+    "crf_inference_prob",
+    "crf_from_config",
+    "map_in_pool",
+    "default_num_workers",
+    "local_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,19 @@ def _run_crf(image: np.ndarray, unary: np.ndarray, n_labels: int, params: CRFPar
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     d.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    d.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=image,
-                           compat=params.bilateral_compat)
+    d.addPairwiseBilateral(
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=image,
+        compat=params.bilateral_compat,
+    )
     q = np.asarray(d.inference(params.iterations), dtype=np.float32)
     return q.reshape(n_labels, h, w)
 
 
-def crf_inference_label(image: np.ndarray, labels: np.ndarray, n_labels: int,
-                        params: CRFParams = CRFParams()) -> np.ndarray:
+def crf_inference_label(
+    image: np.ndarray, labels: np.ndarray, n_labels: int, params: CRFParams = CRFParams()
+) -> np.ndarray:
     """Refine a hard label map with a dense CRF.
 
     Args:
@@ -93,15 +105,18 @@ def crf_inference_label(image: np.ndarray, labels: np.ndarray, n_labels: int,
     if n_labels <= 1:
         return labels.astype(np.int64)
     if labels.min() < 0 or labels.max() >= n_labels:
-        raise ValueError(f"CRF labels must lie in [0, {n_labels}), got [{labels.min()}, "
-                         f"{labels.max()}]")
-    unary = unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=params.gt_prob,
-                              zero_unsure=False)
+        raise ValueError(
+            f"CRF labels must lie in [0, {n_labels}), got [{labels.min()}, " f"{labels.max()}]"
+        )
+    unary = unary_from_labels(
+        labels.astype(np.int64), n_labels, gt_prob=params.gt_prob, zero_unsure=False
+    )
     return _run_crf(image, unary, n_labels, params).argmax(0).astype(np.int64)
 
 
-def crf_inference_prob(image: np.ndarray, probs: np.ndarray,
-                       params: CRFParams = CRFParams()) -> np.ndarray:
+def crf_inference_prob(
+    image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()
+) -> np.ndarray:
     """Dense CRF on soft scores: (n, H, W) probabilities -> (n, H, W) refined marginals."""
     from pydensecrf.utils import unary_from_softmax
 
@@ -138,9 +153,15 @@ def _worker_init() -> None:
         pass
 
 
-def map_in_pool(fn: Callable, items: Iterable, num_workers: int = 0, total: int | None = None,
-                desc: str = "crf", start_method: str | None = None,
-                progress: bool = True) -> Iterator:
+def map_in_pool(
+    fn: Callable,
+    items: Iterable,
+    num_workers: int = 0,
+    total: int | None = None,
+    desc: str = "crf",
+    start_method: str | None = None,
+    progress: bool = True,
+) -> Iterator:
     """``fn(item)`` for every item, in input order, over a process pool.
 
     Args:

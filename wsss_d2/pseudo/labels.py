@@ -25,7 +25,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from detectron2.config import configurable
 from detectron2.utils import comm
 from tqdm import tqdm
 
@@ -72,16 +71,22 @@ class LabelParams:
         if self.method not in METHODS:
             raise ValueError(f"WSSS.PSEUDO.METHOD must be one of {METHODS}, got '{self.method}'")
         if self.conf_bg > self.conf_fg:
-            raise ValueError(f"WSSS.PSEUDO.CONF_BG ({self.conf_bg}) must be <= CONF_FG "
-                             f"({self.conf_fg})")
+            raise ValueError(
+                f"WSSS.PSEUDO.CONF_BG ({self.conf_bg}) must be <= CONF_FG " f"({self.conf_fg})"
+            )
 
     @classmethod
     def from_config(cls, cfg) -> "LabelParams":
         p = cfg.WSSS.PSEUDO
         return cls(
-            method=p.METHOD, bg_threshold=p.BG_THRESHOLD, conf_fg=p.CONF_FG, conf_bg=p.CONF_BG,
-            crf=CRFParams.from_config(cfg), pamr_iterations=p.PAMR.ITERATIONS,
-            pamr_dilations=tuple(p.PAMR.DILATIONS), pamr_downscale=p.PAMR.DOWNSCALE,
+            method=p.METHOD,
+            bg_threshold=p.BG_THRESHOLD,
+            conf_fg=p.CONF_FG,
+            conf_bg=p.CONF_BG,
+            crf=CRFParams.from_config(cfg),
+            pamr_iterations=p.PAMR.ITERATIONS,
+            pamr_dilations=tuple(p.PAMR.DILATIONS),
+            pamr_downscale=p.PAMR.DOWNSCALE,
         )
 
     def to_dict(self) -> dict:
@@ -90,8 +95,9 @@ class LabelParams:
 
 def _with_bg(cams: np.ndarray, bg: float) -> np.ndarray:
     """(k, H, W) -> (k+1, H, W) with a constant background score first."""
-    return np.concatenate([np.full((1, *cams.shape[1:]), bg, dtype=np.float32),
-                           cams.astype(np.float32)])
+    return np.concatenate(
+        [np.full((1, *cams.shape[1:]), bg, dtype=np.float32), cams.astype(np.float32)]
+    )
 
 
 def threshold_labels(cams: np.ndarray, keys: Sequence[int], bg_threshold: float) -> np.ndarray:
@@ -111,8 +117,14 @@ def _combine(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return out
 
 
-def crf_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg: float,
-               conf_bg: float, params: CRFParams = CRFParams()) -> np.ndarray:
+def crf_labels(
+    image: np.ndarray,
+    cams: np.ndarray,
+    keys: Sequence[int],
+    conf_fg: float,
+    conf_bg: float,
+    params: CRFParams = CRFParams(),
+) -> np.ndarray:
     """IRN-style confident labels.
 
     Args:
@@ -132,10 +144,16 @@ def crf_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg
     return _combine(fg, bg)
 
 
-def pamr_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg: float,
-                conf_bg: float, iterations: int = 10,
-                dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-                downscale: float = 1.0) -> np.ndarray:
+def pamr_labels(
+    image: np.ndarray,
+    cams: np.ndarray,
+    keys: Sequence[int],
+    conf_fg: float,
+    conf_bg: float,
+    iterations: int = 10,
+    dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+    downscale: float = 1.0,
+) -> np.ndarray:
     """As :func:`crf_labels` with PAMR on the soft scores ``[bg, CAMs]`` instead of a CRF."""
     from ..modeling.layers.pamr import PAMR
 
@@ -150,27 +168,36 @@ def pamr_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_f
         s = torch.from_numpy(_with_bg(cams, bg))[None]
         if downscale != 1.0:
             size = (max(1, round(H * downscale)), max(1, round(W * downscale)))
-            s = torch.nn.functional.interpolate(s, size=size, mode="bilinear",
-                                                align_corners=False)
+            s = torch.nn.functional.interpolate(s, size=size, mode="bilinear", align_corners=False)
         r = pamr(img, s)
         if r.shape[-2:] != (H, W):
-            r = torch.nn.functional.interpolate(r, size=(H, W), mode="bilinear",
-                                                align_corners=False)
+            r = torch.nn.functional.interpolate(
+                r, size=(H, W), mode="bilinear", align_corners=False
+            )
         maps.append(ids[r[0].argmax(0).numpy()])
     if len(maps) == 1:
         return maps[0].astype(np.uint8)
     return _combine(*maps)
 
 
-def cams_to_label(image: np.ndarray | None, cams: np.ndarray, keys: Sequence[int],
-                  params: LabelParams) -> np.ndarray:
+def cams_to_label(
+    image: np.ndarray | None, cams: np.ndarray, keys: Sequence[int], params: LabelParams
+) -> np.ndarray:
     """Dispatch on ``params.method``; ``image`` (H, W, 3) RGB uint8 is unused by "threshold"."""
     if params.method == "threshold":
         return threshold_labels(cams, keys, params.bg_threshold)
     if params.method == "crf":
         return crf_labels(image, cams, keys, params.conf_fg, params.conf_bg, params.crf)
-    return pamr_labels(image, cams, keys, params.conf_fg, params.conf_bg,
-                       params.pamr_iterations, params.pamr_dilations, params.pamr_downscale)
+    return pamr_labels(
+        image,
+        cams,
+        keys,
+        params.conf_fg,
+        params.conf_bg,
+        params.pamr_iterations,
+        params.pamr_dilations,
+        params.pamr_downscale,
+    )
 
 
 def label_from_files(job: tuple) -> np.ndarray:
@@ -184,20 +211,31 @@ def label_from_files(job: tuple) -> np.ndarray:
     cams, keys = load_cam_file(cam_path, hw, d["file_name"])
     expected = np.asarray(sorted(int(t) for t in d.get("tags", [])), dtype=np.int64)
     if not np.array_equal(keys, expected):
-        raise ValueError(f"CAM file {cam_path} has classes {keys.tolist()} but image "
-                         f"{d['file_name']} is tagged {expected.tolist()}")
+        raise ValueError(
+            f"CAM file {cam_path} has classes {keys.tolist()} but image "
+            f"{d['file_name']} is tagged {expected.tolist()}"
+        )
     image = None
     if params.method != "threshold":
         image = read_image_checked(d["file_name"], "RGB")
         if tuple(image.shape[:2]) != tuple(cams.shape[1:]):
-            raise ValueError(f"CAM file {cam_path} is {cams.shape[2]}x{cams.shape[1]} (WxH) but "
-                             f"image {d['file_name']} is {image.shape[1]}x{image.shape[0]}")
+            raise ValueError(
+                f"CAM file {cam_path} is {cams.shape[2]}x{cams.shape[1]} (WxH) but "
+                f"image {d['file_name']} is {image.shape[1]}x{image.shape[0]}"
+            )
     return cams_to_label(image, cams, keys, params)
 
 
-def write_cam_round(dicts: Iterable[dict], cam_dir: str, writer: RoundWriter,
-                    params: LabelParams, num_workers: int = 0, meta: dict | None = None,
-                    finalize: bool = True, progress: bool = True) -> str | None:
+def write_cam_round(
+    dicts: Iterable[dict],
+    cam_dir: str,
+    writer: RoundWriter,
+    params: LabelParams,
+    num_workers: int = 0,
+    meta: dict | None = None,
+    finalize: bool = True,
+    progress: bool = True,
+) -> str | None:
     """Turn the CAM files of ``dicts`` into label round ``writer.k`` (resumable, sharded).
 
     Every rank labels ``dicts[rank::world_size]`` that are not done yet (CRFs in a pool of
@@ -205,15 +243,24 @@ def write_cam_round(dicts: Iterable[dict], cam_dir: str, writer: RoundWriter,
     round. Returns the complete round's folder (on every rank), or None if ``finalize`` is False.
     """
     dicts = list(dicts)
-    shard = dicts[comm.get_rank()::comm.get_world_size()]
+    shard = dicts[comm.get_rank() :: comm.get_world_size()]
     todo = [d for d in shard if not writer.is_done(d)]
     if len(todo) < len(shard):
-        logger.info("round %d: %d of %d labels already written, resuming", writer.k,
-                    len(shard) - len(todo), len(shard))
+        logger.info(
+            "round %d: %d of %d labels already written, resuming",
+            writer.k,
+            len(shard) - len(todo),
+            len(shard),
+        )
     jobs = [(d, cam_file_path(cam_dir, d), params) for d in todo]
     workers = 1 if params.method != "crf" else num_workers  # PAMR/threshold: cheap, torch-bound
-    results = map_in_pool(label_from_files, jobs, workers, desc=f"labels ({params.method})",
-                          progress=progress and comm.is_main_process())
+    results = map_in_pool(
+        label_from_files,
+        jobs,
+        workers,
+        desc=f"labels ({params.method})",
+        progress=progress and comm.is_main_process(),
+    )
     for d, label in zip(todo, results):
         writer.write(d, label)
     return _finish(writer, dicts, meta, finalize)
@@ -230,9 +277,12 @@ def _finish(writer: RoundWriter, dicts: list[dict], meta: dict | None, finalize:
 
 
 # ---------------------------------------------------------------------- segmentor outputs
-def segmentation_to_label(scores: torch.Tensor | np.ndarray, tags: Sequence[int],
-                          image: np.ndarray | None = None,
-                          crf: CRFParams | None = None) -> np.ndarray:
+def segmentation_to_label(
+    scores: torch.Tensor | np.ndarray,
+    tags: Sequence[int],
+    image: np.ndarray | None = None,
+    crf: CRFParams | None = None,
+) -> np.ndarray:
     """A segmentor's (K+1, H, W) scores -> (H, W) uint8 label over the tags + background.
 
     Classes not among ``tags`` are never assigned; with ``crf`` the arg-max map is refined by a
@@ -253,22 +303,33 @@ def _seg_job(job: tuple) -> np.ndarray:
 
 
 @torch.no_grad()
-def write_segmentation_round(model: torch.nn.Module, dicts: Iterable[dict], mapper,
-                             writer: RoundWriter, crf: CRFParams | None = None,
-                             num_workers: int = 0, meta: dict | None = None,
-                             finalize: bool = True, progress: bool = True) -> str | None:
+def write_segmentation_round(
+    model: torch.nn.Module,
+    dicts: Iterable[dict],
+    mapper,
+    writer: RoundWriter,
+    crf: CRFParams | None = None,
+    num_workers: int = 0,
+    meta: dict | None = None,
+    finalize: bool = True,
+    progress: bool = True,
+) -> str | None:
     """Predict labels for ``dicts`` with a segmentor (``[{"sem_seg": (K+1, H, W)}]`` outputs).
 
     Resumable and sharded like :func:`write_cam_round`; the CRF (optional) runs in a pool.
     """
     dicts = list(dicts)
-    shard = dicts[comm.get_rank()::comm.get_world_size()]
+    shard = dicts[comm.get_rank() :: comm.get_world_size()]
     todo = [d for d in shard if not writer.is_done(d)]
     net = unwrap_model(model)
     was_training = net.training
     net.eval()
-    bar = tqdm(total=len(todo), desc="segment", disable=not (progress and comm.is_main_process()),
-               leave=False)
+    bar = tqdm(
+        total=len(todo),
+        desc="segment",
+        disable=not (progress and comm.is_main_process()),
+        leave=False,
+    )
     chunk = 64  # images predicted before their CRFs go to the pool (bounds memory)
     try:
         for start in range(0, len(todo), chunk):
@@ -282,8 +343,9 @@ def write_segmentation_round(model: torch.nn.Module, dicts: Iterable[dict], mapp
                 else:
                     jobs.append((d, local, ids, crf))
                 bar.update(1)
-            for (d, *_), label in zip(jobs, map_in_pool(_seg_job, jobs, num_workers,
-                                                        progress=False)):
+            for (d, *_), label in zip(
+                jobs, map_in_pool(_seg_job, jobs, num_workers, progress=False)
+            ):
                 writer.write(d, label)
     finally:
         net.train(was_training)
@@ -296,9 +358,17 @@ def default_round_root(cfg) -> str:
     return cfg.WSSS.PSEUDO.ROOT or os.path.join(cfg.OUTPUT_DIR, "pseudo_labels")
 
 
-def make_round(cfg, model: torch.nn.Module, dicts: Iterable[dict], k: int,
-               root: str | None = None, cam_dir: str | None = None, overwrite: bool = False,
-               meta: dict | None = None, progress: bool = True) -> str:
+def make_round(
+    cfg,
+    model: torch.nn.Module,
+    dicts: Iterable[dict],
+    k: int,
+    root: str | None = None,
+    cam_dir: str | None = None,
+    overwrite: bool = False,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> str:
     """Write pseudo-label round ``k`` of ``dicts`` with ``model``, the way ``cfg`` says.
 
     A CAM model (one with ``multiscale_cams``: CAM baseline, PLDA) goes through
@@ -316,8 +386,12 @@ def make_round(cfg, model: torch.nn.Module, dicts: Iterable[dict], k: int,
     root = root or default_round_root(cfg)
     p = cfg.WSSS.PSEUDO
     writer = RoundWriter(root, k, cfg.INPUT.TAGS.NUM_CLASSES + 1, overwrite=overwrite)
-    info = {"weights": cfg.MODEL.WEIGHTS, "config_hash": config_hash(cfg),
-            "num_classes_fg": cfg.INPUT.TAGS.NUM_CLASSES, **(meta or {})}
+    info = {
+        "weights": cfg.MODEL.WEIGHTS,
+        "config_hash": config_hash(cfg),
+        "num_classes_fg": cfg.INPUT.TAGS.NUM_CLASSES,
+        **(meta or {}),
+    }
     net = unwrap_model(model)
     if hasattr(net, "multiscale_cams"):
         engine = CAMInferenceEngine(cfg)
@@ -326,23 +400,44 @@ def make_round(cfg, model: torch.nn.Module, dicts: Iterable[dict], k: int,
             # what the CAMs depend on: model, weights file, test-time input and protocol
             w = cfg.MODEL.WEIGHTS
             stamp = [os.path.getsize(w), int(os.path.getmtime(w))] if os.path.isfile(w) else None
-            check_cam_dir(cam_dir, {**engine.fingerprint(), "weights": w,
-                                    "weights_stamp": stamp, "model": config_hash(cfg.MODEL),
-                                    "test_long": cfg.INPUT.TAGS.TEST_LONG}, overwrite)
+            check_cam_dir(
+                cam_dir,
+                {
+                    **engine.fingerprint(),
+                    "weights": w,
+                    "weights_stamp": stamp,
+                    "model": config_hash(cfg.MODEL),
+                    "test_long": cfg.INPUT.TAGS.TEST_LONG,
+                },
+                overwrite,
+            )
         comm.synchronize()
         engine.run(model, dicts, cam_dir, progress=progress)
         params = LabelParams.from_config(cfg)
-        info.update(source="cam", cam_dir=cam_dir, label_params=params.to_dict(),
-                    scales=list(engine.scales), flip=engine.flip)
-        return write_cam_round(dicts, cam_dir, writer, params, p.NUM_WORKERS, meta=info,
-                               progress=progress)
+        info.update(
+            source="cam",
+            cam_dir=cam_dir,
+            label_params=params.to_dict(),
+            scales=list(engine.scales),
+            flip=engine.flip,
+        )
+        return write_cam_round(
+            dicts, cam_dir, writer, params, p.NUM_WORKERS, meta=info, progress=progress
+        )
     if p.SEG_METHOD not in ("argmax", "crf"):
         raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
     crf = CRFParams.from_config(cfg) if p.SEG_METHOD == "crf" else None
-    info.update(source="segmentor", seg_method=p.SEG_METHOD,
-                crf=crf.to_dict() if crf else None)
-    return write_segmentation_round(model, dicts, build_mapper(cfg, is_train=False), writer, crf,
-                                    p.NUM_WORKERS, meta=info, progress=progress)
+    info.update(source="segmentor", seg_method=p.SEG_METHOD, crf=crf.to_dict() if crf else None)
+    return write_segmentation_round(
+        model,
+        dicts,
+        build_mapper(cfg, is_train=False),
+        writer,
+        crf,
+        p.NUM_WORKERS,
+        meta=info,
+        progress=progress,
+    )
 
 
 def label_datasets(cfg) -> tuple[str, ...]:
