@@ -65,8 +65,13 @@ def final_miou(out_dir: Path) -> float | None:
     return value
 
 
-def train(config: str, out_dir: Path, opts: list[str]) -> float:
+COLLECT_ONLY = False  # --collect: tabulate finished runs, start nothing
+
+
+def train(config: str, out_dir: Path, opts: list[str]) -> float | None:
     miou = final_miou(out_dir)
+    if miou is None and COLLECT_ONLY:
+        return None
     if miou is None:
         run(
             [
@@ -93,7 +98,7 @@ def make_round(
     config: str, weights: Path, root: Path, k: int, out_dir: Path, opts: list[str] = ()
 ) -> tuple[Path, dict | None]:
     folder = root / f"round_{k:02d}"
-    if not (folder / "manifest.json").is_file():
+    if not (folder / "manifest.json").is_file() and not COLLECT_ONLY:
         run(
             [
                 PY,
@@ -136,7 +141,10 @@ def main(argv=None) -> int:
         choices=list(VARIANTS),
     )
     p.add_argument("--no-retrain", action="store_true")
+    p.add_argument("--collect", action="store_true", help="only tabulate the finished runs")
     a = p.parse_args(argv)
+    global COLLECT_ONLY
+    COLLECT_ONLY = a.collect
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"seeds": a.seeds, "runs": {}, "rounds": {}}
@@ -186,11 +194,14 @@ def main(argv=None) -> int:
                 out / f"{v}_s{seed}",
                 ["SEED", str(seed), "WSSS.PSEUDO.TRAIN_ROUND", str(round1)],
             )
-            results["runs"].setdefault(v, {})[str(seed)] = miou
+            if miou is not None:
+                results["runs"].setdefault(v, {})[str(seed)] = miou
             save()
     if not a.no_retrain and "cian" in a.variants:
         for seed in a.seeds:
             first = out / f"cian_s{seed}"
+            if not (first / "model_final.pth").is_file():
+                continue
             r2, ev = make_round(
                 VARIANTS["cian"][0],
                 first / "model_final.pth",
@@ -199,6 +210,8 @@ def main(argv=None) -> int:
                 out / f"round2_s{seed}_make",
             )
             results["rounds"][f"round2_s{seed}"] = ev
+            if not (r2 / "manifest.json").is_file():
+                continue
             miou = train(
                 "configs/ablations/cian_toy_retrain.yaml",
                 out / f"retrain_s{seed}",
@@ -211,15 +224,17 @@ def main(argv=None) -> int:
                     str(first / "model_final.pth"),
                 ],
             )
-            results["runs"].setdefault("retrain", {})[str(seed)] = miou
+            if miou is not None:
+                results["runs"].setdefault("retrain", {})[str(seed)] = miou
             save()
 
     names = {**{k: d for k, (_, d) in VARIANTS.items()}, "retrain": "+CE +CP +RT (retraining)"}
     lines = ["| variant | toyparts_val mIoU (mean ± sd) | per seed |", "|---|---|---|"]
     for v in ["baseline", "ce", "cian", "random", "retrain"]:
         if v in results["runs"]:
-            vals = [results["runs"][v][str(s)] for s in a.seeds if str(s) in results["runs"][v]]
-            per = ", ".join(f"{x:.2f}" for x in vals)
+            got = [s for s in a.seeds if str(s) in results["runs"][v]]
+            vals = [results["runs"][v][str(s)] for s in got]
+            per = ", ".join(f"{x:.2f} (seed {s})" for x, s in zip(vals, got))
             lines.append(f"| {names[v]} | {summarize(vals)} | {per} |")
     for name, ev in results["rounds"].items():
         if ev:
