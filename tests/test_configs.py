@@ -23,3 +23,15 @@ def test_config_loads_and_builds(path):
         return  # bases of real-data configs are exercised through their leaves
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+PIPELINES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES)
+def test_pipeline_config_is_valid(path):
+    from wsss_d2.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(REPO / path), repo_root=str(REPO))
+    for stage in pipe.stages:  # every stage's config merges with its overrides
+        pipe._hashes[stage.name] = pipe.stage_hash(stage)
