@@ -159,3 +159,23 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
     assert res[0]["status"] == "ran"
     assert f"Starting training from iteration {last + 1}" in (stage / "log.txt").read_text()
     assert (stage / "model_final.pth").is_file() and not (tmp_path / "out" / "cam.stale").exists()
+
+
+def test_visualize_tool_writes_panels(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from conftest import make_cfg
+
+    cfg = make_cfg("configs/cam_toy.yaml")
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("cam")
+    spec = importlib.util.spec_from_file_location("visualize", REPO / "tools" / "visualize.py")
+    vis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vis)
+    out = vis.main(["--dataset", "toyparts_mini_val", "--num", "2", "--cam-config",
+                    str(REPO / "configs" / "cam_toy.yaml"), "--cam-weights",
+                    str(tmp_path / "cam.pth"), "--output", str(tmp_path / "v.html")])
+    html = open(out).read()
+    assert html.count("<img") == 6  # 2 images x (image, CAM, GT)
+    assert sorted(os.listdir(tmp_path / "v_files")) == [
+        f"{i:03d}_{k}.png" for i in range(2) for k in ("cam", "gt", "image")]
