@@ -191,6 +191,31 @@ def test_image_without_boxes_is_background_and_logged(sam, tmp_path, caplog):
     assert res[1].label.max() <= 1 and len(res[1].masks_rle) == 1
 
 
+def test_out_of_memory_halves_the_batches(sam, tmp_path, monkeypatch):
+    dicts = write_images(str(tmp_path), 3)
+    src = FixedBoxes(random_boxes(dicts, per_image=5))
+    expected = [r.label for r in _labeler(sam, src).label(dicts)]
+    lab = _labeler(sam, src, images_per_batch=4, boxes_per_batch=8)
+    encode, predict = lab.encode, lab.predict
+
+    def small_encode(images):
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return encode(images)
+
+    def small_predict(features, boxes, *args):
+        if min(len(boxes), lab.boxes_per_batch) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return predict(features, boxes, *args)
+
+    monkeypatch.setattr(lab, "encode", small_encode)
+    monkeypatch.setattr(lab, "predict", small_predict)
+    got = [r.label for r in lab.label(dicts)]
+    assert lab.images_per_batch == 1 and lab.boxes_per_batch == 2
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_checkpoint_roundtrip_and_errors(tmp_path, sam):
     path = tmp_path / "tiny.pth"
     torch.save(sam.state_dict(), path)

@@ -452,6 +452,21 @@ class SamBoxLabeler:
             )
         return torch.cat(masks), torch.cat(scores)
 
+    def _predict_fitting(self, features, boxes: ImageBoxes, input_size, hw):
+        """:meth:`predict`, halving ``boxes_per_batch`` on out-of-memory until it fits."""
+        while True:
+            try:
+                return self.predict(features, torch.from_numpy(boxes.boxes), input_size, hw)
+            except torch.OutOfMemoryError:
+                if self.boxes_per_batch == 1:
+                    raise
+                self.boxes_per_batch = max(self.boxes_per_batch // 2, 1)
+                logger.warning(
+                    "out of memory in the mask decoder; boxes_per_batch -> %d", self.boxes_per_batch
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
     # ------------------------------------------------------------------ whole images
     def assemble(
         self,
@@ -519,17 +534,32 @@ class SamBoxLabeler:
                 list(d.get("tags", ())),
             )
             results[i] = self.assemble(b, None, torch.zeros(0), hw)
-        for s in range(0, len(todo), self.images_per_batch):
+        s = 0
+        while s < len(todo):
             idx = todo[s : s + self.images_per_batch]
             imgs = [images[i] if images is not None else self.read_image(dicts[i]) for i in idx]
-            feats, sizes = self.encode(imgs)
-            for j, i in enumerate(idx):
-                hw = imgs[j].shape[:2]
-                b = all_boxes[i]
-                masks, scores = self.predict(
-                    feats[j : j + 1], torch.from_numpy(b.boxes), sizes[j], hw
+            try:
+                feats, sizes = self.encode(imgs)
+                for j, i in enumerate(idx):
+                    hw = imgs[j].shape[:2]
+                    b = all_boxes[i]
+                    masks, scores = self._predict_fitting(feats[j : j + 1], b, sizes[j], hw)
+                    results[i] = self.assemble(b, masks, scores, hw)
+            except torch.OutOfMemoryError:
+                if len(idx) == 1:
+                    raise
+                # keep the largest image batch that fits: halve it and retry
+                self.images_per_batch = max(len(idx) // 2, 1)
+                logger.warning(
+                    "out of memory encoding %d images; images_per_batch -> %d",
+                    len(idx),
+                    self.images_per_batch,
                 )
-                results[i] = self.assemble(b, masks, scores, hw)
+                feats = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            s += len(idx)
         for r, (untagged, unmatched) in zip(results, dropped):
             r.untagged_boxes, r.unmatched_labels = untagged, unmatched
         return results
