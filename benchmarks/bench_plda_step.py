@@ -35,26 +35,25 @@ def make_cfg(path: str, device: str, extra: list[str]):
     return cfg
 
 
-def time_steps(cfg, inputs, steps: int, warmup: int) -> list[float]:
+def build(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
                           momentum=0.9)
-    sync = torch.cuda.synchronize if cfg.MODEL.DEVICE.startswith("cuda") else (lambda: None)
-    times = []
-    with EventStorage():
-        for i in range(warmup + steps):
-            sync()
-            t0 = time.perf_counter()
-            losses = model(inputs)
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return times
+    return model, opt
+
+
+def one_step(model, opt, inputs, sync) -> tuple[float, float]:
+    """(wall, process CPU) seconds of forward + backward + update."""
+    sync()
+    w0, c0 = time.perf_counter(), time.process_time()
+    losses = model(inputs)
+    opt.zero_grad()
+    sum(losses.values()).backward()
+    opt.step()
+    sync()
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def main():
@@ -82,14 +81,27 @@ def main():
         tags[torch.randperm(k, generator=g)[: 1 + i % 2]] = 1
         inputs.append({"image": torch.randint(0, 256, (3, args.size, args.size), generator=g,
                                               dtype=torch.uint8), "tags": tags})
-    med = {}
-    for name, cfg in cfgs.items():
-        t = time_steps(cfg, inputs, args.steps, args.warmup)
-        med[name] = statistics.median(t)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    models = {name: build(cfg) for name, cfg in cfgs.items()}
+    wall = {name: [] for name in cfgs}
+    cpu = {name: [] for name in cfgs}
+    # steps alternate between the two models, so that both see the same machine load
+    with EventStorage():
+        for i in range(args.warmup + args.steps):
+            for name, (model, opt) in models.items():
+                w, c = one_step(model, opt, inputs, sync)
+                if i >= args.warmup:
+                    wall[name].append(w)
+                    cpu[name].append(c)
+    med = {name: statistics.median(t) for name, t in wall.items()}
+    med_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+    for name in cfgs:
         print(f"{name:5s} {args.backbone} {args.size}px batch {args.batch} on {args.device}: "
-              f"median {med[name] * 1000:.1f} ms/step (min {min(t) * 1000:.1f}, "
-              f"{args.steps} steps)")
-    print(f"ratio PLDA/CAM = {med['PLDA'] / med['CAM']:.2f}x  (goal <= 2.3x)")
+              f"median {med[name] * 1000:.1f} ms/step wall (min {min(wall[name]) * 1000:.1f}), "
+              f"{med_cpu[name] * 1000:.1f} ms/step process CPU, {args.steps} steps")
+    if not args.device.startswith("cuda"):
+        print(f"ratio PLDA/CAM (process CPU) = {med_cpu['PLDA'] / med_cpu['CAM']:.2f}x")
+    print(f"ratio PLDA/CAM (wall) = {med['PLDA'] / med['CAM']:.2f}x  (goal <= 2.3x)")
 
 
 if __name__ == "__main__":
