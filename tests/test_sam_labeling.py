@@ -228,6 +228,10 @@ def test_checkpoint_roundtrip_and_errors(tmp_path, sam):
         load_sam("vit_h", "")
     with pytest.raises(ValueError, match=r"tiny\.pth.*'vit_b'.*looks like tiny"):
         load_sam("vit_b", str(path))
+    wide = tmp_path / "wide.pth"  # same type name, other shapes: caught by the strict load
+    torch.save(build_sam_tiny(embed_dim=48).state_dict(), wide)
+    with pytest.raises(ValueError, match=r"wide\.pth.*'tiny'.*encoder width 48.*size mismatch"):
+        load_sam("tiny", str(wide))
     with pytest.raises(ValueError, match="MODEL_TYPE 'vit_x'"):
         load_sam("vit_x", str(path))
 

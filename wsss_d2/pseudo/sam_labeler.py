@@ -151,7 +151,6 @@ def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu
         raise ValueError(
             f"WSSS.SAM.MODEL_TYPE '{model_type}' is unknown; expected one of {sorted(SAM_BUILDERS)}"
         )
-    model = SAM_BUILDERS[model_type](checkpoint=None)
     if not checkpoint:
         if model_type != "tiny":
             raise FileNotFoundError(
@@ -159,7 +158,7 @@ def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu
                 "weights (e.g. sam_vit_h_4b8939.pth from the segment-anything release)"
             )
         logger.warning("SAM 'tiny' with random weights: a test/benchmark model, masks are noise")
-        return model.to(device).eval()
+        return build_sam_tiny().to(device).eval()
     local = PathManager.get_local_path(checkpoint)
     if not os.path.isfile(local):
         raise FileNotFoundError(
@@ -174,6 +173,14 @@ def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu
         sd = sd["model"]
     if not isinstance(sd, dict):
         raise ValueError(f"SAM checkpoint {checkpoint} holds a {type(sd).__name__}, not weights")
+    guess = _guess_model_type(sd)
+    if guess.split(" ")[0] in SAM_BUILDERS and not guess.startswith(model_type + " "):
+        # a known other type: say so before building a model of the wrong size
+        raise ValueError(
+            f"SAM checkpoint {checkpoint} does not match WSSS.SAM.MODEL_TYPE '{model_type}': it "
+            f"looks like {guess}"
+        )
+    model = SAM_BUILDERS[model_type](checkpoint=None)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
