@@ -280,8 +280,9 @@ class GTBoxSource(BoxSource):
         annotations_path: str = "",
         include_crowd: bool = False,
         only_tagged: bool = True,
+        min_score: float = 0.0,
     ):
-        super().__init__(only_tagged=only_tagged)
+        super().__init__(only_tagged=only_tagged, min_score=min_score)
         self.class_names = list(class_names)
         self.annotations_path = annotations_path
         self.include_crowd = include_crowd
@@ -294,6 +295,7 @@ class GTBoxSource(BoxSource):
             "annotations_path": cfg.WSSS.SAM.GT_ANNOTATIONS,
             "include_crowd": cfg.WSSS.SAM.GT_INCLUDE_CROWD,
             "only_tagged": cfg.WSSS.SAM.ONLY_TAGGED,
+            "min_score": cfg.WSSS.SAM.BOX_MIN_SCORE,
         }
 
     def _coco_api(self):
@@ -420,8 +422,9 @@ class CamBoxSource(BoxSource):
         min_area: float = 0.001,
         max_boxes_per_class: int = 3,
         only_tagged: bool = True,
+        min_score: float = 0.0,
     ):
-        super().__init__(only_tagged=only_tagged)
+        super().__init__(only_tagged=only_tagged, min_score=min_score)
         self.num_classes = len(class_names)
         self.class_names = list(class_names)
         self.cam_dir = cam_dir
@@ -439,6 +442,7 @@ class CamBoxSource(BoxSource):
             "min_area": s.CAM_MIN_AREA,
             "max_boxes_per_class": s.CAM_MAX_BOXES_PER_CLASS,
             "only_tagged": s.ONLY_TAGGED,
+            "min_score": s.BOX_MIN_SCORE,
         }
 
     def load_cam(self, d: dict) -> np.ndarray:
