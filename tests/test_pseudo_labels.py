@@ -421,3 +421,17 @@ def test_refresh_hook_writes_a_round_and_switches_the_loader(tmp_path, cfg_facto
     batch = next(iter(trainer._trainer.data_loader))
     assert all("sem_seg" in x for x in batch)  # the new loader reads the round's labels
     assert rounds.read_manifest(folder)["num_images"] == 24
+
+
+def test_cam_folder_of_another_model_is_not_reused(tmp_path):
+    from wsss_d2.pseudo.cam_inference import check_cam_dir
+
+    folder = str(tmp_path / "cams")
+    check_cam_dir(folder, {"weights": "a.pth", "scales": [1.0]})
+    save_cam_file(os.path.join(folder, "x.npz"), np.zeros((0, 2, 2)), [], (2, 2))
+    check_cam_dir(folder, {"weights": "a.pth", "scales": [1.0]})  # same model: reused
+    assert os.path.isfile(os.path.join(folder, "x.npz"))
+    with pytest.raises(FileExistsError, match="cams"):
+        check_cam_dir(folder, {"weights": "b.pth", "scales": [1.0]})
+    check_cam_dir(folder, {"weights": "b.pth", "scales": [1.0]}, overwrite=True)
+    assert not os.path.isfile(os.path.join(folder, "x.npz"))
