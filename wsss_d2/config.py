@@ -149,6 +149,7 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.CPS_TGT_ON = True  # with CPS_ON: also supervise the target pixels
     _C.MODEL.PLDA.ASSIGN = "mask"  # domain assignment: "mask" (erase + 2nd forward) | "simple"
     _C.MODEL.PLDA.THETA = 0.6  # MaskAssign: normalised-CAM threshold of source / target pixels
+    _C.MODEL.PLDA.TARGET_NORM = "masked"  # masked CAM / its own peak | / "original" image's peak
     _C.MODEL.PLDA.SIMPLE_HIGH = 0.6  # SimpleAssign: CAM > HIGH is source
     _C.MODEL.PLDA.SIMPLE_LOW = 0.2  # SimpleAssign: LOW < CAM <= HIGH is target
     _C.MODEL.PLDA.ADV_LOSS_WEIGHT = 1.0  # weight of loss_adv

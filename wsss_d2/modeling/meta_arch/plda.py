@@ -128,6 +128,7 @@ class PLDA(CAMClassifier):
         cps_tgt_on: bool = True,
         assign: str = "mask",
         theta: float = 0.6,
+        target_norm: str = "masked",
         simple_high: float = 0.6,
         simple_low: float = 0.2,
         adv_loss_weight: float = 1.0,
@@ -149,6 +150,10 @@ class PLDA(CAMClassifier):
             raise ValueError(f"MODEL.PLDA.ASSIGN must be 'mask' or 'simple', got '{assign}'")
         self.adv_on, self.cps_on, self.cps_tgt_on = adv_on, cps_on, cps_tgt_on
         self.assign = assign
+        if target_norm not in ("masked", "original"):
+            raise ValueError(f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got "
+                             f"'{target_norm}'")
+        self.target_norm = target_norm
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
         self.adv_loss_weight = adv_loss_weight
         self.cps_src_loss_weight = cps_src_loss_weight
@@ -173,6 +178,7 @@ class PLDA(CAMClassifier):
             "cps_tgt_on": p.CPS_TGT_ON,
             "assign": p.ASSIGN,
             "theta": p.THETA,
+            "target_norm": p.TARGET_NORM,
             "simple_high": p.SIMPLE_HIGH,
             "simple_low": p.SIMPLE_LOW,
             "adv_loss_weight": p.ADV_LOSS_WEIGHT,
@@ -268,7 +274,14 @@ class PLDA(CAMClassifier):
             with torch.no_grad():
                 x_masked = x * (1.0 - erase_mask(cam > self.theta, x.shape[-2:]))
                 masked_logits = self.cam_logits(self.extract_features(x_masked))
-            masked_cam = self.normalized_cam(masked_logits, tags, valid)
+            if self.target_norm == "original":
+                # relative to the unmasked image's peak: a target needs residual evidence
+                # comparable to the source's, not just the arg-max of what is left
+                peak = (F.relu(logits.detach()) * valid).flatten(2).amax(-1)[..., None, None]
+                masked_cam = F.relu(masked_logits) * tags[:, :, None, None] * valid
+                masked_cam = (masked_cam / (peak + 1e-5)).clamp(max=1.0)
+            else:
+                masked_cam = self.normalized_cam(masked_logits, tags, valid)
             source, target = mask_assign(cam, masked_cam, self.theta)
         else:
             source, target = simple_assign(cam, self.simple_high, self.simple_low)
