@@ -435,3 +435,42 @@ def test_cam_folder_of_another_model_is_not_reused(tmp_path):
         check_cam_dir(folder, {"weights": "b.pth", "scales": [1.0]})
     check_cam_dir(folder, {"weights": "b.pth", "scales": [1.0]}, overwrite=True)
     assert not os.path.isfile(os.path.join(folder, "x.npz"))
+
+
+def test_fold_bn_and_channels_last_keep_the_cams(tmp_path, cfg_factory):
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    cfg = cfg_factory(
+        "configs/pseudo_toy.yaml",
+        "MODEL.TINY.WIDTHS",
+        (8, 8, 8, 8),
+        "WSSS.PSEUDO.SCALES",
+        (1.0, 0.5),
+        "WSSS.PSEUDO.IMS_PER_BATCH",
+        3,
+    )
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():  # non-trivial BatchNorm statistics to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dicts = DatasetCatalog.get("toyparts_mini_train")[:5]
+    plain = CAMInferenceEngine(cfg, fold_bn=False, channels_last=False)
+    fast = CAMInferenceEngine(cfg)
+    assert fast.fold_bn and fast.channels_last
+    plain.run(model, dicts, str(tmp_path / "plain"), progress=False)
+    fast.run(model, dicts, str(tmp_path / "fast"), progress=False)
+    for d in dicts:
+        a, ka = load_cam_file(cam_file_path(str(tmp_path / "plain"), d))
+        b, kb = load_cam_file(cam_file_path(str(tmp_path / "fast"), d))
+        assert ka.tolist() == kb.tolist()
+        np.testing.assert_allclose(a, b, atol=2e-3)
+    # the model itself is untouched and back in training mode
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+        assert v.dim() != 4 or v.is_contiguous(), k

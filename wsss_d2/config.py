@@ -116,6 +116,8 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.FLIP = True  # CAM inference: add each scale's horizontally flipped CAM
     _C.WSSS.PSEUDO.IMS_PER_BATCH = 8  # CAM inference: same-size images stacked in one forward
     _C.WSSS.PSEUDO.NUM_LOADER_WORKERS = 0  # CAM inference: image-decoding processes
+    _C.WSSS.PSEUDO.CHANNELS_LAST = True  # CAM inference: NHWC tensors (CPU convs ~2x faster)
+    _C.WSSS.PSEUDO.FOLD_BN = True  # CAM inference: fold BatchNorms into convs (a model copy)
     _C.WSSS.PSEUDO.METHOD = "crf"  # "threshold" | "crf" | "pamr": CAM -> label refinement
     _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs
     _C.WSSS.PSEUDO.CONF_FG = 0.30  # "crf"/"pamr": background score giving confident foreground

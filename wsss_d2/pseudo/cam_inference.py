@@ -17,6 +17,7 @@ Files are written atomically and skipped when present, so an interrupted run res
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils import comm
+from torch import nn
 from tqdm import tqdm
 
 from ..data.datasets.common import atomic_write_bytes
@@ -150,6 +152,35 @@ def check_cam_dir(cam_dir: str, fingerprint: dict, overwrite: bool = False) -> N
     atomic_write_bytes(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
 
+@torch.no_grad()
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """An inference copy of ``model`` whose BatchNorms are folded into the preceding convolutions.
+
+    Covers Detectron2's ``Conv2d`` with a ``norm`` (``BatchNorm2d`` or ``FrozenBatchNorm2d``), the
+    building block of its ResNets and of the tiny backbone; other modules are copied unchanged.
+    In eval mode the copy computes the same function (up to float rounding) with one memory pass
+    less per convolution. ``model`` itself is not modified.
+    """
+    from detectron2.layers import Conv2d as D2Conv2d
+    from detectron2.layers import FrozenBatchNorm2d
+
+    folded = copy.deepcopy(model).eval()
+    for m in folded.modules():
+        bn = getattr(m, "norm", None)
+        if not isinstance(m, D2Conv2d) or not isinstance(bn, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            continue
+        if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
+            continue  # batch statistics at test time: nothing to fold
+        w = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+        b = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+        scale = w / torch.sqrt(bn.running_var + bn.eps)
+        bias = m.bias if m.bias is not None else torch.zeros_like(bn.running_mean)
+        m.weight.copy_(m.weight * scale.view(-1, 1, 1, 1))
+        m.bias = nn.Parameter((bias - bn.running_mean) * scale + b, requires_grad=False)
+        m.norm = None
+    return folded
+
+
 class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, dicts: list[dict], mapper):
         self.dicts, self.mapper = dicts, mapper
@@ -177,6 +208,8 @@ class CAMInferenceEngine:
         flip: bool = True,
         ims_per_batch: int = 8,
         num_loader_workers: int = 0,
+        channels_last: bool = True,
+        fold_bn: bool = True,
     ):
         """
         Args:
@@ -184,12 +217,18 @@ class CAMInferenceEngine:
             scales, flip: the CAM inference protocol (IRN: 1.0, 0.5, 1.5, 2.0 with flips).
             ims_per_batch: images of the same size stacked into one forward pass.
             num_loader_workers: processes decoding images ahead of the model.
+            channels_last: run the forward passes on NHWC tensors (and, inside :meth:`run`, with
+                NHWC weights): on CPU, batched convolutions are about twice as fast this way.
+            fold_bn: run :meth:`run` on a copy of the model with BatchNorms folded into the
+                convolutions (:func:`fold_batchnorm`).
         """
         self.mapper = mapper
         self.scales = tuple(float(s) for s in scales)
         self.flip = bool(flip)
         self.ims_per_batch = max(1, int(ims_per_batch))
         self.num_loader_workers = int(num_loader_workers)
+        self.channels_last = bool(channels_last)
+        self.fold_bn = bool(fold_bn)
 
     @classmethod
     def from_config(cls, cfg):
@@ -200,6 +239,8 @@ class CAMInferenceEngine:
             "flip": p.FLIP,
             "ims_per_batch": p.IMS_PER_BATCH,
             "num_loader_workers": p.NUM_LOADER_WORKERS,
+            "channels_last": p.CHANNELS_LAST,
+            "fold_bn": p.FOLD_BN,
         }
 
     def fingerprint(self) -> dict:
@@ -219,7 +260,10 @@ class CAMInferenceEngine:
         """
         model = unwrap_model(model)
         images = model.preprocess_image(inputs)
-        cams = model.multiscale_cams(images.tensor, self.scales, self.flip)  # (N, K, Hp, Wp)
+        x = images.tensor
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        cams = model.multiscale_cams(x, self.scales, self.flip).contiguous()  # (N, K, Hp, Wp)
         out = []
         for i, x in enumerate(inputs):
             h, w = images.image_sizes[i]
@@ -262,9 +306,15 @@ class CAMInferenceEngine:
         net = unwrap_model(model)
         was_training = net.training
         net.eval()
+        infer = fold_batchnorm(net) if self.fold_bn and todo else net
+        if self.channels_last and todo:
+            # same Parameter objects, new layout: an optimizer holding them is unaffected
+            infer.to(memory_format=torch.channels_last)
         try:
-            self._run_shard(net, todo, cam_dir, progress and comm.is_main_process())
+            self._run_shard(infer, todo, cam_dir, progress and comm.is_main_process())
         finally:
+            if self.channels_last and todo and infer is net:
+                net.to(memory_format=torch.contiguous_format)
             net.train(was_training)
         dt = time.perf_counter() - t0
         counts = comm.all_gather((len(todo), dt))
