@@ -128,11 +128,11 @@ class CIANSegmentor(WSSSSegmentor):
         features = self.backbone(images.tensor)
         _, losses = self.sem_seg_head(features, targets, ref_index, tags, valid)
         if self.sem_seg_head.cross:
-            storage_put(lonely / max(len(batched_inputs), 1))
+            _log_self_paired(lonely / max(len(batched_inputs), 1))
         return losses
 
 
-def storage_put(lonely_fraction: float) -> None:
+def _log_self_paired(lonely_fraction: float) -> None:
     """Log the fraction of self-paired images to the training storage when there is one."""
     from detectron2.utils.events import get_event_storage
 
