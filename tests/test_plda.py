@@ -172,22 +172,29 @@ def test_domain_heads_receive_only_their_class_pixels():
 def test_empty_domains_give_exact_zero_losses():
     logits = torch.randn(3, 2, requires_grad=True)
     only_source = balanced_domain_loss(logits, torch.zeros(3, dtype=torch.long),
-                                       torch.zeros(3, dtype=torch.long))
+                                       torch.zeros(3, dtype=torch.long), 10)
     assert only_source.item() == 0.0
     only_source.backward()
     assert torch.isfinite(logits.grad).all()
     empty = balanced_domain_loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long),
-                                 torch.zeros(0, dtype=torch.long))
+                                 torch.zeros(0, dtype=torch.long), 10)
     assert empty.item() == 0.0
     cps = balanced_cps_loss(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 255))
     assert cps.item() == 0.0
-    # balanced: each (group, domain) mean weighs the same, whatever the pixel counts
+    # balanced: source and target weigh the same in total (weights average 1 over the group),
+    # divided by all pixels of the map
     lg = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
     dom = torch.tensor([0, 0, 0, 1])
     ce = torch.nn.functional.cross_entropy(lg, dom, reduction="none")
-    expected = (ce[:3].mean() + ce[3]) / 2
-    assert balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long)) == pytest.approx(
+    expected = (4 / 6 * ce[:3].sum() + 4 / 2 * ce[3]) / 20
+    assert balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long), 20) == pytest.approx(
         expected.item())
+    # CPS: one image, class 1 on 3 pixels, class 2 on 1 pixel, 8 pixels in all
+    cl = torch.randn(1, 3, 2, 4)
+    lab = torch.tensor([[[1, 1, 1, 2], [255, 255, 255, 255]]])
+    ce = torch.nn.functional.cross_entropy(cl, lab.clamp(max=2), reduction="none")[0, 0]
+    expected = (4 / 6 * ce[:3].sum() + 4 / 2 * ce[3]) / 8
+    assert balanced_cps_loss(cl, lab).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_cps_pseudo_labels_dynamic_threshold():

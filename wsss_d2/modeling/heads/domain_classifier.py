@@ -65,14 +65,19 @@ class MultiHeadDomainClassifier(nn.Module):
         return torch.einsum("md,mod->mo", emb, weight) + self.head_bias[class_index]
 
 
-def balanced_domain_loss(logits: torch.Tensor, domains: torch.Tensor,
-                         groups: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy where, within each group (one image x one class), source and target weigh
-    the same whatever their pixel counts; groups missing either domain are skipped; the result is
-    the mean over the remaining groups (exactly 0, still attached to the graph, if none remain).
+def balanced_domain_loss(logits: torch.Tensor, domains: torch.Tensor, groups: torch.Tensor,
+                         num_pixels: int) -> torch.Tensor:
+    """Cross-entropy where, within each group (one image x one class), source and target pixels
+    are re-weighted to weigh the same in total whatever their counts (weights average 1 over the
+    group); groups missing either domain are skipped. The weighted sum is divided by
+    ``num_pixels`` (all N*h*w pixels, as the official code averages over the whole map), so the
+    per-pixel gradient stays on the scale of the classification loss's; a per-group *mean*
+    would give a lone pixel the weight of a whole image and destabilise training.
+    Exactly 0 (still attached to the graph) when no group has both domains.
 
     Args:
-        logits: (M, 2); domains: (M,) long in {0, 1}; groups: (M,) long group ids.
+        logits: (M, 2); domains: (M,) long in {0, 1}; groups: (M,) long group ids;
+        num_pixels: the normaliser, N*h*w.
     """
     if logits.numel() == 0:
         return logits.sum() * 0.0
@@ -80,11 +85,10 @@ def balanced_domain_loss(logits: torch.Tensor, domains: torch.Tensor,
     _, g = torch.unique(groups, return_inverse=True)
     num_groups = int(g.max()) + 1
     key = g * 2 + domains  # (group, domain) cells
-    counts = torch.bincount(key, minlength=2 * num_groups).float()
-    sums = torch.zeros(2 * num_groups, device=ce.device).index_add_(0, key, ce)
-    counts, sums = counts.view(num_groups, 2), sums.view(num_groups, 2)
+    counts = torch.bincount(key, minlength=2 * num_groups).float().view(num_groups, 2)
     complete = (counts > 0).all(1)
     if not bool(complete.any()):
         return logits.sum() * 0.0
-    per_group = (sums / counts.clamp(min=1)).mean(1)  # mean of the source and target means
-    return per_group[complete].mean()
+    weight = counts.sum(1, keepdim=True) / (2.0 * counts.clamp(min=1))  # (G, 2)
+    w = weight.flatten()[key] * complete[g].float()
+    return (w * ce).sum() / max(int(num_pixels), 1)

@@ -19,7 +19,8 @@ Inference is the CAM classifier's, unchanged (``"cam"`` and ``"sem_seg"``).
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,23 @@ from .cam import CAMClassifier, normalize_cams
 
 __all__ = ["PLDA", "mask_assign", "simple_assign", "cps_pseudo_labels", "balanced_cps_loss"]
 
-_NEG = -1e4  # logit of classes absent from the tags in the CPS softmax (finite: no NaN in CE)
+
+@contextlib.contextmanager
+def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
+    """Batch norms keep normalising with batch statistics but do not update their running
+    statistics inside the block (momentum 0). The masked images of MaskAssign, half erased to
+    0, would otherwise pull the running mean/var away from real images and spoil inference."""
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+           and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (mom, nbt) in zip(bns, saved):
+            m.momentum = mom
+            m.num_batches_tracked.copy_(nbt)
 
 
 def mask_assign(cam: torch.Tensor, masked_cam: torch.Tensor, theta: float
@@ -88,9 +105,12 @@ def cps_pseudo_labels(probs: torch.Tensor, region: torch.Tensor, alpha: float,
 
 def balanced_cps_loss(logits: torch.Tensor, labels: torch.Tensor,
                       ignore_value: int = 255) -> torch.Tensor:
-    """Class-balanced cross-entropy: in every image each pseudo-labelled class weighs the same
-    whatever its pixel count; the mean over images with labelled pixels (exactly 0, attached to
-    the graph, when there are none).
+    """Class-balanced cross-entropy (the weighted multi-class CE of Eq. 7-8): in every image,
+    the pseudo-labelled pixels of each class are re-weighted to weigh the same in total (weights
+    average 1 over the image's labelled pixels); the weighted sum is divided by all N*h*w
+    pixels, as the official code averages over the whole map (ignored pixels count as 0), which
+    keeps the per-pixel gradient on the scale of the classification loss's.
+    Exactly 0 (attached to the graph) when no pixel is labelled.
 
     Args:
         logits: (N, K+1, h, w); labels: (N, h, w) long with ``ignore_value``.
@@ -99,15 +119,14 @@ def balanced_cps_loss(logits: torch.Tensor, labels: torch.Tensor,
     valid = labels != ignore_value
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    ce = F.cross_entropy(logits.float(), labels.masked_fill(~valid, 0), reduction="none")
-    onehot = F.one_hot(labels.masked_fill(~valid, 0), c).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid[:, None].float()
+    safe = labels.masked_fill(~valid, 0)
+    ce = F.cross_entropy(logits.float(), safe, reduction="none")  # (N, h, w)
+    onehot = F.one_hot(safe, c).permute(0, 3, 1, 2).float() * valid[:, None].float()
     counts = onehot.flatten(2).sum(-1)  # (N, C)
-    sums = (onehot * ce[:, None]).flatten(2).sum(-1)
-    present = counts > 0
-    per_image = (sums / counts.clamp(min=1)).sum(1) / present.sum(1).clamp(min=1)
-    has = present.any(1)
-    return per_image[has].mean()
+    present = (counts > 0).sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+    class_w = counts.sum(1, keepdim=True) / (present * counts.clamp(min=1))  # (N, C)
+    w = (onehot * class_w[:, :, None, None]).sum(1)  # (N, h, w), 0 where ignored
+    return (w * ce).sum() / ce.numel()
 
 
 @META_ARCH_REGISTRY.register()
@@ -218,13 +237,13 @@ class PLDA(CAMClassifier):
         keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
         return probs * keep
 
-    def cps_logits(self, logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-        """(N, K, h, w) class logits -> (N, K+1, h, w): a constant 0 background logit in front,
-        absent classes pushed to ``_NEG``. A supervised pixel of class k must have logit_k > 0
-        (CAM fires there) and above the other tagged classes."""
-        bg = torch.zeros_like(logits[:, :1])
-        absent = (1.0 - tags)[:, :, None, None] * _NEG
-        return torch.cat([bg, logits + absent], 1)
+    def cps_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, K, h, w) class logits -> (N, K+1, h, w) with a constant 0 background logit in
+        front: a supervised pixel of class k must have logit_k > 0 (the CAM fires there) and
+        above *every* other class. Absent classes are deliberately not masked out: with them
+        masked, the cross-entropy is satisfied by raising all class logits everywhere, which
+        fights the classification loss (measured: loss_cls stalled at ~0.56 on the toy data)."""
+        return torch.cat([torch.zeros_like(logits[:, :1]), logits], 1)
 
     def _upsample(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
         if self.cps_upsample == 1:
@@ -249,7 +268,7 @@ class PLDA(CAMClassifier):
         dom = torch.cat([torch.zeros_like(idx_s[:, 0]), torch.ones_like(idx_t[:, 0])])
         logits = self.domain_classifier(feats, pix, cls)
         groups = (pix // (h * w)) * k + cls  # one group per (image, class)
-        return balanced_domain_loss(logits, dom, groups)
+        return balanced_domain_loss(logits, dom, groups, n * h * w)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
@@ -271,7 +290,7 @@ class PLDA(CAMClassifier):
         if self.assign == "mask":
             # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
             # pass only assigns domains and makes pseudo labels, so it needs no graph
-            with torch.no_grad():
+            with torch.no_grad(), frozen_norm_stats(self.backbone):
                 x_masked = x * (1.0 - erase_mask(cam > self.theta, x.shape[-2:]))
                 masked_logits = self.cam_logits(self.extract_features(x_masked))
             if self.target_norm == "original":
@@ -291,7 +310,7 @@ class PLDA(CAMClassifier):
                 features, source, target)
 
         if self.cps_on:
-            up_logits = self.cps_logits(self._upsample(logits), tags)
+            up_logits = self.cps_logits(self._upsample(logits))
             with torch.no_grad():
                 # one affinity for both refinements: the source and target CAMs share the image
                 small = F.interpolate(x, size=up_logits.shape[-2:], mode="bilinear",
