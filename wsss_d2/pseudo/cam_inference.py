@@ -265,11 +265,11 @@ class CAMInferenceEngine:
             x = x.contiguous(memory_format=torch.channels_last)
         cams = model.multiscale_cams(x, self.scales, self.flip).contiguous()  # (N, K, Hp, Wp)
         out = []
-        for i, x in enumerate(inputs):
+        for i, inp in enumerate(inputs):
             h, w = images.image_sizes[i]
-            keys = torch.nonzero(x["tags"] > 0).flatten().to(cams.device)
+            keys = torch.nonzero(inp["tags"] > 0).flatten().to(cams.device)
             cam = cams[i : i + 1, keys, :h, :w]  # only the tags: less to resize and store
-            oh, ow = int(x.get("height", h)), int(x.get("width", w))
+            oh, ow = int(inp.get("height", h)), int(inp.get("width", w))
             if (oh, ow) != (h, w) and cam.shape[1] > 0:
                 cam = F.interpolate(cam, size=(oh, ow), mode="bilinear", align_corners=False)
             out.append(normalize_cams(cam[0]).float().cpu().numpy().reshape(-1, oh, ow))
