@@ -491,3 +491,40 @@ def test_engine_runs_a_plda_model(tmp_path, cfg_factory):
     for d, p in zip(dicts, paths):
         cams, keys = load_cam_file(p, (d["height"], d["width"]), d["file_name"])
         assert keys.tolist() == sorted(d["tags"]) and cams.max() <= 1.0 + 1e-3
+
+
+def _two_rank_round(root: str, dicts: list, cam_dir: str) -> None:
+    params = LabelParams(
+        method="crf", conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
+    )
+    write_cam_round(
+        dicts, cam_dir, rounds.RoundWriter(root, 1, 4), params, num_workers=1, progress=False
+    )
+
+
+def test_two_process_round_equals_one_process(tmp_path):
+    """Ranks label their shards, the main process renames, all meet at barriers (gloo, CPU)."""
+    import socket
+
+    from detectron2.engine import launch
+
+    dicts, cam_dir = _toy_set(tmp_path, n=5)
+    _two_rank_round(str(tmp_path / "one"), dicts, cam_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(
+        _two_rank_round,
+        2,
+        dist_url=f"tcp://127.0.0.1:{port}",
+        args=(str(tmp_path / "two"), dicts, cam_dir),
+    )
+    one, two = rounds.round_dir(str(tmp_path / "one"), 1), rounds.round_dir(
+        str(tmp_path / "two"), 1
+    )
+    assert rounds.read_manifest(two)["num_images"] == 5
+    for d in dicts:
+        stem = rounds.label_stem(d) + ".png"
+        np.testing.assert_array_equal(
+            read_label_png(os.path.join(one, stem)), read_label_png(os.path.join(two, stem))
+        )
