@@ -528,3 +528,20 @@ def test_two_process_round_equals_one_process(tmp_path):
         np.testing.assert_array_equal(
             read_label_png(os.path.join(one, stem)), read_label_png(os.path.join(two, stem))
         )
+
+
+def test_cam_fingerprint_ignores_label_settings(cfg_factory):
+    from detectron2.modeling import build_model
+
+    from wsss_d2.pseudo.labels import cam_fingerprint
+
+    cfg = cfg_factory("configs/pseudo_toy.yaml", "MODEL.TINY.WIDTHS", (8, 8, 8, 8))
+    model = build_model(cfg)
+    base = cam_fingerprint(cfg, model, CAMInferenceEngine(cfg))
+    cfg2 = cfg.clone()
+    cfg2.WSSS.PSEUDO.CONF_FG, cfg2.WSSS.PSEUDO.METHOD = 0.9, "threshold"
+    assert cam_fingerprint(cfg2, model, CAMInferenceEngine(cfg2)) == base
+    cfg2.WSSS.PSEUDO.SCALES = (1.0,)
+    assert cam_fingerprint(cfg2, model, CAMInferenceEngine(cfg2)) != base
+    cfg3 = cfg_factory("configs/pseudo_toy.yaml", "MODEL.TINY.WIDTHS", (8, 8, 8, 16))
+    assert cam_fingerprint(cfg3, build_model(cfg3), CAMInferenceEngine(cfg3)) != base

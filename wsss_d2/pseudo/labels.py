@@ -358,6 +358,29 @@ def default_round_root(cfg) -> str:
     return cfg.WSSS.PSEUDO.ROOT or os.path.join(cfg.OUTPUT_DIR, "pseudo_labels")
 
 
+def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = None) -> dict:
+    """What a folder of CAMs depends on: the network (class and parameter shapes), its weights
+    (file, size, mtime; the training iteration for a refresh), input normalisation and size, and
+    the inference protocol. Config keys that do not change the CAMs (new defaults elsewhere,
+    label thresholds) are left out, so adding a key to the config does not invalidate caches."""
+    import hashlib
+
+    w = cfg.MODEL.WEIGHTS
+    stamp = [os.path.getsize(w), int(os.path.getmtime(w))] if os.path.isfile(w) else None
+    shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
+    return {
+        **engine.fingerprint(),
+        "model": type(model).__name__,
+        "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
+        "weights": w,
+        "weights_stamp": stamp,
+        "iteration": (meta or {}).get("iteration"),
+        "pixel_mean_std": [list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)],
+        "input_format": cfg.INPUT.FORMAT,
+        "test_long": cfg.INPUT.TAGS.TEST_LONG,
+    }
+
+
 def make_round(
     cfg,
     model: torch.nn.Module,
@@ -397,20 +420,7 @@ def make_round(
         engine = CAMInferenceEngine(cfg)
         cam_dir = cam_dir or p.CAM_DIR or os.path.join(root, "cams", f"round_{k:02d}")
         if comm.is_main_process():
-            # what the CAMs depend on: model, weights file, test-time input and protocol
-            w = cfg.MODEL.WEIGHTS
-            stamp = [os.path.getsize(w), int(os.path.getmtime(w))] if os.path.isfile(w) else None
-            check_cam_dir(
-                cam_dir,
-                {
-                    **engine.fingerprint(),
-                    "weights": w,
-                    "weights_stamp": stamp,
-                    "model": config_hash(cfg.MODEL),
-                    "test_long": cfg.INPUT.TAGS.TEST_LONG,
-                },
-                overwrite,
-            )
+            check_cam_dir(cam_dir, cam_fingerprint(cfg, net, engine, meta), overwrite)
         comm.synchronize()
         engine.run(model, dicts, cam_dir, progress=progress)
         params = LabelParams.from_config(cfg)
