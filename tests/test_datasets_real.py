@@ -233,7 +233,7 @@ def test_coco_tags_and_semantic_gt(coco_tree, tmp_path, logs):
     name = _name("coco")
     register_coco_tags(name, json_file, img_root, sem_seg_root=str(tmp_path / "gt"))
     dicts = DatasetCatalog.get(name)
-    meta_names = MetadataCatalog.get(name).thing_classes
+    meta_names = MetadataCatalog.get(name).stuff_classes[1:]
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
     assert meta_names == ["person", "car", "dog"]  # sorted by category id
@@ -429,7 +429,7 @@ def test_coco_tiny_registration(tmp_path):
     assert {d["image_id"]: d["tags"] for d in voc_dicts} == {
         k: sorted(v) for k, v in expected_voc.items()
     }
-    assert MetadataCatalog.get("t_coco_tiny_voc_train_tags").thing_classes == list(VOC_CLASSES)
+    assert MetadataCatalog.get("t_coco_tiny_voc_train_tags").stuff_classes[1:] == list(VOC_CLASSES)
 
 
 def test_coco_read_only_dataset_falls_back_to_cache(coco_tree, tmp_path, monkeypatch):
@@ -474,3 +474,17 @@ def test_coco_masks_painted_by_a_process_pool_match_serial(coco_tree, tmp_path, 
         assert np.array_equal(
             read_label_png(a["sem_seg_file_name"]), read_label_png(b["sem_seg_file_name"])
         )
+
+
+def test_detectron2_loaders_accept_annotations_of_the_last_class(tmp_path):
+    """Annotations carry ids 1..K; Detectron2's dataset loading must not reject id K."""
+    from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
+
+    from wsss_d2.data.datasets.common import set_tag_metadata
+
+    dicts = [{"file_name": "a.jpg", "image_id": 0, "height": 4, "width": 4, "tags": [2],
+              "annotations": [{"bbox": [0, 0, 2, 2], "bbox_mode": 0, "category_id": 2,
+                               "iscrowd": 0}]}]
+    DatasetCatalog.register("t_last_class", lambda: dicts)
+    set_tag_metadata("t_last_class", ["a", "b"])
+    assert get_detection_dataset_dicts(["t_last_class"], filter_empty=False)[0]["tags"] == [2]

@@ -313,11 +313,11 @@ def load_coco_tags(
         })  # fmt: skip
         raw_anns[img_id] = raw
     meta = MetadataCatalog.get(name)
-    if meta.get("thing_classes") is None:
+    if meta.get("stuff_classes") is None:
         set_tag_metadata(name, names)
-    elif len(meta.thing_classes) != len(names):
+    elif len(meta.stuff_classes) - 1 != len(names):
         raise ValueError(
-            f"{name}: metadata names {len(meta.thing_classes)} classes but {json_file} gives "
+            f"{name}: metadata names {len(meta.stuff_classes) - 1} classes but {json_file} gives "
             f"{len(names)}"
         )
     if dropped:

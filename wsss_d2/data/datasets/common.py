@@ -88,12 +88,15 @@ def require_dir(path: str, what: str) -> str:
 
 def set_tag_metadata(name: str, class_names: Sequence[str], evaluator_type: str = "sem_seg",
                      **extra) -> None:
-    """Metadata every tag dataset carries: background + classes, VOC colours, ignore 255."""
+    """Metadata every tag dataset carries: background + classes, VOC colours, ignore 255.
+
+    No ``thing_classes``: Detectron2 would then check the dicts' ``annotations`` (whose ids are
+    1..K here, as everywhere in wsss_d2) against a 0-based thing list and refuse class K.
+    """
     classes = ["background", *class_names]
     pal = voc_palette(len(classes))
     MetadataCatalog.get(name).set(
         stuff_classes=classes,
-        thing_classes=list(class_names),
         stuff_colors=[list(c) for c in pal],
         ignore_label=IGNORE_LABEL,
         evaluator_type=evaluator_type,
