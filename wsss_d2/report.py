@@ -186,10 +186,13 @@ def panels_html(panels: list[dict], class_names: Sequence[str] | None = None) ->
                  f"{html.escape(tags)}</td></tr>")
     legend = ""
     if class_names:
-        legend = "<div class='legend'>" + "".join(
-            f"<span style='background:rgb{tuple(int(v) for v in _PALETTE[i])};"
-            f"color:{'#fff' if i in (0,) else '#000'}'>{html.escape(n)}</span>"
-            for i, n in enumerate(class_names)) + "</div>"
+        spans = []
+        for i, n in enumerate(class_names):
+            r, g, b = (int(v) for v in _PALETTE[i])
+            ink = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 110 else "#fff"  # readable text
+            spans.append(f"<span style='background:rgb({r},{g},{b});color:{ink}'>"
+                         f"{html.escape(n)}</span>")
+        legend = "<div class='legend'>" + "".join(spans) + "</div>"
     return f"{legend}<table class='panels'><tr>{head}</tr>{rows}</table>"
 
 
@@ -222,18 +225,21 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
     parts.append("<h2>Stages</h2>" + _table(
         ["stage", "kind", "config", "metric", "mIoU %", "status", "seconds"], rows))
 
-    # per-class IoU of every stage that has them
+    # per-class IoU: one row per class, one column per stage (and task) that reports them
+    columns, per_class = [], {}
     for s in summaries:
-        ious = {k: v for k, v in s["results"].items() if "/IoU-" in k}
-        if not ious:
-            continue
-        groups: dict[str, dict] = {}
-        for k, v in ious.items():
+        for k, v in s["results"].items():
+            if "/IoU-" not in k:
+                continue
             task, cls = k.split("/IoU-", 1)
-            groups.setdefault(task, {})[cls] = v
-        for task, per in groups.items():
-            parts.append(f"<h2>{html.escape(s['name'])}: per-class IoU ({html.escape(task)})</h2>")
-            parts.append(_table(["class", "IoU %"], [[c, f"{v:.2f}"] for c, v in per.items()]))
+            col = f"{s['name']} ({task})"
+            if col not in columns:
+                columns.append(col)
+            per_class.setdefault(cls, {})[col] = v
+    if columns:
+        rows = [[cls] + [f"{vals[c]:.1f}" if c in vals else "-" for c in columns]
+                for cls, vals in per_class.items()]
+        parts.append("<h2>Per-class IoU (%)</h2>" + _table(["class", *columns], rows))
 
     # training curves
     for s in summaries:
