@@ -277,3 +277,19 @@ def test_nan_loss_stops_training_naming_iteration_and_term(cfg_factory):
     trainer = SimpleTrainer(model, data, opt)
     with pytest.raises(FloatingPointError, match=r"(?s)iteration=0.*loss_adv.: nan"):
         trainer.train(0, 2)
+
+
+def test_masked_pass_leaves_batchnorm_running_stats_alone(cfg_factory):
+    from wsss_d2.modeling.meta_arch.plda import frozen_norm_stats
+
+    model = _model(cfg_factory)
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone(), bn.num_batches_tracked.clone()
+    with torch.no_grad(), frozen_norm_stats(model.backbone):
+        model.extract_features(torch.randn(2, 3, 32, 32))
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.num_batches_tracked,
+                                                                  before[1])
+    assert bn.momentum == 0.1  # restored
+    with torch.no_grad():
+        model.extract_features(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(bn.running_mean, before[0])
