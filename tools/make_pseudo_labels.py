@@ -18,15 +18,13 @@ import logging
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
 import wsss_d2  # noqa: F401  (registers everything)
-from wsss_d2 import add_wsss_config
 from wsss_d2.data.datasets.common import atomic_write_bytes
-from wsss_d2.engine import WSSSTrainer, check_weights_exist
+from wsss_d2.engine import WSSSTrainer, check_weights_exist, default_wsss_setup
 from wsss_d2.evaluation.pseudo_eval import evaluate_round
 from wsss_d2.pseudo.labels import default_round_root, label_datasets, make_round
 from wsss_d2.pseudo.rounds import MANIFEST, round_dir
@@ -35,13 +33,7 @@ logger = logging.getLogger("wsss_d2.make_pseudo_labels")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    return cfg
+    return default_wsss_setup(args)
 
 
 def main(args):

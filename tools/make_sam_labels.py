@@ -19,14 +19,12 @@ import logging
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 import wsss_d2  # noqa: F401  (registers datasets, evaluators)
-from wsss_d2 import add_wsss_config
+from wsss_d2.engine import default_wsss_setup
 from wsss_d2.evaluation.sam_eval import SamBoxLabelingEvaluator, sam_round_root
 from wsss_d2.pseudo.rounds import RoundWriter, config_hash, round_dir
 from wsss_d2.pseudo.sam_labeler import SamBoxLabeler, label_dataset
@@ -35,14 +33,7 @@ logger = logging.getLogger("wsss_d2.make_sam_labels")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="wsss_d2")
-    return cfg
+    return default_wsss_setup(args)
 
 
 def load_dicts(cfg):

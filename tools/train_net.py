@@ -7,23 +7,15 @@
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
 import wsss_d2  # noqa: F401  (registers everything)
-from wsss_d2 import add_wsss_config
-from wsss_d2.engine import WSSSTrainer, check_weights_exist
+from wsss_d2.engine import WSSSTrainer, check_weights_exist, default_wsss_setup
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    return cfg
+    return default_wsss_setup(args)
 
 
 def main(args):

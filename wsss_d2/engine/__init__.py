@@ -1,5 +1,6 @@
 """Trainer and hooks."""
 
+from .defaults import default_wsss_setup
 from .grl_hook import GRLScheduleHook  # noqa: F401
 from .hooks import HOOK_REGISTRY, build_hooks_from_config
 from .refresh_hook import PseudoLabelRefreshHook  # noqa: F401
@@ -11,4 +12,5 @@ __all__ = [
     "TRAIN_LOADER_BUILDERS",
     "WSSSTrainer",
     "check_weights_exist",
+    "default_wsss_setup",
 ]
