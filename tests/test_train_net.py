@@ -108,3 +108,24 @@ def test_nan_loss_stops_training_naming_iteration_and_term(tmp_path):
         _run("--config-file", str(REPO / "configs" / "cam_toy.yaml"), *TOY,
              "MODEL.META_ARCHITECTURE", "_NaNAfterTwoSteps", "SOLVER.MAX_ITER", "5",
              "OUTPUT_DIR", str(tmp_path))
+
+
+def test_users_folder_dataset_registered_from_config(tmp_path):
+    """A user's images + CSV tags, named only in the config, train through train_net."""
+    import shutil
+
+    from detectron2.data import DatasetCatalog
+
+    from wsss_d2.data.datasets.toyparts import TOY_CLASSES
+
+    rows = ["file_name,tags"]
+    for i, d in enumerate(DatasetCatalog.get("toyparts_mini_train")[:6]):
+        shutil.copy(d["file_name"], tmp_path / f"u{i}.png")
+        rows.append(f"u{i}.png," + ";".join(TOY_CLASSES[t - 1] for t in d["tags"]))
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    entry = f"(('my_images', '{tmp_path}', '{tmp_path / 'tags.csv'}', '{';'.join(TOY_CLASSES[:5])}'),)"
+    _run("--config-file", str(REPO / "configs" / "cam_toy.yaml"), *TOY,
+         "DATASETS.FOLDER_TAGS", entry, "DATASETS.TRAIN", "('my_images',)", "DATASETS.TEST", "()",
+         "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "model_final.pth").is_file()
+    assert len(DatasetCatalog.get("my_images")) == 6

@@ -30,6 +30,9 @@ def add_wsss_config(cfg: CN) -> None:
     _C.INPUT.TAGS.TEST_LONG = 0  # test: resize longest edge to this (0 = keep the image size)
     _C.INPUT.TAGS.LOAD_PSEUDO = True  # training: load pseudo_seg_file_name as "sem_seg" if present
 
+    # users' own data, registered by every tool at set-up (names then usable in DATASETS.*):
+    _C.DATASETS.COCO_TAGS = ()  # ((name, json_file, image_root), ...) COCO-format datasets
+    _C.DATASETS.FOLDER_TAGS = ()  # ((name, image_root, tags_file, "cls1;cls2;..."), ...)
     _C.DATALOADER.PAIR_SAMPLING = ""  # "" | "common_class" | "random": batch builder for CIAN
 
     # ---------------------------------------------------------------- models
