@@ -22,9 +22,11 @@ from detectron2.utils.events import EventStorage
 
 from wsss_d2 import add_wsss_config
 
-CONFIGS = {"tiny": ("configs/cam_toy.yaml", "configs/plda_toy.yaml"),
-           "r50": ("configs/cam_r50.yaml", "configs/plda_r50.yaml"),
-           "r101": ("configs/cam_r101.yaml", "configs/plda_r101.yaml")}
+CONFIGS = {
+    "tiny": ("configs/cam_toy.yaml", "configs/plda_toy.yaml"),
+    "r50": ("configs/cam_r50.yaml", "configs/plda_r50.yaml"),
+    "r101": ("configs/cam_r101.yaml", "configs/plda_r101.yaml"),
+}
 
 
 def make_cfg(path: str, device: str, extra: list[str]):
@@ -39,8 +41,7 @@ def build(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
-                          momentum=0.9)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     return model, opt
 
 
@@ -71,16 +72,24 @@ def main():
         torch.set_num_threads(args.threads)
 
     cam_path, plda_path = CONFIGS[args.backbone]
-    cfgs = {"CAM": make_cfg(cam_path, args.device, args.opts),
-            "PLDA": make_cfg(plda_path, args.device, args.opts)}
+    cfgs = {
+        "CAM": make_cfg(cam_path, args.device, args.opts),
+        "PLDA": make_cfg(plda_path, args.device, args.opts),
+    }
     k = cfgs["CAM"].INPUT.TAGS.NUM_CLASSES
     g = torch.Generator().manual_seed(0)
     inputs = []
     for i in range(args.batch):
         tags = torch.zeros(k)
         tags[torch.randperm(k, generator=g)[: 1 + i % 2]] = 1
-        inputs.append({"image": torch.randint(0, 256, (3, args.size, args.size), generator=g,
-                                              dtype=torch.uint8), "tags": tags})
+        inputs.append(
+            {
+                "image": torch.randint(
+                    0, 256, (3, args.size, args.size), generator=g, dtype=torch.uint8
+                ),
+                "tags": tags,
+            }
+        )
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     models = {name: build(cfg) for name, cfg in cfgs.items()}
     wall = {name: [] for name in cfgs}
@@ -96,9 +105,11 @@ def main():
     med = {name: statistics.median(t) for name, t in wall.items()}
     med_cpu = {name: statistics.median(t) for name, t in cpu.items()}
     for name in cfgs:
-        print(f"{name:5s} {args.backbone} {args.size}px batch {args.batch} on {args.device}: "
-              f"median {med[name] * 1000:.1f} ms/step wall (min {min(wall[name]) * 1000:.1f}), "
-              f"{med_cpu[name] * 1000:.1f} ms/step process CPU, {args.steps} steps")
+        print(
+            f"{name:5s} {args.backbone} {args.size}px batch {args.batch} on {args.device}: "
+            f"median {med[name] * 1000:.1f} ms/step wall (min {min(wall[name]) * 1000:.1f}), "
+            f"{med_cpu[name] * 1000:.1f} ms/step process CPU, {args.steps} steps"
+        )
     if not args.device.startswith("cuda"):
         print(f"ratio PLDA/CAM (process CPU) = {med_cpu['PLDA'] / med_cpu['CAM']:.2f}x")
     print(f"ratio PLDA/CAM (wall) = {med['PLDA'] / med['CAM']:.2f}x  (goal <= 2.3x)")

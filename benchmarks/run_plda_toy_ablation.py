@@ -51,8 +51,17 @@ def run(config: str, seed: int, out: Path, opts: list[str]) -> float:
     value = cam_miou(out)
     if value is not None:
         return value
-    cmd = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(REPO / config),
-           "OUTPUT_DIR", str(out), "SEED", str(seed), *opts]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools/train_net.py"),
+        "--config-file",
+        str(REPO / config),
+        "OUTPUT_DIR",
+        str(out),
+        "SEED",
+        str(seed),
+        *opts,
+    ]
     print("running:", " ".join(cmd), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout.log", "w") as log:
@@ -67,8 +76,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-root", default="output/plda_toy_ablation")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                    help=f"subset of {list(VARIANTS)}")
+    ap.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), help=f"subset of {list(VARIANTS)}"
+    )
     ap.add_argument("opts", nargs="*", help="KEY VALUE overrides for every run (after --)")
     args = ap.parse_args()
     if "DETECTRON2_DATASETS" not in os.environ:
@@ -81,8 +91,9 @@ def main():
     results: dict[str, list[float]] = {}
     for name in args.variants:
         slug = Path(VARIANTS[name]).stem
-        results[name] = [run(VARIANTS[name], s, root / f"{slug}_s{s}", args.opts)
-                         for s in args.seeds]
+        results[name] = [
+            run(VARIANTS[name], s, root / f"{slug}_s{s}", args.opts) for s in args.seeds
+        ]
 
     base = results.get("baseline (CAM)")
     seeds = " | ".join(f"seed {s}" for s in args.seeds)

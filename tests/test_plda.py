@@ -21,8 +21,16 @@ from wsss_d2.modeling.meta_arch.plda import (
     simple_assign,
 )
 
-SMALL = ("MODEL.TINY.WIDTHS", "(8, 8, 16, 16)", "MODEL.PLDA.DOMAIN_HIDDEN_DIMS", "(16, 8)",
-         "MODEL.PLDA.DOMAIN_DROPOUT", "0.0", "MODEL.PLDA.PAMR_ITERS", "3")
+SMALL = (
+    "MODEL.TINY.WIDTHS",
+    "(8, 8, 16, 16)",
+    "MODEL.PLDA.DOMAIN_HIDDEN_DIMS",
+    "(16, 8)",
+    "MODEL.PLDA.DOMAIN_DROPOUT",
+    "0.0",
+    "MODEL.PLDA.PAMR_ITERS",
+    "3",
+)
 
 
 def _inputs(n=2, size=64, k=5, seed=0):
@@ -32,8 +40,14 @@ def _inputs(n=2, size=64, k=5, seed=0):
         tags = torch.zeros(k)
         tags[i % k] = 1
         tags[(i + 2) % k] = 1
-        out.append({"image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
-                    "tags": tags, "height": size, "width": size})
+        out.append(
+            {
+                "image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
+                "tags": tags,
+                "height": size,
+                "width": size,
+            }
+        )
     return out
 
 
@@ -171,13 +185,15 @@ def test_domain_heads_receive_only_their_class_pixels():
 
 def test_empty_domains_give_exact_zero_losses():
     logits = torch.randn(3, 2, requires_grad=True)
-    only_source = balanced_domain_loss(logits, torch.zeros(3, dtype=torch.long),
-                                       torch.zeros(3, dtype=torch.long), 10)
+    only_source = balanced_domain_loss(
+        logits, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 10
+    )
     assert only_source.item() == 0.0
     only_source.backward()
     assert torch.isfinite(logits.grad).all()
-    empty = balanced_domain_loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long),
-                                 torch.zeros(0, dtype=torch.long), 10)
+    empty = balanced_domain_loss(
+        torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 10
+    )
     assert empty.item() == 0.0
     cps = balanced_cps_loss(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 255))
     assert cps.item() == 0.0
@@ -188,7 +204,8 @@ def test_empty_domains_give_exact_zero_losses():
     ce = torch.nn.functional.cross_entropy(lg, dom, reduction="none")
     expected = (4 / 6 * ce[:3].sum() + 4 / 2 * ce[3]) / 20
     assert balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long), 20) == pytest.approx(
-        expected.item())
+        expected.item()
+    )
     # CPS: one image, class 1 on 3 pixels, class 2 on 1 pixel, 8 pixels in all
     cl = torch.randn(1, 3, 2, 4)
     lab = torch.tensor([[[1, 1, 1, 2], [255, 255, 255, 255]]])
@@ -210,15 +227,28 @@ def test_cps_pseudo_labels_dynamic_threshold():
 
 
 # ---------------------------------------------------------------------- training steps
-@pytest.mark.parametrize("adv,cps,assign",
-                         list(itertools.product([False, True], [False, True], ["mask", "simple"])))
+@pytest.mark.parametrize(
+    "adv,cps,assign", list(itertools.product([False, True], [False, True], ["mask", "simple"]))
+)
 def test_training_step_every_switch(cfg_factory, adv, cps, assign):
-    model = _model(cfg_factory, "MODEL.PLDA.ADV_ON", str(adv), "MODEL.PLDA.CPS_ON", str(cps),
-                   "MODEL.PLDA.ASSIGN", assign, "MODEL.PLDA.CPS_UPSAMPLE", "2")
+    model = _model(
+        cfg_factory,
+        "MODEL.PLDA.ADV_ON",
+        str(adv),
+        "MODEL.PLDA.CPS_ON",
+        str(cps),
+        "MODEL.PLDA.ASSIGN",
+        assign,
+        "MODEL.PLDA.CPS_UPSAMPLE",
+        "2",
+    )
     with EventStorage():
         losses = model(_inputs())
-    expected = {"loss_cls"} | ({"loss_adv"} if adv else set()) | (
-        {"loss_cps_src", "loss_cps_tgt"} if cps else set())
+    expected = (
+        {"loss_cls"}
+        | ({"loss_adv"} if adv else set())
+        | ({"loss_cps_src", "loss_cps_tgt"} if cps else set())
+    )
     assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -287,8 +317,9 @@ def test_masked_pass_leaves_batchnorm_running_stats_alone(cfg_factory):
     before = bn.running_mean.clone(), bn.num_batches_tracked.clone()
     with torch.no_grad(), frozen_norm_stats(model.backbone):
         model.extract_features(torch.randn(2, 3, 32, 32))
-    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.num_batches_tracked,
-                                                                  before[1])
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(
+        bn.num_batches_tracked, before[1]
+    )
     assert bn.momentum == 0.1  # restored
     with torch.no_grad():
         model.extract_features(torch.randn(2, 3, 32, 32))

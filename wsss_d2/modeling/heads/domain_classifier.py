@@ -26,8 +26,13 @@ class MultiHeadDomainClassifier(nn.Module):
     its own class's head, so head ``c`` sees (and gets gradient from) class ``c``'s pixels only.
     """
 
-    def __init__(self, in_channels: int, num_classes: int,
-                 hidden_dims: Sequence[int] = (1024, 512), dropout: float = 0.5):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden_dims: Sequence[int] = (1024, 512),
+        dropout: float = 0.5,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -47,8 +52,9 @@ class MultiHeadDomainClassifier(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(num_classes, 2))
         nn.init.xavier_uniform_(self.head_weight.view(num_classes * 2, c))
 
-    def forward(self, features: torch.Tensor, pixel_index: torch.Tensor,
-                class_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, pixel_index: torch.Tensor, class_index: torch.Tensor
+    ) -> torch.Tensor:
         """
         Args:
             features: (N, C, h, w) pixel features (usually behind a gradient reversal layer).
@@ -65,8 +71,9 @@ class MultiHeadDomainClassifier(nn.Module):
         return torch.einsum("md,mod->mo", emb, weight) + self.head_bias[class_index]
 
 
-def balanced_domain_loss(logits: torch.Tensor, domains: torch.Tensor, groups: torch.Tensor,
-                         num_pixels: int) -> torch.Tensor:
+def balanced_domain_loss(
+    logits: torch.Tensor, domains: torch.Tensor, groups: torch.Tensor, num_pixels: int
+) -> torch.Tensor:
     """Cross-entropy where, within each group (one image x one class), source and target pixels
     are re-weighted to weigh the same in total whatever their counts (weights average 1 over the
     group); groups missing either domain are skipped. The weighted sum is divided by

@@ -53,8 +53,11 @@ class PAMR(nn.Module):
         h, w = image.shape[-2:]
         pad = max(self.dilations)
         xp = F.pad(image, (pad, pad, pad, pad), mode="replicate")
-        shifts = [xp[..., pad + dy * d : pad + dy * d + h, pad + dx * d : pad + dx * d + w]
-                  for d in self.dilations for dy, dx in _OFFSETS]
+        shifts = [
+            xp[..., pad + dy * d : pad + dy * d + h, pad + dx * d : pad + dx * d + w]
+            for d in self.dilations
+            for dy, dx in _OFFSETS
+        ]
         # local contrast: per-channel std over the neighbourhood (from running sums, so no
         # (N, 3, P, h, w) tensor is built); eps keeps flat regions finite
         num = len(shifts)
@@ -101,12 +104,13 @@ class PAMR(nn.Module):
             probabilities).
         """
         if image.dim() != 4 or masks.dim() != 4 or image.shape[0] != masks.shape[0]:
-            raise ValueError(f"PAMR expects image (N,3,H,W) and masks (N,C,h,w), got "
-                             f"{tuple(image.shape)} and {tuple(masks.shape)}")
+            raise ValueError(
+                f"PAMR expects image (N,3,H,W) and masks (N,C,h,w), got "
+                f"{tuple(image.shape)} and {tuple(masks.shape)}"
+            )
         h, w = masks.shape[-2:]
         if image.shape[-2:] != (h, w):
-            image = F.interpolate(image.float(), size=(h, w), mode="bilinear",
-                                  align_corners=False)
+            image = F.interpolate(image.float(), size=(h, w), mode="bilinear", align_corners=False)
         return self.refine(masks, self.affinity(image))
 
     def extra_repr(self) -> str:

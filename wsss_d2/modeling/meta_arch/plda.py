@@ -40,8 +40,13 @@ def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
     """Batch norms keep normalising with batch statistics but do not update their running
     statistics inside the block (momentum 0). The masked images of MaskAssign, half erased to
     0, would otherwise pull the running mean/var away from real images and spoil inference."""
-    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-           and m.training and m.track_running_stats]
+    bns = [
+        m
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and m.training
+        and m.track_running_stats
+    ]
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
     for m in bns:
         m.momentum = 0.0
@@ -53,8 +58,9 @@ def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(nbt)
 
 
-def mask_assign(cam: torch.Tensor, masked_cam: torch.Tensor, theta: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_assign(
+    cam: torch.Tensor, masked_cam: torch.Tensor, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskAssign (Sec. III-D).
 
     Args:
@@ -68,8 +74,7 @@ def mask_assign(cam: torch.Tensor, masked_cam: torch.Tensor, theta: float
     return source, target
 
 
-def simple_assign(cam: torch.Tensor, high: float, low: float
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def simple_assign(cam: torch.Tensor, high: float, low: float) -> tuple[torch.Tensor, torch.Tensor]:
     """SimpleAssign: source = CAM > high, target = low < CAM <= high. Shapes as :func:`mask_assign`."""
     source = cam > high
     return source, (cam > low) & ~source
@@ -82,8 +87,13 @@ def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(source.any(1, keepdim=True).float(), size=size, mode="nearest")
 
 
-def cps_pseudo_labels(probs: torch.Tensor, region: torch.Tensor, alpha: float,
-                      min_confidence: float, ignore_value: int = 255) -> torch.Tensor:
+def cps_pseudo_labels(
+    probs: torch.Tensor,
+    region: torch.Tensor,
+    alpha: float,
+    min_confidence: float,
+    ignore_value: int = 255,
+) -> torch.Tensor:
     """Confident pseudo labels of the pixels in ``region`` (Eq. 7-8).
 
     Args:
@@ -103,8 +113,9 @@ def cps_pseudo_labels(probs: torch.Tensor, region: torch.Tensor, alpha: float,
     return torch.where(unique, labels, torch.full_like(labels, ignore_value))
 
 
-def balanced_cps_loss(logits: torch.Tensor, labels: torch.Tensor,
-                      ignore_value: int = 255) -> torch.Tensor:
+def balanced_cps_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_value: int = 255
+) -> torch.Tensor:
     """Class-balanced cross-entropy (the weighted multi-class CE of Eq. 7-8): in every image,
     the pseudo-labelled pixels of each class are re-weighted to weigh the same in total (weights
     average 1 over the image's labelled pixels); the weighted sum is divided by all N*h*w
@@ -170,8 +181,9 @@ class PLDA(CAMClassifier):
         self.adv_on, self.cps_on, self.cps_tgt_on = adv_on, cps_on, cps_tgt_on
         self.assign = assign
         if target_norm not in ("masked", "original"):
-            raise ValueError(f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got "
-                             f"'{target_norm}'")
+            raise ValueError(
+                f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got " f"'{target_norm}'"
+            )
         self.target_norm = target_norm
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
         self.adv_loss_weight = adv_loss_weight
@@ -185,45 +197,50 @@ class PLDA(CAMClassifier):
         channels = self.backbone.output_shape()[self.in_feature].channels
         # built even when adv is off, so checkpoints of every ablation load into every other
         self.domain_classifier = MultiHeadDomainClassifier(
-            channels, self.num_classes, domain_hidden_dims, domain_dropout)
+            channels, self.num_classes, domain_hidden_dims, domain_dropout
+        )
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         p = cfg.MODEL.PLDA
-        ret.update({
-            "adv_on": p.ADV_ON,
-            "cps_on": p.CPS_ON,
-            "cps_tgt_on": p.CPS_TGT_ON,
-            "assign": p.ASSIGN,
-            "theta": p.THETA,
-            "target_norm": p.TARGET_NORM,
-            "simple_high": p.SIMPLE_HIGH,
-            "simple_low": p.SIMPLE_LOW,
-            "adv_loss_weight": p.ADV_LOSS_WEIGHT,
-            "cps_src_loss_weight": p.CPS_SRC_LOSS_WEIGHT,
-            "cps_tgt_loss_weight": p.CPS_TGT_LOSS_WEIGHT,
-            "cps_alpha": p.CPS_ALPHA,
-            "cps_min_confidence": p.CPS_MIN_CONFIDENCE,
-            "cps_upsample": p.CPS_UPSAMPLE,
-            "pamr_iters": p.PAMR_ITERS,
-            "pamr_dilations": p.PAMR_DILATIONS,
-            "domain_hidden_dims": p.DOMAIN_HIDDEN_DIMS,
-            "domain_dropout": p.DOMAIN_DROPOUT,
-            "grl_coeff": p.GRL_COEFF,
-            "ignore_value": cfg.MODEL.IGNORE_VALUE,
-        })
+        ret.update(
+            {
+                "adv_on": p.ADV_ON,
+                "cps_on": p.CPS_ON,
+                "cps_tgt_on": p.CPS_TGT_ON,
+                "assign": p.ASSIGN,
+                "theta": p.THETA,
+                "target_norm": p.TARGET_NORM,
+                "simple_high": p.SIMPLE_HIGH,
+                "simple_low": p.SIMPLE_LOW,
+                "adv_loss_weight": p.ADV_LOSS_WEIGHT,
+                "cps_src_loss_weight": p.CPS_SRC_LOSS_WEIGHT,
+                "cps_tgt_loss_weight": p.CPS_TGT_LOSS_WEIGHT,
+                "cps_alpha": p.CPS_ALPHA,
+                "cps_min_confidence": p.CPS_MIN_CONFIDENCE,
+                "cps_upsample": p.CPS_UPSAMPLE,
+                "pamr_iters": p.PAMR_ITERS,
+                "pamr_dilations": p.PAMR_DILATIONS,
+                "domain_hidden_dims": p.DOMAIN_HIDDEN_DIMS,
+                "domain_dropout": p.DOMAIN_DROPOUT,
+                "grl_coeff": p.GRL_COEFF,
+                "ignore_value": cfg.MODEL.IGNORE_VALUE,
+            }
+        )
         return ret
 
     # ------------------------------------------------------------------ pieces
-    def normalized_cam(self, logits: torch.Tensor, tags: torch.Tensor,
-                       valid: torch.Tensor) -> torch.Tensor:
+    def normalized_cam(
+        self, logits: torch.Tensor, tags: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         """(N, K, h, w) logits -> max-normalised, detached CAMs, zero off-tag and in padding."""
         cam = F.relu(logits.detach()) * tags[:, :, None, None] * valid
         return normalize_cams(cam)
 
-    def pseudo_distribution(self, affinity: torch.Tensor, cam: torch.Tensor,
-                            tags: torch.Tensor) -> torch.Tensor:
+    def pseudo_distribution(
+        self, affinity: torch.Tensor, cam: torch.Tensor, tags: torch.Tensor
+    ) -> torch.Tensor:
         """PAMR-refined (N, K+1, h, w) distribution from a normalised CAM (N, K, h, w).
 
         Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR with
@@ -250,11 +267,13 @@ class PLDA(CAMClassifier):
             return x
         if mode == "nearest":
             return F.interpolate(x.float(), scale_factor=self.cps_upsample, mode="nearest")
-        return F.interpolate(x, scale_factor=self.cps_upsample, mode="bilinear",
-                             align_corners=False)
+        return F.interpolate(
+            x, scale_factor=self.cps_upsample, mode="bilinear", align_corners=False
+        )
 
-    def adversarial_loss(self, features: torch.Tensor, source: torch.Tensor,
-                         target: torch.Tensor) -> torch.Tensor:
+    def adversarial_loss(
+        self, features: torch.Tensor, source: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         """Per-class source (0) vs target (1) domain loss on GRL'd features (Eq. 5).
 
         features: (N, C, h, w); source, target: (N, K, h, w) bool.
@@ -307,30 +326,43 @@ class PLDA(CAMClassifier):
 
         if self.adv_on:
             losses["loss_adv"] = self.adv_loss_weight * self.adversarial_loss(
-                features, source, target)
+                features, source, target
+            )
 
         if self.cps_on:
             up_logits = self.cps_logits(self._upsample(logits))
             with torch.no_grad():
                 # one affinity for both refinements: the source and target CAMs share the image
-                small = F.interpolate(x, size=up_logits.shape[-2:], mode="bilinear",
-                                      align_corners=False)
+                small = F.interpolate(
+                    x, size=up_logits.shape[-2:], mode="bilinear", align_corners=False
+                )
                 affinity = self.pamr.affinity(small)
                 src_probs = self.pseudo_distribution(affinity, self._upsample(cam), tags)
                 src_region = self._upsample(source, "nearest") > 0.5
-                src_labels = cps_pseudo_labels(src_probs, src_region, self.cps_alpha,
-                                               self.cps_min_confidence, self.ignore_value)
+                src_labels = cps_pseudo_labels(
+                    src_probs,
+                    src_region,
+                    self.cps_alpha,
+                    self.cps_min_confidence,
+                    self.ignore_value,
+                )
             losses["loss_cps_src"] = self.cps_src_loss_weight * balanced_cps_loss(
-                up_logits, src_labels, self.ignore_value)
+                up_logits, src_labels, self.ignore_value
+            )
             if self.cps_tgt_on:
                 with torch.no_grad():
                     # symmetric (Eq. 8): the masked CAM (or, for SimpleAssign, the CAM) refined
                     tgt_cam = masked_cam if masked_cam is not None else cam
-                    tgt_probs = self.pseudo_distribution(affinity, self._upsample(tgt_cam),
-                                                         tags)
+                    tgt_probs = self.pseudo_distribution(affinity, self._upsample(tgt_cam), tags)
                     tgt_region = self._upsample(target, "nearest") > 0.5
-                    tgt_labels = cps_pseudo_labels(tgt_probs, tgt_region, self.cps_alpha,
-                                                   self.cps_min_confidence, self.ignore_value)
+                    tgt_labels = cps_pseudo_labels(
+                        tgt_probs,
+                        tgt_region,
+                        self.cps_alpha,
+                        self.cps_min_confidence,
+                        self.ignore_value,
+                    )
                 losses["loss_cps_tgt"] = self.cps_tgt_loss_weight * balanced_cps_loss(
-                    up_logits, tgt_labels, self.ignore_value)
+                    up_logits, tgt_labels, self.ignore_value
+                )
         return losses
