@@ -195,9 +195,14 @@ class PLDA(CAMClassifier):
         self.pamr = PAMR(pamr_iters, pamr_dilations)
         self.grl = GradientReversal(grl_coeff)
         channels = self.backbone.output_shape()[self.in_feature].channels
-        # built even when adv is off, so checkpoints of every ablation load into every other
-        self.domain_classifier = MultiHeadDomainClassifier(
-            channels, self.num_classes, domain_hidden_dims, domain_dropout
+        # only with the adversarial loss: parameters without gradients would stop
+        # DistributedDataParallel (find_unused_parameters is off in Detectron2's trainer)
+        self.domain_classifier = (
+            MultiHeadDomainClassifier(
+                channels, self.num_classes, domain_hidden_dims, domain_dropout
+            )
+            if adv_on
+            else None
         )
 
     @classmethod
