@@ -26,6 +26,7 @@ VARIANTS = {  # name -> config (baseline first)
     "baseline (CAM)": "configs/cam_toy.yaml",
     "+adv": "configs/ablations/plda_toy_adv.yaml",
     "+cps": "configs/ablations/plda_toy_cps.yaml",
+    "+cps (source only)": "configs/ablations/plda_toy_cps_src.yaml",
     "+adv+cps (PLDA, MaskAssign)": "configs/plda_toy.yaml",
     "+adv+cps, SimpleAssign": "configs/ablations/plda_toy_simple_assign.yaml",
 }
