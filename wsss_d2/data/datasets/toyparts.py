@@ -42,10 +42,11 @@ _VERSION = 1  # bump when the generator changes, so old caches are not reused
 
 
 def toyparts_dir(num_images: int, seed: int, image_size: int, num_classes: int,
-                 root: str | None = None) -> str:
+                 root: str | None = None, body_cue: float = 0.0) -> str:
     root = root or os.path.join(datasets_root(), "toyparts")
+    cue = f"_cue{int(round(body_cue * 100))}" if body_cue > 0 else ""
     return os.path.join(
-        root, f"v{_VERSION}_n{num_images}_s{seed}_px{image_size}_k{num_classes}"
+        root, f"v{_VERSION}_n{num_images}_s{seed}_px{image_size}_k{num_classes}{cue}"
     )
 
 
@@ -68,8 +69,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _draw_object(img, label, rng, size, cls, occupied) -> bool:
-    """Draw one object of class ``cls`` (1-based) where it barely overlaps others."""
+def _draw_object(img, label, rng, size, cls, occupied, body_cue=0.0, num_classes=5) -> bool:
+    """Draw one object of class ``cls`` (1-based) where it barely overlaps others.
+
+    ``body_cue`` > 0: the body's stripes run at a class-specific angle with that probability
+    (else at another class's angle) - a weak, partly reliable class cue on the body.
+    """
     s = size / 96.0
     for _ in range(30):
         a = rng.uniform(13, 22) * s  # body half-axes
@@ -90,7 +95,14 @@ def _draw_object(img, label, rng, size, cls, occupied) -> bool:
             continue
         # body: shared colour with diagonal stripes (the texture every class has)
         yy, xx = np.mgrid[0:size, 0:size]
-        stripes = (((xx + yy) // max(2, int(3 * s))) % 2).astype(np.float32)
+        period = max(2, int(3 * s))
+        if body_cue > 0:
+            k = cls if rng.random() < body_cue else int(rng.integers(1, num_classes + 1))
+            a = np.pi * (k - 1) / num_classes
+            stripes = ((np.floor((xx * np.cos(a) + yy * np.sin(a)) / period)) % 2)
+            stripes = stripes.astype(np.float32)
+        else:
+            stripes = (((xx + yy) // period) % 2).astype(np.float32)
         body_col = np.array(_BODY_RGB, np.float32)[None, None] * (0.88 + 0.12 * stripes[..., None])
         m = body.astype(bool)
         img[m] = body_col[m] + rng.normal(0, 4, (m.sum(), 3))
@@ -106,7 +118,7 @@ def _draw_object(img, label, rng, size, cls, occupied) -> bool:
 
 
 def generate_toyparts(out_dir: str, num_images: int, seed: int, image_size: int = 96,
-                      num_classes: int = 5) -> None:
+                      num_classes: int = 5, body_cue: float = 0.0) -> None:
     """Write ``num_images`` images, masks and ``tags.json`` into ``out_dir`` (must not exist)."""
     if not 1 <= num_classes <= len(TOY_CLASSES):
         raise ValueError(f"toyparts supports 1..{len(TOY_CLASSES)} classes, got {num_classes}")
@@ -122,7 +134,7 @@ def generate_toyparts(out_dir: str, num_images: int, seed: int, image_size: int 
             n_obj = int(rng.integers(1, 4))
             for _ in range(n_obj):
                 _draw_object(img, label, rng, image_size, int(rng.integers(1, num_classes + 1)),
-                             occupied)
+                             occupied, body_cue, num_classes)
             # a 1-pixel ignore band around objects, as VOC boundaries are ignored
             edge = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
             gt = label.copy()
@@ -137,11 +149,11 @@ def generate_toyparts(out_dir: str, num_images: int, seed: int, image_size: int 
             json.dump({"classes": list(TOY_CLASSES[:num_classes]), "images": records}, f)
 
 
-def _load_toyparts(name, num_images, seed, image_size, num_classes, root):
-    folder = toyparts_dir(num_images, seed, image_size, num_classes, root)
+def _load_toyparts(name, num_images, seed, image_size, num_classes, root, body_cue=0.0):
+    folder = toyparts_dir(num_images, seed, image_size, num_classes, root, body_cue)
     if not os.path.isfile(os.path.join(folder, "tags.json")):
         logger.info("generating %s (%d images) into %s", name, num_images, folder)
-        generate_toyparts(folder, num_images, seed, image_size, num_classes)
+        generate_toyparts(folder, num_images, seed, image_size, num_classes, body_cue)
     with open(os.path.join(folder, "tags.json")) as f:
         records = json.load(f)["images"]
     dicts = []
@@ -160,13 +172,19 @@ def _load_toyparts(name, num_images, seed, image_size, num_classes, root):
 
 
 def register_toyparts(name: str, num_images: int, seed: int, image_size: int = 96,
-                      num_classes: int = 5, root: str | None = None) -> None:
-    """Register a generated toyparts split; data are generated lazily on first load."""
+                      num_classes: int = 5, root: str | None = None,
+                      body_cue: float = 0.0) -> None:
+    """Register a generated toyparts split; data are generated lazily on first load.
+
+    ``body_cue``: probability that a body's stripe angle follows its class (0 = every body is
+    the same, the default data).
+    """
     DatasetCatalog.register(
-        name, lambda: _load_toyparts(name, num_images, seed, image_size, num_classes, root)
+        name,
+        lambda: _load_toyparts(name, num_images, seed, image_size, num_classes, root, body_cue),
     )
     set_tag_metadata(name, TOY_CLASSES[:num_classes], toyparts=dict(
-        num_images=num_images, seed=seed, image_size=image_size))
+        num_images=num_images, seed=seed, image_size=image_size, body_cue=body_cue))
 
 
 def register_all_toyparts() -> None:
@@ -177,3 +195,7 @@ def register_all_toyparts() -> None:
         ("toyparts_mini_val", 12, 3),
     ):
         register_toyparts(name, n, seed)
+    # the bodies carry a weak, partly reliable class cue (stripe angle, right 60 % of the time):
+    # the CAM still relies on the head, but the rest of the object is not class-blind
+    register_toyparts("toyparts_cue_train", 600, 0, body_cue=0.6)
+    register_toyparts("toyparts_cue_val", 150, 1, body_cue=0.6)
