@@ -182,7 +182,7 @@ class PLDA(CAMClassifier):
         self.assign = assign
         if target_norm not in ("masked", "original"):
             raise ValueError(
-                f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got " f"'{target_norm}'"
+                f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got '{target_norm}'"
             )
         self.target_norm = target_norm
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
@@ -262,9 +262,9 @@ class PLDA(CAMClassifier):
     def cps_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, K, h, w) class logits -> (N, K+1, h, w) with a constant 0 background logit in
         front: a supervised pixel of class k must have logit_k > 0 (the CAM fires there) and
-        above *every* other class. Absent classes are deliberately not masked out: with them
-        masked, the cross-entropy is satisfied by raising all class logits everywhere, which
-        fights the classification loss (measured: loss_cls stalled at ~0.56 on the toy data)."""
+        above *every* other class. Absent classes are deliberately not masked out (as in the
+        official code): with them masked, the cross-entropy could be satisfied by raising every
+        class logit everywhere, against the classification loss."""
         return torch.cat([torch.zeros_like(logits[:, :1]), logits], 1)
 
     def _upsample(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
