@@ -17,15 +17,27 @@ def _inputs(n=2, size=64, k=5, seed=0):
     for i in range(n):
         tags = torch.zeros(k)
         tags[i % k] = 1
-        out.append({"image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
-                    "tags": tags, "height": size, "width": size})
+        out.append(
+            {
+                "image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
+                "tags": tags,
+                "height": size,
+                "width": size,
+            }
+        )
     return out
 
 
 def _tiny_model(**kw):
     backbone = TinyBackbone(widths=(8, 8, 16, 16), output_stride=8)
-    return CAMClassifier(backbone=backbone, in_feature="res5", num_classes=5,
-                         pixel_mean=[0.0] * 3, pixel_std=[255.0] * 3, **kw)
+    return CAMClassifier(
+        backbone=backbone,
+        in_feature="res5",
+        num_classes=5,
+        pixel_mean=[0.0] * 3,
+        pixel_std=[255.0] * 3,
+        **kw
+    )
 
 
 def test_training_step_from_config(cfg_factory):
@@ -95,8 +107,13 @@ class _ColumnModel(CAMClassifier):
 
 
 def test_multiscale_flip_merging_on_hand_made_model():
-    model = _ColumnModel(backbone=TinyBackbone(widths=(4, 4, 4, 4)), in_feature="res5",
-                         num_classes=2, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    model = _ColumnModel(
+        backbone=TinyBackbone(widths=(4, 4, 4, 4)),
+        in_feature="res5",
+        num_classes=2,
+        pixel_mean=[0.0] * 3,
+        pixel_std=[1.0] * 3,
+    )
     img = torch.zeros(1, 3, 8, 16)
     single = model.multiscale_cams(img, scales=(1.0,), flip=False)
     flipped = model.multiscale_cams(img, scales=(1.0,), flip=True)

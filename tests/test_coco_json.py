@@ -22,12 +22,33 @@ def _coco_tree(tmp_path):
     for i in (1, 2):
         Image.fromarray(np.full((30, 40, 3), 100 * i, np.uint8)).save(tmp_path / "img" / f"{i}.jpg")
         images.append({"id": i, "file_name": f"{i}.jpg", "height": 30, "width": 40})
-    anns.append({"id": 1, "image_id": 1, "category_id": 5, "iscrowd": 0, "area": 200,
-                 "bbox": [0, 0, 20, 10], "segmentation": [[0, 0, 20, 0, 20, 10, 0, 10]]})
-    anns.append({"id": 2, "image_id": 2, "category_id": 9, "iscrowd": 0, "area": 300,
-                 "bbox": [10, 10, 30, 10], "segmentation": [[10, 10, 40, 10, 40, 20, 10, 20]]})
-    js = {"images": images, "annotations": anns,
-          "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]}
+    anns.append(
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 5,
+            "iscrowd": 0,
+            "area": 200,
+            "bbox": [0, 0, 20, 10],
+            "segmentation": [[0, 0, 20, 0, 20, 10, 0, 10]],
+        }
+    )
+    anns.append(
+        {
+            "id": 2,
+            "image_id": 2,
+            "category_id": 9,
+            "iscrowd": 0,
+            "area": 300,
+            "bbox": [10, 10, 30, 10],
+            "segmentation": [[10, 10, 40, 10, 40, 20, 10, 20]],
+        }
+    )
+    js = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}],
+    }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(js))
     return path, tmp_path / "img"
@@ -55,10 +76,12 @@ def test_writer_then_scorer_equals_in_memory_miou(tmp_path):
     dicts = DatasetCatalog.get("cocojson_rt")
     assert [d["tags"] for d in dicts] == [[1], [2]]
     rng = np.random.default_rng(0)
-    outputs = [{"sem_seg": torch.from_numpy(rng.random((3, 30, 40)).astype(np.float32))}
-               for _ in dicts]
-    ev = COCOSemSegJSONEvaluator("cocojson_rt", num_classes=3, output_dir=str(tmp_path / "out"),
-                                 distributed=False)
+    outputs = [
+        {"sem_seg": torch.from_numpy(rng.random((3, 30, 40)).astype(np.float32))} for _ in dicts
+    ]
+    ev = COCOSemSegJSONEvaluator(
+        "cocojson_rt", num_classes=3, output_dir=str(tmp_path / "out"), distributed=False
+    )
     ev.reset()
     ev.process(dicts, outputs)
     in_memory = ev.evaluate()["sem_seg"]
@@ -76,8 +99,11 @@ def test_writer_then_scorer_equals_in_memory_miou(tmp_path):
 def test_scorer_errors_name_the_problem(tmp_path):
     js, _ = _coco_tree(tmp_path)
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"image_id": 77, "category_id": 5,
-                                "segmentation": {"size": [30, 40], "counts": ""}}]))
+    bad.write_text(
+        json.dumps(
+            [{"image_id": 77, "category_id": 5, "segmentation": {"size": [30, 40], "counts": ""}}]
+        )
+    )
     with pytest.raises(KeyError, match="image_id 77"):
         score_coco_semantic_json(str(bad), str(js))
     rle = mask_util.encode(np.asfortranarray(np.ones((30, 40), np.uint8)))
@@ -96,8 +122,9 @@ def test_perfect_results_score_100(tmp_path):
     for a in coco.dataset["annotations"]:
         rle = coco.annToRLE(a)
         rle["counts"] = rle["counts"].decode()
-        results.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                        "segmentation": rle})
+        results.append(
+            {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": rle}
+        )
     f = tmp_path / "perfect.json"
     f.write_text(json.dumps(results))
     assert score_coco_semantic_json(str(f), str(js))["sem_seg"]["mIoU"] == pytest.approx(100.0)

@@ -1,9 +1,8 @@
 """Every YAML in configs/ loads, and every model config builds its model on CPU."""
 
 import pytest
-from detectron2.modeling import build_model
-
 from conftest import REPO, make_cfg
+from detectron2.modeling import build_model
 
 CONFIGS = sorted(
     p.relative_to(REPO).as_posix()
@@ -25,7 +24,9 @@ def test_config_loads_and_builds(path):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-PIPELINES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "pipelines").glob("*.yaml"))
+PIPELINES = sorted(
+    p.relative_to(REPO).as_posix() for p in (REPO / "configs" / "pipelines").glob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("path", PIPELINES)

@@ -67,7 +67,8 @@ def test_mapper_train_outputs(cfg_factory, tmp_path):
     assert out["sem_seg"].shape == out["image"].shape[1:] and out["sem_seg"].dtype == torch.long
     assert out["tags"].shape == (5,) and out["tags"].dtype == torch.float32
     assert out["tags"][[t - 1 for t in d["tags"]]].eq(1).all() and out["tags"].sum() == len(
-        d["tags"])
+        d["tags"]
+    )
 
 
 def test_mapper_test_keeps_size_and_has_no_sem_seg(cfg_factory):

@@ -482,9 +482,16 @@ def test_detectron2_loaders_accept_annotations_of_the_last_class(tmp_path):
 
     from wsss_d2.data.datasets.common import set_tag_metadata
 
-    dicts = [{"file_name": "a.jpg", "image_id": 0, "height": 4, "width": 4, "tags": [2],
-              "annotations": [{"bbox": [0, 0, 2, 2], "bbox_mode": 0, "category_id": 2,
-                               "iscrowd": 0}]}]
+    dicts = [
+        {
+            "file_name": "a.jpg",
+            "image_id": 0,
+            "height": 4,
+            "width": 4,
+            "tags": [2],
+            "annotations": [{"bbox": [0, 0, 2, 2], "bbox_mode": 0, "category_id": 2, "iscrowd": 0}],
+        }
+    ]
     DatasetCatalog.register("t_last_class", lambda: dicts)
     set_tag_metadata("t_last_class", ["a", "b"])
     assert get_detection_dataset_dicts(["t_last_class"], filter_empty=False)[0]["tags"] == [2]

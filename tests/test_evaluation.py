@@ -43,8 +43,16 @@ def _register(name, tmp_path, gts):
     for i, gt in enumerate(gts):
         p = tmp_path / f"{name}_{i}.png"
         save_label_png(str(p), gt)
-        dicts.append({"file_name": f"img{i}.jpg", "sem_seg_file_name": str(p),
-                      "height": gt.shape[0], "width": gt.shape[1], "tags": [1], "image_id": i})
+        dicts.append(
+            {
+                "file_name": f"img{i}.jpg",
+                "sem_seg_file_name": str(p),
+                "height": gt.shape[0],
+                "width": gt.shape[1],
+                "tags": [1],
+                "image_id": i,
+            }
+        )
     if name not in DatasetCatalog:
         DatasetCatalog.register(name, lambda: dicts)
         set_tag_metadata(name, ["a", "b"])

@@ -1,7 +1,6 @@
 """tools/run_pipeline.py: tiny stages end to end, crash + --resume, config changes, Ctrl-C."""
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -10,15 +9,17 @@ import time
 
 import pytest
 import yaml
+from conftest import REPO
 from detectron2.engine import HookBase
 
-from conftest import REPO
 from wsss_d2.engine import HOOK_REGISTRY
 from wsss_d2.pipeline import DONE_FILE, load_pipeline
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("run_pipeline", REPO / "tools" / "run_pipeline.py")
+    spec = importlib.util.spec_from_file_location(
+        "run_pipeline", REPO / "tools" / "run_pipeline.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -39,27 +40,68 @@ class _CrashOnce(HookBase):
             raise RuntimeError("simulated crash in stage 3")
 
 
-MINI = ["DATASETS.TRAIN", "('toyparts_mini_train',)", "DATASETS.TEST", "('toyparts_mini_val',)",
-        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
-        "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)"]
+MINI = [
+    "DATASETS.TRAIN",
+    "('toyparts_mini_train',)",
+    "DATASETS.TEST",
+    "('toyparts_mini_val',)",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "MODEL.TINY.WIDTHS",
+    "(8, 8, 16, 16)",
+]
 
 
 def _write_pipeline(tmp_path, seg_lr="0.02", crash_hook=True):
-    seg_opts = MINI + ["SOLVER.MAX_ITER", "5", "MODEL.SEG_HEAD.CONV_DIMS", "16",
-                       "MODEL.SEG_HEAD.TEST_FLIP", "False", "SOLVER.BASE_LR", seg_lr]
+    seg_opts = MINI + [
+        "SOLVER.MAX_ITER",
+        "5",
+        "MODEL.SEG_HEAD.CONV_DIMS",
+        "16",
+        "MODEL.SEG_HEAD.TEST_FLIP",
+        "False",
+        "SOLVER.BASE_LR",
+        seg_lr,
+    ]
     if crash_hook:
         seg_opts += ["WSSS.HOOKS", "('_CrashOnce',)"]
     spec = {
         "OUTPUT_DIR": str(tmp_path / "out"),
         "STAGES": [
-            {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml",
-             "opts": MINI + ["SOLVER.MAX_ITER", "6"]},
-            {"name": "labels", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
-             "weights_from": "cam",
-             "opts": MINI + ["WSSS.PSEUDO.METHOD", "threshold", "WSSS.PSEUDO.SCALES", "(1.0,)",
-                             "WSSS.PSEUDO.FLIP", "False", "WSSS.PSEUDO.NUM_WORKERS", "1"]},
-            {"name": "seg", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
-             "round_from": "labels", "opts": seg_opts},
+            {
+                "name": "cam",
+                "kind": "train",
+                "config": "configs/cam_toy.yaml",
+                "opts": MINI + ["SOLVER.MAX_ITER", "6"],
+            },
+            {
+                "name": "labels",
+                "kind": "pseudo_labels",
+                "config": "configs/pseudo_toy.yaml",
+                "weights_from": "cam",
+                "opts": MINI
+                + [
+                    "WSSS.PSEUDO.METHOD",
+                    "threshold",
+                    "WSSS.PSEUDO.SCALES",
+                    "(1.0,)",
+                    "WSSS.PSEUDO.FLIP",
+                    "False",
+                    "WSSS.PSEUDO.NUM_WORKERS",
+                    "1",
+                ],
+            },
+            {
+                "name": "seg",
+                "kind": "train",
+                "config": "configs/deeplabv2_toy.yaml",
+                "round_from": "labels",
+                "opts": seg_opts,
+            },
         ],
     }
     path = tmp_path / "pipe.yaml"
@@ -68,8 +110,11 @@ def _write_pipeline(tmp_path, seg_lr="0.02", crash_hook=True):
 
 
 def _mtimes(folder):
-    return {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
-            for r, _, fs in os.walk(folder) for f in fs}
+    return {
+        os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
+        for r, _, fs in os.walk(folder)
+        for f in fs
+    }
 
 
 def test_pipeline_crash_resume_and_config_change(tmp_path):
@@ -118,12 +163,25 @@ def test_pipeline_crash_resume_and_config_change(tmp_path):
 
 def test_pipeline_validation_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"STAGES": [
-        {"name": "a", "kind": "train", "config": "configs/cam_toy.yaml", "weights_from": "b"}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "STAGES": [
+                    {
+                        "name": "a",
+                        "kind": "train",
+                        "config": "configs/cam_toy.yaml",
+                        "weights_from": "b",
+                    }
+                ]
+            }
+        )
+    )
     with pytest.raises(ValueError, match="weights_from 'b' is not an earlier stage"):
         load_pipeline(str(bad), repo_root=str(REPO))
-    bad.write_text(yaml.safe_dump({"STAGES": [
-        {"name": "a", "kind": "fly", "config": "configs/cam_toy.yaml"}]}))
+    bad.write_text(
+        yaml.safe_dump({"STAGES": [{"name": "a", "kind": "fly", "config": "configs/cam_toy.yaml"}]})
+    )
     with pytest.raises(ValueError, match="kind 'fly'"):
         load_pipeline(str(bad), repo_root=str(REPO))
     bad.write_text(yaml.safe_dump({"STAGES": [{"name": "a", "kind": "train", "config": "x.yaml"}]}))
@@ -139,10 +197,16 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
     with open(pipe_file, "w") as f:
         yaml.safe_dump(spec, f)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--config-file", pipe_file,
-           "--no-report"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "run_pipeline.py"),
+        "--config-file",
+        pipe_file,
+        "--no-report",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     stage = tmp_path / "out" / "cam"
     deadline = time.time() + 180
     while time.time() < deadline and not (stage / "model_0000009.pth").is_file():
@@ -152,7 +216,7 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert not (stage / DONE_FILE).exists() and not (stage / "model_final.pth").exists()
     with open(stage / "last_checkpoint") as f:
-        last = int(f.read().strip()[len("model_"):-len(".pth")])
+        last = int(f.read().strip()[len("model_") : -len(".pth")])
     assert 9 <= last < 149
     # the same pipeline with --resume continues the stage from its last checkpoint
     res = _tool().main(["--config-file", pipe_file, "--resume", "--no-report"])
@@ -162,20 +226,31 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
 
 
 def test_visualize_tool_writes_panels(tmp_path):
+    from conftest import make_cfg
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-
-    from conftest import make_cfg
 
     cfg = make_cfg("configs/cam_toy.yaml")
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("cam")
     spec = importlib.util.spec_from_file_location("visualize", REPO / "tools" / "visualize.py")
     vis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vis)
-    out = vis.main(["--dataset", "toyparts_mini_val", "--num", "2", "--cam-config",
-                    str(REPO / "configs" / "cam_toy.yaml"), "--cam-weights",
-                    str(tmp_path / "cam.pth"), "--output", str(tmp_path / "v.html")])
+    out = vis.main(
+        [
+            "--dataset",
+            "toyparts_mini_val",
+            "--num",
+            "2",
+            "--cam-config",
+            str(REPO / "configs" / "cam_toy.yaml"),
+            "--cam-weights",
+            str(tmp_path / "cam.pth"),
+            "--output",
+            str(tmp_path / "v.html"),
+        ]
+    )
     html = open(out).read()
     assert html.count("<img") == 6  # 2 images x (image, CAM, GT)
     assert sorted(os.listdir(tmp_path / "v_files")) == [
-        f"{i:03d}_{k}.png" for i in range(2) for k in ("cam", "gt", "image")]
+        f"{i:03d}_{k}.png" for i in range(2) for k in ("cam", "gt", "image")
+    ]

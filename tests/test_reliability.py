@@ -15,8 +15,10 @@ from wsss_d2.pseudo.labels import make_round
 
 
 def _dicts(tmp_path, n=5):
-    return [{"file_name": str(tmp_path / f"img{i}.png"), "height": 8, "width": 8, "tags": [1]}
-            for i in range(n)]
+    return [
+        {"file_name": str(tmp_path / f"img{i}.png"), "height": 8, "width": 8, "tags": [1]}
+        for i in range(n)
+    ]
 
 
 def test_disk_full_on_a_label_write_leaves_a_resumable_round(tmp_path, monkeypatch):
@@ -71,10 +73,21 @@ def test_corrupt_image_mid_dataset_names_it_and_resumes_after_the_fix(tmp_path, 
         dicts.append({**d, "file_name": str(dst)})
     good = (tmp_path / "im2.png").read_bytes()
     (tmp_path / "im2.png").write_bytes(good[: len(good) // 3])  # truncated PNG
-    cfg = cfg_factory("configs/pseudo_toy.yaml", "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)",
-                      "WSSS.PSEUDO.METHOD", "threshold", "WSSS.PSEUDO.SCALES", "(1.0,)",
-                      "WSSS.PSEUDO.FLIP", "False", "WSSS.PSEUDO.IMS_PER_BATCH", "1",
-                      "OUTPUT_DIR", str(tmp_path / "out"))
+    cfg = cfg_factory(
+        "configs/pseudo_toy.yaml",
+        "MODEL.TINY.WIDTHS",
+        "(8, 8, 16, 16)",
+        "WSSS.PSEUDO.METHOD",
+        "threshold",
+        "WSSS.PSEUDO.SCALES",
+        "(1.0,)",
+        "WSSS.PSEUDO.FLIP",
+        "False",
+        "WSSS.PSEUDO.IMS_PER_BATCH",
+        "1",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    )
     model = build_model(cfg).eval()
     root = str(tmp_path / "out" / "pseudo_labels")
     with pytest.raises(OSError, match="im2.png"):
@@ -83,4 +96,5 @@ def test_corrupt_image_mid_dataset_names_it_and_resumes_after_the_fix(tmp_path, 
     (tmp_path / "im2.png").write_bytes(good)
     folder = make_round(cfg, model, dicts, 1, root=root, progress=False)
     assert sorted(f for f in os.listdir(folder) if f.endswith(".png")) == [
-        f"im{i}.png" for i in range(4)]
+        f"im{i}.png" for i in range(4)
+    ]

@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from conftest import REPO
 from detectron2.engine import HookBase, default_argument_parser
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from conftest import REPO
 from wsss_d2.engine import HOOK_REGISTRY
 from wsss_d2.modeling.meta_arch import CAMClassifier
 
@@ -27,9 +27,20 @@ def _run(*argv):
 
 
 TOY = [
-    "DATASETS.TRAIN", "('toyparts_mini_train',)", "DATASETS.TEST", "('toyparts_mini_val',)",
-    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
-    "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)", "SOLVER.CHECKPOINT_PERIOD", "3",
+    "DATASETS.TRAIN",
+    "('toyparts_mini_train',)",
+    "DATASETS.TEST",
+    "('toyparts_mini_val',)",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "MODEL.TINY.WIDTHS",
+    "(8, 8, 16, 16)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "3",
 ]
 
 
@@ -46,10 +57,17 @@ def test_train_eval_only_resume(tmp_path):
     assert any("cam/mIoU" in r for r in rows)
 
     # --eval-only on the saved weights reproduces the end-of-training evaluation
-    res2 = _run("--config-file", cfg_file, "--eval-only", *TOY, "OUTPUT_DIR", str(tmp_path / "ev"),
-                "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
+    res2 = _run(
+        "--config-file",
+        cfg_file,
+        "--eval-only",
+        *TOY,
+        "OUTPUT_DIR",
+        str(tmp_path / "ev"),
+        "MODEL.WEIGHTS",
+        os.path.join(out, "model_final.pth"),
+    )
     assert res2["cam"]["mIoU"] == pytest.approx(res["cam"]["mIoU"], abs=1e-6)
-
 
 
 def test_crash_then_resume_continues_from_last_checkpoint(tmp_path):
@@ -81,11 +99,26 @@ class _CrashAtIter7(HookBase):
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS file not found.*no_such.pth"):
-        _run("--config-file", str(REPO / "configs" / "cam_toy.yaml"), "--eval-only", *TOY,
-             "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", str(tmp_path / "no_such.pth"))
+        _run(
+            "--config-file",
+            str(REPO / "configs" / "cam_toy.yaml"),
+            "--eval-only",
+            *TOY,
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "MODEL.WEIGHTS",
+            str(tmp_path / "no_such.pth"),
+        )
     with pytest.raises(FileNotFoundError, match="no_such.pth"):
-        _run("--config-file", str(REPO / "configs" / "cam_toy.yaml"), *TOY,
-             "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", str(tmp_path / "no_such.pth"))
+        _run(
+            "--config-file",
+            str(REPO / "configs" / "cam_toy.yaml"),
+            *TOY,
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "MODEL.WEIGHTS",
+            str(tmp_path / "no_such.pth"),
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -105,9 +138,17 @@ class _NaNAfterTwoSteps(CAMClassifier):
 
 def test_nan_loss_stops_training_naming_iteration_and_term(tmp_path):
     with pytest.raises(FloatingPointError, match=r"(?s)iteration=2.*loss_cls"):
-        _run("--config-file", str(REPO / "configs" / "cam_toy.yaml"), *TOY,
-             "MODEL.META_ARCHITECTURE", "_NaNAfterTwoSteps", "SOLVER.MAX_ITER", "5",
-             "OUTPUT_DIR", str(tmp_path))
+        _run(
+            "--config-file",
+            str(REPO / "configs" / "cam_toy.yaml"),
+            *TOY,
+            "MODEL.META_ARCHITECTURE",
+            "_NaNAfterTwoSteps",
+            "SOLVER.MAX_ITER",
+            "5",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        )
 
 
 def test_users_folder_dataset_registered_from_config(tmp_path):
@@ -123,9 +164,23 @@ def test_users_folder_dataset_registered_from_config(tmp_path):
         shutil.copy(d["file_name"], tmp_path / f"u{i}.png")
         rows.append(f"u{i}.png," + ";".join(TOY_CLASSES[t - 1] for t in d["tags"]))
     (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
-    entry = f"(('my_images', '{tmp_path}', '{tmp_path / 'tags.csv'}', '{';'.join(TOY_CLASSES[:5])}'),)"
-    _run("--config-file", str(REPO / "configs" / "cam_toy.yaml"), *TOY,
-         "DATASETS.FOLDER_TAGS", entry, "DATASETS.TRAIN", "('my_images',)", "DATASETS.TEST", "()",
-         "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "out"))
+    entry = (
+        f"(('my_images', '{tmp_path}', '{tmp_path / 'tags.csv'}', '{';'.join(TOY_CLASSES[:5])}'),)"
+    )
+    _run(
+        "--config-file",
+        str(REPO / "configs" / "cam_toy.yaml"),
+        *TOY,
+        "DATASETS.FOLDER_TAGS",
+        entry,
+        "DATASETS.TRAIN",
+        "('my_images',)",
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.MAX_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    )
     assert (tmp_path / "out" / "model_final.pth").is_file()
     assert len(DatasetCatalog.get("my_images")) == 6

@@ -21,22 +21,30 @@ from wsss_d2.evaluation.coco_json import score_coco_semantic_json
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--results", required=True, help="COCO-format semantic results JSON")
     ap.add_argument("--instances", required=True, help="COCO instances JSON (ground truth)")
-    ap.add_argument("--voc-classes", action="store_true",
-                    help="evaluate only the 20 PASCAL VOC classes (COCO names)")
+    ap.add_argument(
+        "--voc-classes",
+        action="store_true",
+        help="evaluate only the 20 PASCAL VOC classes (COCO names)",
+    )
     ap.add_argument("--class-names", default="", help="comma-separated COCO names to evaluate")
     ap.add_argument("--output", default="", help="write the metrics here as JSON")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    names = list(VOC_COCO_NAMES) if a.voc_classes else (
-        [n.strip() for n in a.class_names.split(",") if n.strip()] or None)
+    names = (
+        list(VOC_COCO_NAMES)
+        if a.voc_classes
+        else ([n.strip() for n in a.class_names.split(",") if n.strip()] or None)
+    )
     res = score_coco_semantic_json(a.results, a.instances, class_names=names)["sem_seg"]
     rows = [[k, f"{v:.2f}"] for k, v in res.items() if not k.startswith(("ACC-", "PREC-"))]
     logging.getLogger("wsss_d2.coco_semantic_eval").info(
-        "\n%s", tabulate(rows, headers=["metric", "%"]))
+        "\n%s", tabulate(rows, headers=["metric", "%"])
+    )
     if a.output:
         atomic_write_bytes(a.output, json.dumps(res, indent=2).encode())
     return res

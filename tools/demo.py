@@ -19,8 +19,12 @@ import run_pipeline  # noqa: E402
 
 def main():
     t0 = time.time()
-    argv = ["--config-file", os.path.join(os.path.dirname(TOOLS), "configs", "pipelines",
-                                          "toy_demo.yaml"), "--resume", *sys.argv[1:]]
+    argv = [
+        "--config-file",
+        os.path.join(os.path.dirname(TOOLS), "configs", "pipelines", "toy_demo.yaml"),
+        "--resume",
+        *sys.argv[1:],
+    ]
     run_pipeline.main(argv)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
 

@@ -27,8 +27,9 @@ logger = logging.getLogger("wsss_d2.run_pipeline")
 
 
 def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"wsss_d2_tool_{name}",
-                                                  os.path.join(TOOLS, f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"wsss_d2_tool_{name}", os.path.join(TOOLS, f"{name}.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -63,9 +64,21 @@ def make_executors(args):
 
     def run(tool_name, stage, opts, flags):
         targs = default_argument_parser().parse_args(
-            ["--config-file", stage.config, "--num-gpus", str(args.num_gpus), "--num-machines",
-             str(args.num_machines), "--machine-rank", str(args.machine_rank), "--dist-url",
-             args.dist_url, *flags, *opts])
+            [
+                "--config-file",
+                stage.config,
+                "--num-gpus",
+                str(args.num_gpus),
+                "--num-machines",
+                str(args.num_machines),
+                "--machine-rank",
+                str(args.machine_rank),
+                "--dist-url",
+                args.dist_url,
+                *flags,
+                *opts,
+            ]
+        )
         targs.overwrite = False  # label tools: a complete round is never rewritten here
         holder = {}
 
@@ -73,8 +86,14 @@ def make_executors(args):
             holder["res"] = tool(tool_name).main(a)
 
         with _stage_logging():
-            launch(main, targs.num_gpus, num_machines=targs.num_machines,
-                   machine_rank=targs.machine_rank, dist_url=targs.dist_url, args=(targs,))
+            launch(
+                main,
+                targs.num_gpus,
+                num_machines=targs.num_machines,
+                machine_rank=targs.machine_rank,
+                dist_url=targs.dist_url,
+                args=(targs,),
+            )
         return holder.get("res") or {}
 
     return {
@@ -86,11 +105,13 @@ def make_executors(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, help="pipeline YAML")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip complete stages, resume an interrupted one")
+    parser.add_argument(
+        "--resume", action="store_true", help="skip complete stages, resume an interrupted one"
+    )
     parser.add_argument("--num-gpus", type=int, default=1)
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
@@ -115,8 +136,16 @@ def main(argv=None):
     rows = []
     for s in summaries:
         m = primary_metric(s["results"])
-        rows.append([s["name"], s["kind"], m[0] if m else "-", f"{m[1]:.1f}" if m else "-",
-                     s["status"], s["seconds"]])
+        rows.append(
+            [
+                s["name"],
+                s["kind"],
+                m[0] if m else "-",
+                f"{m[1]:.1f}" if m else "-",
+                s["status"],
+                s["seconds"],
+            ]
+        )
     table = tabulate(rows, headers=["stage", "kind", "metric", "mIoU", "status", "seconds"])
     report = ""
     if not args.no_report:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train or evaluate any wsss_d2 model, exactly like a Detectron2 project.
 
-    python tools/train_net.py --config-file configs/cam_toy.yaml
-    python tools/train_net.py --config-file configs/plda_r101.yaml --num-gpus 8
-    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
+python tools/train_net.py --config-file configs/cam_toy.yaml
+python tools/train_net.py --config-file configs/plda_r101.yaml --num-gpus 8
+python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -36,5 +36,11 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -27,8 +27,9 @@ logger = logging.getLogger("wsss_d2.visualize")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dataset", required=True, help="registered dataset name")
     ap.add_argument("--num", type=int, default=8, help="first N images of the dataset")
     ap.add_argument("--cam-config", default="")
@@ -62,8 +63,10 @@ def main(argv=None):
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(p[key], cv2.COLOR_RGB2BGR))
                 atomic_write_bytes(os.path.join(files, f"{i:03d}_{key}.png"), buf.tobytes())
     body = panels_html(panels, getattr(MetadataCatalog.get(a.dataset), "stuff_classes", None))
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{a.dataset}</title>"
-           f"<style>{_CSS}</style></head><body><h1>{a.dataset}</h1>{body}</body></html>")
+    doc = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{a.dataset}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{a.dataset}</h1>{body}</body></html>"
+    )
     atomic_write_bytes(a.output, doc.encode())
     logger.info("wrote %s and %s", a.output, files)
     return a.output

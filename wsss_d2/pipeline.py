@@ -94,8 +94,16 @@ def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
         opts = [str(o) for o in s.get("opts", [])]
         if len(opts) % 2:
             raise ValueError(f"{where}: opts must be KEY VALUE pairs, got {opts}")
-        stages.append(Stage(s["name"], s["kind"], cfg_path, opts, s.get("weights_from", ""),
-                            s.get("round_from", "")))
+        stages.append(
+            Stage(
+                s["name"],
+                s["kind"],
+                cfg_path,
+                opts,
+                s.get("weights_from", ""),
+                s.get("round_from", ""),
+            )
+        )
     return Pipeline(spec.get("OUTPUT_DIR", "output/pipeline"), stages, source=path)
 
 
@@ -138,8 +146,10 @@ class Pipeline:
         """The overrides a stage runs with: its own, its inputs, its OUTPUT_DIR."""
         opts = list(stage.opts)
         if stage.weights_from:
-            opts += ["MODEL.WEIGHTS",
-                     os.path.join(self.stage_dir(stage.weights_from), "model_final.pth")]
+            opts += [
+                "MODEL.WEIGHTS",
+                os.path.join(self.stage_dir(stage.weights_from), "model_final.pth"),
+            ]
         if stage.round_from:
             opts += ["WSSS.PSEUDO.TRAIN_ROUND", self.round_of(stage.round_from)]
         return opts + ["OUTPUT_DIR", self.stage_dir(stage.name)]
@@ -176,8 +186,9 @@ class Pipeline:
         logger.info("moved %s (an older configuration) to %s", folder, stale)
 
     # ------------------------------------------------------------------ running
-    def run(self, executors: dict[str, Callable[[Stage, list, bool], dict]],
-            resume: bool = False) -> list[dict]:
+    def run(
+        self, executors: dict[str, Callable[[Stage, list, bool], dict]], resume: bool = False
+    ) -> list[dict]:
         """Run (or resume) every stage. ``executors[kind](stage, opts, resume) -> results``.
 
         Returns one summary dict per stage: name, kind, status ("ran" | "skipped"), seconds,
@@ -212,8 +223,9 @@ class Pipeline:
             os.makedirs(folder, exist_ok=True)
             atomic_write_bytes(started, json.dumps({"hash": h, "time": time.time()}).encode())
             opts = self.stage_opts(stage)
-            logger.info("stage %s (%s): %s %s", stage.name, stage.kind, stage.config,
-                        " ".join(opts))
+            logger.info(
+                "stage %s (%s): %s %s", stage.name, stage.kind, stage.config, " ".join(opts)
+            )
             t0 = time.time()
             results = executors[stage.kind](stage, opts, resume) or {}
             done = {
@@ -227,6 +239,8 @@ class Pipeline:
             }
             atomic_write_bytes(os.path.join(folder, DONE_FILE), json.dumps(done, indent=2).encode())
             summaries.append({**done, "status": "ran"})
-        atomic_write_bytes(os.path.join(self.output_dir, "pipeline_summary.json"),
-                           json.dumps(summaries, indent=2).encode())
+        atomic_write_bytes(
+            os.path.join(self.output_dir, "pipeline_summary.json"),
+            json.dumps(summaries, indent=2).encode(),
+        )
         return summaries

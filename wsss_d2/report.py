@@ -114,8 +114,9 @@ def load_model(config_file: str, opts: Sequence[str], weights: str):
 
 
 @torch.no_grad()
-def sample_panels(dicts: Sequence[dict], cam_model=None, seg_model=None, mapper=None,
-                  round_dir: str | None = None) -> list[dict]:
+def sample_panels(
+    dicts: Sequence[dict], cam_model=None, seg_model=None, mapper=None, round_dir: str | None = None
+) -> list[dict]:
     """For each dict: RGB image, CAM overlay, pseudo label, prediction and GT (each optional).
 
     Returns ``[{"file_name", "tags", "image", "cam", "pseudo", "pred", "gt"}]`` of RGB arrays
@@ -159,20 +160,36 @@ padding:3px 8px;font-size:13px;text-align:right} th{background:#f2f2f2} td.l,th.
 
 
 def _table(headers, rows) -> str:
-    h = "".join(f"<th class='l'>{html.escape(str(x))}</th>" if i == 0 else
-                f"<th>{html.escape(str(x))}</th>" for i, x in enumerate(headers))
+    h = "".join(
+        f"<th class='l'>{html.escape(str(x))}</th>" if i == 0 else f"<th>{html.escape(str(x))}</th>"
+        for i, x in enumerate(headers)
+    )
     body = ""
     for r in rows:
-        body += "<tr>" + "".join(
-            f"<td class='l'>{html.escape(str(x))}</td>" if i == 0 else
-            f"<td>{html.escape(str(x))}</td>" for i, x in enumerate(r)) + "</tr>"
+        body += (
+            "<tr>"
+            + "".join(
+                (
+                    f"<td class='l'>{html.escape(str(x))}</td>"
+                    if i == 0
+                    else f"<td>{html.escape(str(x))}</td>"
+                )
+                for i, x in enumerate(r)
+            )
+            + "</tr>"
+        )
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
 def panels_html(panels: list[dict], class_names: Sequence[str] | None = None) -> str:
     """HTML table of sample panels (columns: image, CAM, pseudo label, prediction, GT)."""
-    cols = [("image", "image"), ("cam", "CAM"), ("pseudo", "pseudo label"),
-            ("pred", "prediction"), ("gt", "ground truth")]
+    cols = [
+        ("image", "image"),
+        ("cam", "CAM"),
+        ("pseudo", "pseudo label"),
+        ("pred", "prediction"),
+        ("gt", "ground truth"),
+    ]
     cols = [c for c in cols if any(p[c[0]] is not None for p in panels)]
     head = "".join(f"<th>{t}</th>" for _, t in cols)
     rows = ""
@@ -180,18 +197,22 @@ def panels_html(panels: list[dict], class_names: Sequence[str] | None = None) ->
         tags = ", ".join(class_names[t] if class_names else str(t) for t in p["tags"])
         cells = "".join(
             f"<td><img src='{png_base64(p[k])}'></td>" if p[k] is not None else "<td>-</td>"
-            for k, _ in cols)
-        rows += (f"<tr>{cells}</tr><tr><td colspan='{len(cols)}' class='l'>"
-                 f"{html.escape(os.path.basename(p['file_name']))} — tags: "
-                 f"{html.escape(tags)}</td></tr>")
+            for k, _ in cols
+        )
+        rows += (
+            f"<tr>{cells}</tr><tr><td colspan='{len(cols)}' class='l'>"
+            f"{html.escape(os.path.basename(p['file_name']))} — tags: "
+            f"{html.escape(tags)}</td></tr>"
+        )
     legend = ""
     if class_names:
         spans = []
         for i, n in enumerate(class_names):
             r, g, b = (int(v) for v in _PALETTE[i])
             ink = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 110 else "#fff"  # readable text
-            spans.append(f"<span style='background:rgb({r},{g},{b});color:{ink}'>"
-                         f"{html.escape(n)}</span>")
+            spans.append(
+                f"<span style='background:rgb({r},{g},{b});color:{ink}'>" f"{html.escape(n)}</span>"
+            )
         legend = "<div class='legend'>" + "".join(spans) + "</div>"
     return f"{legend}<table class='panels'><tr>{head}</tr>{rows}</table>"
 
@@ -215,15 +236,28 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
     from .data.mappers import build_mapper
     from .pipeline import primary_metric
 
-    parts = [f"<h1>wsss_d2 pipeline report</h1><p>pipeline: {html.escape(pipe.source)}<br>"
-             f"output: {html.escape(os.path.abspath(pipe.output_dir))}</p>"]
+    parts = [
+        f"<h1>wsss_d2 pipeline report</h1><p>pipeline: {html.escape(pipe.source)}<br>"
+        f"output: {html.escape(os.path.abspath(pipe.output_dir))}</p>"
+    ]
     rows = []
     for s in summaries:
         m = primary_metric(s["results"])
-        rows.append([s["name"], s["kind"], os.path.relpath(s["config"]) if s["config"] else "",
-                     m[0] if m else "-", f"{m[1]:.2f}" if m else "-", s["status"], s["seconds"]])
-    parts.append("<h2>Stages</h2>" + _table(
-        ["stage", "kind", "config", "metric", "mIoU %", "status", "seconds"], rows))
+        rows.append(
+            [
+                s["name"],
+                s["kind"],
+                os.path.relpath(s["config"]) if s["config"] else "",
+                m[0] if m else "-",
+                f"{m[1]:.2f}" if m else "-",
+                s["status"],
+                s["seconds"],
+            ]
+        )
+    parts.append(
+        "<h2>Stages</h2>"
+        + _table(["stage", "kind", "config", "metric", "mIoU %", "status", "seconds"], rows)
+    )
 
     # per-class IoU: one row per class, one column per stage (and task) that reports them
     columns, per_class = [], {}
@@ -237,8 +271,10 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
                 columns.append(col)
             per_class.setdefault(cls, {})[col] = v
     if columns:
-        rows = [[cls] + [f"{vals[c]:.1f}" if c in vals else "-" for c in columns]
-                for cls, vals in per_class.items()]
+        rows = [
+            [cls] + [f"{vals[c]:.1f}" if c in vals else "-" for c in columns]
+            for cls, vals in per_class.items()
+        ]
         parts.append("<h2>Per-class IoU (%)</h2>" + _table(["class", *columns], rows))
 
     # training curves
@@ -251,22 +287,28 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
 
     # sample panels: CAM model, latest round, last segmentor, on the round's images
     try:
-        parts.append(_samples_section(pipe, summaries, num_samples, DatasetCatalog,
-                                      MetadataCatalog, build_mapper))
+        parts.append(
+            _samples_section(
+                pipe, summaries, num_samples, DatasetCatalog, MetadataCatalog, build_mapper
+            )
+        )
     except Exception as e:  # a report must not fail a finished pipeline
         logger.exception("sample panels skipped")
         parts.append(f"<h2>Samples</h2><p>skipped: {html.escape(str(e))}</p>")
 
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>wsss_d2 report</title>"
-           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    doc = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>wsss_d2 report</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
     path = os.path.join(pipe.output_dir, "report.html")
     atomic_write_bytes(path, doc.encode())
     logger.info("report written to %s", path)
     return path
 
 
-def _samples_section(pipe, summaries, num_samples, DatasetCatalog, MetadataCatalog,
-                     build_mapper) -> str:
+def _samples_section(
+    pipe, summaries, num_samples, DatasetCatalog, MetadataCatalog, build_mapper
+) -> str:
     by_name = {s.name: s for s in pipe.stages}
     cam_stage = seg_stage = round_stage = None
     for s in summaries:
@@ -301,7 +343,11 @@ def _samples_section(pipe, summaries, num_samples, DatasetCatalog, MetadataCatal
     mapper = build_mapper(cam_cfg or seg_cfg or cfg, False)
     round_dir = pipe.round_of(round_stage.name) if round_stage else None
     panels = sample_panels(dicts, cam_model, seg_model, mapper, round_dir)
-    what = ", ".join(f"{t}: {s.name}" for t, s in (("CAM", cam_stage), ("pseudo label",
-                     round_stage), ("prediction", seg_stage)) if s)
-    return (f"<h2>Samples ({html.escape(name)}; {html.escape(what)})</h2>"
-            + panels_html(panels, getattr(meta, "stuff_classes", None)))
+    what = ", ".join(
+        f"{t}: {s.name}"
+        for t, s in (("CAM", cam_stage), ("pseudo label", round_stage), ("prediction", seg_stage))
+        if s
+    )
+    return f"<h2>Samples ({html.escape(name)}; {html.escape(what)})</h2>" + panels_html(
+        panels, getattr(meta, "stuff_classes", None)
+    )

@@ -18,8 +18,14 @@ from .datasets.common import read_label_png
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAPPER_REGISTRY", "TagDatasetMapper", "ResizeLongestEdgeRange", "build_mapper",
-           "read_image_checked", "tags_to_multi_hot"]
+__all__ = [
+    "MAPPER_REGISTRY",
+    "TagDatasetMapper",
+    "ResizeLongestEdgeRange",
+    "build_mapper",
+    "read_image_checked",
+    "tags_to_multi_hot",
+]
 
 MAPPER_REGISTRY = Registry("WSSS_MAPPER")
 MAPPER_REGISTRY.__doc__ = "Dataset mappers, built as ``MAPPER_REGISTRY.get(name)(cfg, is_train)``."
@@ -113,8 +119,11 @@ class TagDatasetMapper:
             augs = [ResizeLongestEdgeRange(*tc.RESIZE_LONG)]
             if tc.COLOR_JITTER > 0:
                 j = tc.COLOR_JITTER
-                augs += [T.RandomBrightness(1 - j, 1 + j), T.RandomContrast(1 - j, 1 + j),
-                         T.RandomSaturation(1 - j, 1 + j)]
+                augs += [
+                    T.RandomBrightness(1 - j, 1 + j),
+                    T.RandomContrast(1 - j, 1 + j),
+                    T.RandomSaturation(1 - j, 1 + j),
+                ]
             if tc.FLIP:
                 augs.append(T.RandomFlip(horizontal=True))
             if tc.CROP_SIZE > 0:

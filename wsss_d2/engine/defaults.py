@@ -36,15 +36,18 @@ def register_datasets_from_config(cfg) -> list[str]:
     done = []
     for entry in cfg.DATASETS.COCO_TAGS:
         if len(entry) != 3:
-            raise ValueError(f"DATASETS.COCO_TAGS entry {entry} must be (name, json_file, "
-                             "image_root)")
+            raise ValueError(
+                f"DATASETS.COCO_TAGS entry {entry} must be (name, json_file, " "image_root)"
+            )
         if entry[0] not in DatasetCatalog.list():
             register_coco_tags(*entry)
             done.append(entry[0])
     for entry in cfg.DATASETS.FOLDER_TAGS:
         if len(entry) != 4:
-            raise ValueError(f"DATASETS.FOLDER_TAGS entry {entry} must be (name, image_root, "
-                             "tags_file, 'class1;class2;...')")
+            raise ValueError(
+                f"DATASETS.FOLDER_TAGS entry {entry} must be (name, image_root, "
+                "tags_file, 'class1;class2;...')"
+            )
         if entry[0] not in DatasetCatalog.list():
             name, root, tags, classes = entry
             register_folder_tags(name, root, tags, [c.strip() for c in classes.split(";")])

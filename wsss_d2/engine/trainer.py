@@ -40,8 +40,10 @@ class WSSSTrainer(DefaultTrainer):
         mapper = build_mapper(cfg, is_train=True)
         if cfg.DATALOADER.PAIR_SAMPLING:
             if cfg.DATALOADER.PAIR_SAMPLING not in TRAIN_LOADER_BUILDERS:
-                raise KeyError(f"DATALOADER.PAIR_SAMPLING='{cfg.DATALOADER.PAIR_SAMPLING}' is not "
-                               f"one of {sorted(TRAIN_LOADER_BUILDERS)}")
+                raise KeyError(
+                    f"DATALOADER.PAIR_SAMPLING='{cfg.DATALOADER.PAIR_SAMPLING}' is not "
+                    f"one of {sorted(TRAIN_LOADER_BUILDERS)}"
+                )
             return TRAIN_LOADER_BUILDERS[cfg.DATALOADER.PAIR_SAMPLING](cfg, mapper)
         # the dicts carry the training pseudo-label round (WSSS.PSEUDO.TRAIN_ROUND / latest)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=load_train_dicts(cfg))
@@ -68,12 +70,17 @@ class WSSSTrainer(DefaultTrainer):
             lr_factor_func=lambda name: 1.0 if name.startswith("backbone.") else mult,
         )
         if cfg.SOLVER.OPTIMIZER == "ADAMW":
-            opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR,
-                                    weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+            opt = torch.optim.AdamW(
+                params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+            )
         else:
-            opt = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-                                  nesterov=cfg.SOLVER.NESTEROV,
-                                  weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+            opt = torch.optim.SGD(
+                params,
+                lr=cfg.SOLVER.BASE_LR,
+                momentum=cfg.SOLVER.MOMENTUM,
+                nesterov=cfg.SOLVER.NESTEROV,
+                weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            )
         return maybe_add_gradient_clipping(cfg, opt)
 
     @classmethod

@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 
-def label_to_coco_results(label: np.ndarray, image_id, id_map: dict[int, int] | None = None
-                          ) -> list[dict]:
+def label_to_coco_results(
+    label: np.ndarray, image_id, id_map: dict[int, int] | None = None
+) -> list[dict]:
     """(H, W) label map (0 bg, 1..K, 255 ignore) -> one RLE result per class present."""
     out = []
     for c in np.unique(label):
@@ -53,13 +54,19 @@ def label_to_coco_results(label: np.ndarray, image_id, id_map: dict[int, int] | 
             continue
         rle = mask_util.encode(np.asfortranarray((label == c).astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
-        out.append({"image_id": image_id, "category_id": (id_map or {}).get(c, c),
-                    "segmentation": rle})
+        out.append(
+            {"image_id": image_id, "category_id": (id_map or {}).get(c, c), "segmentation": rle}
+        )
     return out
 
 
-def coco_results_to_label(results: Sequence[dict], height: int, width: int,
-                          cat_to_contiguous: dict[int, int], where: str = "") -> np.ndarray:
+def coco_results_to_label(
+    results: Sequence[dict],
+    height: int,
+    width: int,
+    cat_to_contiguous: dict[int, int],
+    where: str = "",
+) -> np.ndarray:
     """Paint one image's results into an (H, W) label map (pixels no result covers: 0).
 
     Entries with a ``score`` are painted in increasing score order (the best one wins an
@@ -70,12 +77,14 @@ def coco_results_to_label(results: Sequence[dict], height: int, width: int,
     for i in order:
         r = results[i]
         if r["category_id"] not in cat_to_contiguous:
-            raise KeyError(f"{where}: category_id {r['category_id']} is not a category of the "
-                           "ground truth")
+            raise KeyError(
+                f"{where}: category_id {r['category_id']} is not a category of the " "ground truth"
+            )
         seg = dict(r["segmentation"])
         if tuple(seg["size"]) != (height, width):
-            raise ValueError(f"{where}: result mask is {seg['size']} but the image is "
-                             f"{[height, width]}")
+            raise ValueError(
+                f"{where}: result mask is {seg['size']} but the image is " f"{[height, width]}"
+            )
         if isinstance(seg["counts"], str):
             seg["counts"] = seg["counts"].encode("ascii")
         label[mask_util.decode(seg).astype(bool)] = cat_to_contiguous[r["category_id"]]
@@ -134,9 +143,12 @@ class COCOSemSegJSONEvaluator(WSSSSemSegEvaluator):
         return res
 
 
-def score_coco_semantic_json(results_file: str, instances_json: str,
-                             class_names: Sequence[str] | None = None,
-                             image_ids: Sequence | None = None) -> OrderedDict:
+def score_coco_semantic_json(
+    results_file: str,
+    instances_json: str,
+    class_names: Sequence[str] | None = None,
+    image_ids: Sequence | None = None,
+) -> OrderedDict:
     """Score a COCO-format semantic results JSON against COCO instance annotations.
 
     Ground truth is painted from the instances exactly as the dataset code does
@@ -161,12 +173,15 @@ def score_coco_semantic_json(results_file: str, instances_json: str,
         by_image[r["image_id"]].append(r)
     unknown = set(by_image) - set(coco.imgs)
     if unknown:
-        raise KeyError(f"{results_file}: image_id {sorted(unknown, key=str)[0]} is not in "
-                       f"{instances_json}")
+        raise KeyError(
+            f"{results_file}: image_id {sorted(unknown, key=str)[0]} is not in " f"{instances_json}"
+        )
     bad_cats = {r["category_id"] for r in results} - set(coco.getCatIds())
     if bad_cats:
-        raise KeyError(f"{results_file}: category_id {sorted(bad_cats)[0]} is not a category of "
-                       f"{instances_json}")
+        raise KeyError(
+            f"{results_file}: category_id {sorted(bad_cats)[0]} is not a category of "
+            f"{instances_json}"
+        )
     ids = sorted(coco.imgs) if image_ids is None else list(image_ids)
     n = len(names) + 1
     conf = np.zeros((n, n), np.int64)
@@ -174,8 +189,11 @@ def score_coco_semantic_json(results_file: str, instances_json: str,
     for img_id in ids:
         img = coco.imgs[img_id]
         h, w = img["height"], img["width"]
-        anns = [{**a, "category_id": cat_map[a["category_id"]]}
-                for a in coco.imgToAnns.get(img_id, []) if a["category_id"] in cat_map]
+        anns = [
+            {**a, "category_id": cat_map[a["category_id"]]}
+            for a in coco.imgToAnns.get(img_id, [])
+            if a["category_id"] in cat_map
+        ]
         gt = instances_to_label(anns, h, w, where=f"{instances_json} image {img_id}")
         missing += img_id not in by_image
         # results for categories outside the evaluated classes are background
@@ -183,6 +201,7 @@ def score_coco_semantic_json(results_file: str, instances_json: str,
         pred = coco_results_to_label(rs, h, w, cat_map, where=f"{results_file} image {img_id}")
         conf += confusion_matrix(pred, gt, n)
     if missing:
-        logger.warning("%d of %d images have no result and count as all background", missing,
-                       len(ids))
+        logger.warning(
+            "%d of %d images have no result and count as all background", missing, len(ids)
+        )
     return OrderedDict(sem_seg=metrics_from_confusion(conf, ["background", *names]))

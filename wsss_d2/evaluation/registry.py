@@ -14,6 +14,8 @@ Evaluators, built as ``EVALUATOR_REGISTRY.get(name)(cfg, dataset_name=..., outpu
 
 def build_evaluators(cfg, dataset_name: str, output_dir: str | None = None) -> DatasetEvaluators:
     """Every evaluator in ``cfg.WSSS.EVALUATORS`` for ``dataset_name``."""
-    evs = [EVALUATOR_REGISTRY.get(n)(cfg, dataset_name=dataset_name, output_dir=output_dir)
-           for n in cfg.WSSS.EVALUATORS]
+    evs = [
+        EVALUATOR_REGISTRY.get(n)(cfg, dataset_name=dataset_name, output_dir=output_dir)
+        for n in cfg.WSSS.EVALUATORS
+    ]
     return DatasetEvaluators(evs)

@@ -56,16 +56,23 @@ class WSSSSemSegEvaluator(DatasetEvaluator):
     """
 
     @configurable
-    def __init__(self, dataset_name: str, *, num_classes: int | None = None,
-                 ignore_label: int = IGNORE_LABEL, output_dir: str | None = None,
-                 distributed: bool = True):
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        num_classes: int | None = None,
+        ignore_label: int = IGNORE_LABEL,
+        output_dir: str | None = None,
+        distributed: bool = True,
+    ):
         self.dataset_name = dataset_name
         meta = MetadataCatalog.get(dataset_name)
         self.class_names = list(meta.stuff_classes) if hasattr(meta, "stuff_classes") else None
         if num_classes is None:
             if self.class_names is None:
-                raise KeyError(f"dataset {dataset_name} has no stuff_classes metadata; "
-                               "pass num_classes")
+                raise KeyError(
+                    f"dataset {dataset_name} has no stuff_classes metadata; " "pass num_classes"
+                )
             num_classes = len(self.class_names)
         self.num_classes = num_classes  # background included
         self.ignore_label = getattr(meta, "ignore_label", ignore_label)
@@ -91,8 +98,9 @@ class WSSSSemSegEvaluator(DatasetEvaluator):
                 continue
             pred = out["sem_seg"].argmax(dim=0).cpu()
             gt = _read_gt(inp, pred.shape)
-            self._conf += confusion_matrix(pred, torch.from_numpy(gt), self.num_classes,
-                                           self.ignore_label)
+            self._conf += confusion_matrix(
+                pred, torch.from_numpy(gt), self.num_classes, self.ignore_label
+            )
 
     def _gather_sum(self, arr: np.ndarray) -> np.ndarray | None:
         if not self.distributed or comm.get_world_size() == 1:
@@ -103,8 +111,9 @@ class WSSSSemSegEvaluator(DatasetEvaluator):
     def _write_json(self, name: str, res: dict) -> None:
         if self.output_dir:
             PathManager.mkdirs(self.output_dir)
-            atomic_write_bytes(os.path.join(self.output_dir, name),
-                               json.dumps(res, indent=2).encode())
+            atomic_write_bytes(
+                os.path.join(self.output_dir, name), json.dumps(res, indent=2).encode()
+            )
 
     def evaluate(self):
         conf = self._gather_sum(self._conf)
@@ -112,8 +121,7 @@ class WSSSSemSegEvaluator(DatasetEvaluator):
             return {}
         res = metrics_from_confusion(conf, self.class_names)
         self._write_json("sem_seg_evaluation.json", res)
-        logger.info("%s: mIoU %.2f over %d pixels", self.dataset_name, res["mIoU"],
-                    int(conf.sum()))
+        logger.info("%s: mIoU %.2f over %d pixels", self.dataset_name, res["mIoU"], int(conf.sum()))
         return OrderedDict(sem_seg=res)
 
 
@@ -189,6 +197,10 @@ class CAMEvaluator(WSSSSemSegEvaluator):
             if k != "mIoU":
                 res[k] = v
         self._write_json("cam_evaluation.json", res)
-        logger.info("%s: CAM mIoU %.2f at background threshold %.2f", self.dataset_name,
-                    res["mIoU"], res["best_threshold"])
+        logger.info(
+            "%s: CAM mIoU %.2f at background threshold %.2f",
+            self.dataset_name,
+            res["mIoU"],
+            res["best_threshold"],
+        )
         return OrderedDict(cam=res)

@@ -190,6 +190,7 @@ class RoundWriter:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(self.partial_dir, self.final_dir)
-        logger.info("pseudo-label round %d complete: %s (%d images)", self.k, self.final_dir,
-                    len(expected))
+        logger.info(
+            "pseudo-label round %d complete: %s (%d images)", self.k, self.final_dir, len(expected)
+        )
         return self.final_dir

@@ -86,8 +86,9 @@ def require_dir(path: str, what: str) -> str:
     return path
 
 
-def set_tag_metadata(name: str, class_names: Sequence[str], evaluator_type: str = "sem_seg",
-                     **extra) -> None:
+def set_tag_metadata(
+    name: str, class_names: Sequence[str], evaluator_type: str = "sem_seg", **extra
+) -> None:
     """Metadata every tag dataset carries: background + classes, VOC colours, ignore 255.
 
     No ``thing_classes``: Detectron2 would then check the dicts' ``annotations`` (whose ids are
@@ -110,8 +111,10 @@ def keep_images_with_tags(dicts: Iterable[dict], name: str) -> list[dict]:
     kept = [d for d in dicts if len(d["tags"]) > 0]
     if len(kept) < len(dicts):
         logger.warning(
-            "%s: excluded %d of %d images that have no foreground tag", name,
-            len(dicts) - len(kept), len(dicts),
+            "%s: excluded %d of %d images that have no foreground tag",
+            name,
+            len(dicts) - len(kept),
+            len(dicts),
         )
     return kept
 
@@ -145,8 +148,9 @@ def save_label_png(path: str, label: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_label_png(path: str, expected_hw: tuple[int, int] | None = None,
-                   image_file: str | None = None) -> np.ndarray:
+def read_label_png(
+    path: str, expected_hw: tuple[int, int] | None = None, image_file: str | None = None
+) -> np.ndarray:
     """Read a label PNG as (H, W) uint8 ids (palette indices, not colours).
 
     Raises ``ValueError`` naming both files when its size differs from ``expected_hw``.

@@ -41,8 +41,14 @@ _BODY_RGB = (205, 175, 130)  # shared by all classes
 _VERSION = 1  # bump when the generator changes, so old caches are not reused
 
 
-def toyparts_dir(num_images: int, seed: int, image_size: int, num_classes: int,
-                 root: str | None = None, body_cue: float = 0.0) -> str:
+def toyparts_dir(
+    num_images: int,
+    seed: int,
+    image_size: int,
+    num_classes: int,
+    root: str | None = None,
+    body_cue: float = 0.0,
+) -> str:
     root = root or os.path.join(datasets_root(), "toyparts")
     cue = f"_cue{int(round(body_cue * 100))}" if body_cue > 0 else ""
     return os.path.join(
@@ -64,8 +70,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         if rng.random() < 0.5:
             cv2.rectangle(img, (int(x0), int(y0)), (int(x0 + w), int(y0 + h)), col, -1)
         else:
-            cv2.line(img, (int(x0), int(y0)), (int(x0 + w), int(y0 - h)), col,
-                     int(rng.integers(1, 3)))
+            cv2.line(
+                img, (int(x0), int(y0)), (int(x0 + w), int(y0 - h)), col, int(rng.integers(1, 3))
+            )
     return img
 
 
@@ -99,7 +106,7 @@ def _draw_object(img, label, rng, size, cls, occupied, body_cue=0.0, num_classes
         if body_cue > 0:
             k = cls if rng.random() < body_cue else int(rng.integers(1, num_classes + 1))
             a = np.pi * (k - 1) / num_classes
-            stripes = ((np.floor((xx * np.cos(a) + yy * np.sin(a)) / period)) % 2)
+            stripes = (np.floor((xx * np.cos(a) + yy * np.sin(a)) / period)) % 2
             stripes = stripes.astype(np.float32)
         else:
             stripes = (((xx + yy) // period) % 2).astype(np.float32)
@@ -117,8 +124,14 @@ def _draw_object(img, label, rng, size, cls, occupied, body_cue=0.0, num_classes
     return False
 
 
-def generate_toyparts(out_dir: str, num_images: int, seed: int, image_size: int = 96,
-                      num_classes: int = 5, body_cue: float = 0.0) -> None:
+def generate_toyparts(
+    out_dir: str,
+    num_images: int,
+    seed: int,
+    image_size: int = 96,
+    num_classes: int = 5,
+    body_cue: float = 0.0,
+) -> None:
     """Write ``num_images`` images, masks and ``tags.json`` into ``out_dir`` (must not exist)."""
     if not 1 <= num_classes <= len(TOY_CLASSES):
         raise ValueError(f"toyparts supports 1..{len(TOY_CLASSES)} classes, got {num_classes}")
@@ -133,8 +146,16 @@ def generate_toyparts(out_dir: str, num_images: int, seed: int, image_size: int 
             occupied = np.zeros((image_size, image_size), bool)
             n_obj = int(rng.integers(1, 4))
             for _ in range(n_obj):
-                _draw_object(img, label, rng, image_size, int(rng.integers(1, num_classes + 1)),
-                             occupied, body_cue, num_classes)
+                _draw_object(
+                    img,
+                    label,
+                    rng,
+                    image_size,
+                    int(rng.integers(1, num_classes + 1)),
+                    occupied,
+                    body_cue,
+                    num_classes,
+                )
             # a 1-pixel ignore band around objects, as VOC boundaries are ignored
             edge = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
             gt = label.copy()
@@ -160,20 +181,28 @@ def _load_toyparts(name, num_images, seed, image_size, num_classes, root, body_c
     for r in records:
         if not r["tags"]:
             continue  # every generated image has >= 1 object; kept for safety
-        dicts.append({
-            "file_name": os.path.join(folder, "images", r["stem"] + ".png"),
-            "sem_seg_file_name": os.path.join(folder, "masks", r["stem"] + ".png"),
-            "image_id": r["stem"],
-            "height": image_size,
-            "width": image_size,
-            "tags": r["tags"],
-        })
+        dicts.append(
+            {
+                "file_name": os.path.join(folder, "images", r["stem"] + ".png"),
+                "sem_seg_file_name": os.path.join(folder, "masks", r["stem"] + ".png"),
+                "image_id": r["stem"],
+                "height": image_size,
+                "width": image_size,
+                "tags": r["tags"],
+            }
+        )
     return dicts
 
 
-def register_toyparts(name: str, num_images: int, seed: int, image_size: int = 96,
-                      num_classes: int = 5, root: str | None = None,
-                      body_cue: float = 0.0) -> None:
+def register_toyparts(
+    name: str,
+    num_images: int,
+    seed: int,
+    image_size: int = 96,
+    num_classes: int = 5,
+    root: str | None = None,
+    body_cue: float = 0.0,
+) -> None:
     """Register a generated toyparts split; data are generated lazily on first load.
 
     ``body_cue``: probability that a body's stripe angle follows its class (0 = every body is
@@ -183,8 +212,11 @@ def register_toyparts(name: str, num_images: int, seed: int, image_size: int = 9
         name,
         lambda: _load_toyparts(name, num_images, seed, image_size, num_classes, root, body_cue),
     )
-    set_tag_metadata(name, TOY_CLASSES[:num_classes], toyparts=dict(
-        num_images=num_images, seed=seed, image_size=image_size, body_cue=body_cue))
+    set_tag_metadata(
+        name,
+        TOY_CLASSES[:num_classes],
+        toyparts=dict(num_images=num_images, seed=seed, image_size=image_size, body_cue=body_cue),
+    )
 
 
 def register_all_toyparts() -> None:

@@ -15,10 +15,18 @@ class _Stage(nn.Module):
 
     def __init__(self, cin, cout, stride, dilation, norm):
         super().__init__()
-        self.conv1 = Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not norm,
-                            norm=get_norm(norm, cout))
-        self.conv2 = Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=not norm,
-                            norm=get_norm(norm, cout))
+        self.conv1 = Conv2d(
+            cin, cout, 3, stride=stride, padding=1, bias=not norm, norm=get_norm(norm, cout)
+        )
+        self.conv2 = Conv2d(
+            cout,
+            cout,
+            3,
+            padding=dilation,
+            dilation=dilation,
+            bias=not norm,
+            norm=get_norm(norm, cout),
+        )
         self.short = Conv2d(cin, cout, 1, stride=stride, bias=not norm, norm=get_norm(norm, cout))
 
     def forward(self, x):
@@ -37,8 +45,9 @@ class TinyBackbone(Backbone):
         super().__init__()
         if output_stride not in (4, 8, 16):
             raise ValueError(f"MODEL.TINY.OUTPUT_STRIDE must be 4, 8 or 16, got {output_stride}")
-        self.stem = Conv2d(3, widths[0], 3, stride=2, padding=1, bias=not norm,
-                           norm=get_norm(norm, widths[0]))
+        self.stem = Conv2d(
+            3, widths[0], 3, stride=2, padding=1, bias=not norm, norm=get_norm(norm, widths[0])
+        )
         stride = 2
         self.stages = nn.ModuleList()
         self._out_feature_strides = {}
@@ -62,8 +71,9 @@ class TinyBackbone(Backbone):
 
     def output_shape(self):
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n],
-                         stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]
+            )
             for n in ["res3", "res4", "res5"]
         }
 

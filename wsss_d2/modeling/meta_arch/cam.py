@@ -57,8 +57,9 @@ class CAMClassifier(nn.Module):
         self.backbone = backbone
         self.in_feature = in_feature
         self.num_classes = num_classes
-        self.classifier = nn.Conv2d(backbone.output_shape()[in_feature].channels, num_classes, 1,
-                                    bias=False)
+        self.classifier = nn.Conv2d(
+            backbone.output_shape()[in_feature].channels, num_classes, 1, bias=False
+        )
         nn.init.xavier_uniform_(self.classifier.weight)
         self.bg_threshold = bg_threshold
         self.use_tags_at_test = use_tags_at_test
@@ -91,8 +92,9 @@ class CAMClassifier(nn.Module):
     # ------------------------------------------------------------------ pieces (reused by PLDA)
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise and pad (with 0 = the pixel mean) into an ImageList."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,8 +144,9 @@ class CAMClassifier(nn.Module):
         return {"loss_cls": self.loss_weight * self.classification_loss(scores, targets)}
 
     @torch.no_grad()
-    def multiscale_cams(self, images: torch.Tensor, scales: Sequence[float] | None = None,
-                        flip: bool | None = None) -> torch.Tensor:
+    def multiscale_cams(
+        self, images: torch.Tensor, scales: Sequence[float] | None = None, flip: bool | None = None
+    ) -> torch.Tensor:
         """Sum of ReLU'd CAMs over scales (and flips), at the input resolution.
 
         Args:
@@ -157,9 +160,17 @@ class CAMClassifier(nn.Module):
         n, _, H, W = images.shape
         total = images.new_zeros(n, self.num_classes, H, W)
         for s in scales:
-            x = images if s == 1.0 else F.interpolate(
-                images, scale_factor=s, mode="bilinear", align_corners=False,
-                recompute_scale_factor=False)
+            x = (
+                images
+                if s == 1.0
+                else F.interpolate(
+                    images,
+                    scale_factor=s,
+                    mode="bilinear",
+                    align_corners=False,
+                    recompute_scale_factor=False,
+                )
+            )
             if flip:
                 x = torch.cat([x, x.flip(-1)])
             cams = F.relu(self.cam_logits(self.extract_features(x)))
@@ -168,8 +179,9 @@ class CAMClassifier(nn.Module):
             total += F.interpolate(cams, size=(H, W), mode="bilinear", align_corners=False)
         return total
 
-    def postprocess_cams(self, cams: torch.Tensor, images: ImageList,
-                         batched_inputs: list[dict]) -> list[dict]:
+    def postprocess_cams(
+        self, cams: torch.Tensor, images: ImageList, batched_inputs: list[dict]
+    ) -> list[dict]:
         """Crop padding, resize to each image's original size, normalise, mask absent tags."""
         results = []
         for i, x in enumerate(batched_inputs):
@@ -177,8 +189,7 @@ class CAMClassifier(nn.Module):
             out_h, out_w = x.get("height", h), x.get("width", w)
             cam = cams[i : i + 1, :, :h, :w]
             if (out_h, out_w) != (h, w):
-                cam = F.interpolate(cam, size=(out_h, out_w), mode="bilinear",
-                                    align_corners=False)
+                cam = F.interpolate(cam, size=(out_h, out_w), mode="bilinear", align_corners=False)
             cam = normalize_cams(cam[0])
             if self.use_tags_at_test and "tags" in x:
                 cam = cam * x["tags"].to(cam.device).view(-1, 1, 1)
