@@ -116,3 +116,17 @@ def test_label_png_uses_voc_palette(tmp_path):
     assert im.mode == "P"
     assert np.array_equal(np.array(im), lab)
     assert tuple(im.convert("RGB").getpixel((0, 1))) == voc_palette()[15] == (192, 128, 128)
+
+
+def test_toyparts_cue_variant_is_generated_into_its_own_folder(tmp_path):
+    """body_cue > 0 draws class-dependent body stripes into a folder of its own."""
+    import cv2
+
+    generate_toyparts(str(tmp_path / "plain"), 3, seed=5)
+    generate_toyparts(str(tmp_path / "cue"), 3, seed=5, body_cue=1.0)
+    for i in range(3):
+        a = cv2.imread(str(tmp_path / "plain" / "images" / f"{i:06d}.png"))
+        b = cv2.imread(str(tmp_path / "cue" / "images" / f"{i:06d}.png"))
+        assert a.shape == b.shape
+    assert (tmp_path / "plain" / "tags.json").read_text() != "" and not np.array_equal(a, b)
+    assert toyparts_dir(10, 0, 96, 5, "r") != toyparts_dir(10, 0, 96, 5, "r", body_cue=0.6)
