@@ -148,7 +148,7 @@ def test_pipeline_crash_resume_and_config_change(tmp_path):
     assert res[2]["results"]["sem_seg/mIoU"] == pytest.approx(ref_seg["sem_seg/mIoU"], abs=1e-9)
     assert (out / "report.html").is_file()
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64" in html and "per-class IoU" in html
+    assert "data:image/png;base64" in html and "Per-class IoU" in html
 
     # a complete pipeline resumes to nothing
     again = tool.main(["--config-file", pipe_file, "--resume", "--no-report"])
