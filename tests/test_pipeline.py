@@ -215,8 +215,14 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
         pipe_file,
         "--no-report",
     ]
+    # a shell's background jobs start with SIGINT ignored; give the child the default handler
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     stage = tmp_path / "out" / "cam"
     deadline = time.time() + 180
