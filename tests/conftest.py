@@ -12,6 +12,13 @@ import pytest
 os.environ.setdefault("DETECTRON2_DATASETS", tempfile.mkdtemp(prefix="wsss_d2_datasets_"))
 
 REPO = Path(__file__).resolve().parents[1]
+
+# config overrides for tiny, fast CPU runs on the generated mini toy data
+MINI_TOY_OPTS = [
+    "DATASETS.TRAIN", "('toyparts_mini_train',)", "DATASETS.TEST", "('toyparts_mini_val',)",
+    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
+    "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)",
+]  # fmt: skip
 COCO_TINY = REPO.parent / "shared" / "data" / "coco_tiny"
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import MINI_TOY_OPTS, REPO
 from detectron2.engine import HookBase
 
 from wsss_d2.engine import HOOK_REGISTRY
@@ -40,20 +40,7 @@ class _CrashOnce(HookBase):
             raise RuntimeError("simulated crash in stage 3")
 
 
-MINI = [
-    "DATASETS.TRAIN",
-    "('toyparts_mini_train',)",
-    "DATASETS.TEST",
-    "('toyparts_mini_val',)",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "4",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "MODEL.TINY.WIDTHS",
-    "(8, 8, 16, 16)",
-]
+MINI = MINI_TOY_OPTS
 
 
 def _write_pipeline(tmp_path, seg_lr="0.02", crash_hook=True):

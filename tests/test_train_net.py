@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import MINI_TOY_OPTS, REPO
 from detectron2.engine import HookBase, default_argument_parser
 from detectron2.modeling import META_ARCH_REGISTRY
 
@@ -26,22 +26,7 @@ def _run(*argv):
     return _train_net().main(args)
 
 
-TOY = [
-    "DATASETS.TRAIN",
-    "('toyparts_mini_train',)",
-    "DATASETS.TEST",
-    "('toyparts_mini_val',)",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "4",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "MODEL.TINY.WIDTHS",
-    "(8, 8, 16, 16)",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "3",
-]
+TOY = MINI_TOY_OPTS + ["SOLVER.CHECKPOINT_PERIOD", "3"]
 
 
 def test_train_eval_only_resume(tmp_path):
