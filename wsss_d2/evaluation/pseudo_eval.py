@@ -29,6 +29,7 @@ from detectron2.utils.file_io import PathManager
 from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
 from .metrics import metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
+from .sem_seg import tag_evaluator_args
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,7 @@ class PseudoLabelEvaluator(DatasetEvaluator):
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
-        return {
-            "dataset_name": dataset_name,
-            "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,
-            "ignore_label": cfg.MODEL.IGNORE_VALUE,
-            "output_dir": output_dir,
-        }
+        return tag_evaluator_args(cfg, dataset_name, output_dir)
 
     def reset(self):
         self._conf = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)

@@ -41,6 +41,7 @@ from detectron2.utils import comm
 from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
+from .sem_seg import tag_evaluator_args
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,7 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         from ..pseudo.rounds import round_dir
 
         return {
-            "dataset_name": dataset_name,
-            "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,
-            "ignore_label": cfg.MODEL.IGNORE_VALUE,
-            "output_dir": output_dir,
+            **tag_evaluator_args(cfg, dataset_name, output_dir),
             "round_dir": round_dir(sam_round_root(cfg), cfg.WSSS.SAM.ROUND),
         }
 

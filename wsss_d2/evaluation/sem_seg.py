@@ -26,7 +26,7 @@ from .registry import EVALUATOR_REGISTRY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSSSSemSegEvaluator", "CAMEvaluator", "sweep_thresholds"]
+__all__ = ["WSSSSemSegEvaluator", "CAMEvaluator", "sweep_thresholds", "tag_evaluator_args"]
 
 
 def sweep_thresholds(spec: Sequence[float]) -> np.ndarray:
@@ -34,6 +34,16 @@ def sweep_thresholds(spec: Sequence[float]) -> np.ndarray:
     start, stop, step = spec
     n = int(np.floor((stop - start) / step + 1e-6)) + 1
     return np.round(start + step * np.arange(n), 6)
+
+
+def tag_evaluator_args(cfg, dataset_name: str, output_dir: str | None = None) -> dict:
+    """The constructor arguments every wsss_d2 evaluator reads from a config."""
+    return {
+        "dataset_name": dataset_name,
+        "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,  # background included
+        "ignore_label": cfg.MODEL.IGNORE_VALUE,
+        "output_dir": output_dir,
+    }
 
 
 def _read_gt(inp: dict, pred_hw) -> np.ndarray:
@@ -82,12 +92,7 @@ class WSSSSemSegEvaluator(DatasetEvaluator):
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
-        return {
-            "dataset_name": dataset_name,
-            "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,
-            "ignore_label": cfg.MODEL.IGNORE_VALUE,
-            "output_dir": output_dir,
-        }
+        return tag_evaluator_args(cfg, dataset_name, output_dir)
 
     def reset(self):
         self._conf = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
