@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
@@ -145,12 +146,15 @@ def main():
     ap.add_argument("--model-type", default="tiny")
     ap.add_argument("--checkpoint", default="")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch and OpenCV CPU threads (0: default)"
+    )
     args = ap.parse_args()
     if args.boxes_per_image < 5:
         sys.exit("--boxes-per-image must be >= 5")
-    if args.threads:
+    if args.threads:  # both libraries the labeler computes with get the same thread budget
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     data, where = load_data(args.images, args.boxes_per_image)
     sam = load_sam(args.model_type, args.checkpoint, args.device)
     predictor = SamPredictor(sam)

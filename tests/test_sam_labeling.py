@@ -87,6 +87,57 @@ def test_low_score_masks_dropped_or_ignored():
     assert label.tolist() == [[1, 1, 1], [255, 255, 255], [0, 0, 0]]
 
 
+def test_paste_statistics_match_a_pixel_by_pixel_count():
+    """Random masks (same-class and cross-class overlaps, dropped masks): label, won, overlap and
+    conflict pixels equal a direct per-pixel computation."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(1, 7))
+        masks = np.zeros((n, 9, 11), bool)
+        for m in masks:
+            y0, x0 = rng.integers(0, 6, 2)
+            m[y0 : y0 + rng.integers(2, 6), x0 : x0 + rng.integers(2, 8)] = True
+        classes = rng.integers(1, 4, n)
+        scores = rng.choice([0.3, 0.6, 0.9], n)
+        keep = rng.random(n) < 0.8
+        label, info = paste_masks(masks, classes, scores, keep)
+        km = masks[keep]
+        count = km.sum(0)
+        assert info["overlap_pixels"] == int((count >= 2).sum()), trial
+        ncls = sum((km[classes[keep] == c].any(0)).astype(int) for c in (1, 2, 3))
+        assert info["conflict_pixels"] == int((ncls >= 2).sum()), trial
+        for y, x in zip(*np.nonzero(count)):
+            idx = np.flatnonzero(keep & masks[:, y, x])
+            best = max(idx, key=lambda i: (scores[i], -masks[i].sum()))
+            assert label[y, x] == classes[best] or (
+                # equal score and area: either may win, but then with the same class
+                any(
+                    scores[j] == scores[best] and masks[j].sum() == masks[best].sum()
+                    for j in idx
+                    if classes[j] == label[y, x]
+                )
+            ), trial
+        assert (label[count == 0] == 0).all()
+        assert info["won"].sum() == int((count > 0).sum())
+        assert (info["won"][~keep] == 0).all()
+
+
+def test_paste_many_masks_uses_wide_owner_ids():
+    """>= 255 masks do not fit the 8-bit owner map: the wide path gives the same answer."""
+    n = 300
+    masks = np.zeros((n, 20, 20), bool)
+    for i in range(n):
+        masks[i, (i // 20) % 20, i % 20] = True  # a pixel of its own
+    classes = np.arange(n) % 7 + 1
+    scores = np.linspace(0.1, 0.9, n)
+    label, info = paste_masks(masks, classes, scores)
+    expected = np.zeros(400, np.uint8)
+    for i in np.argsort(scores):
+        expected[i % 400] = classes[i]
+    np.testing.assert_array_equal(label.ravel(), expected)
+    assert info["overlap_pixels"] == 0 and info["won"].sum() == 300
+
+
 # ---------------------------------------------------------------------------- boxes
 def test_box_partly_outside_is_clipped_and_outside_box_names_image():
     out = sanitize_boxes(np.array([[-5, 2, 30, 70]]), 48, 64, "a.jpg")
