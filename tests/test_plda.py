@@ -18,7 +18,9 @@ from wsss_d2.modeling.meta_arch.plda import (
     cps_pseudo_labels,
     erase_mask,
     mask_assign,
+    own_class_target,
     simple_assign,
+    strongest_class_only,
 )
 
 SMALL = (
@@ -122,6 +124,21 @@ def test_mask_assign_on_hand_made_cams():
     assert er.shape == (1, 1, 8, 8) and er.sum() == 8 and er[0, 0, :2, :4].all()
     s2, t2 = simple_assign(cam, high=0.6, low=0.4)
     assert torch.equal(s2, exp_s) and t2.sum() == 1 and t2[0, 0, 1, 0]
+
+
+def test_strongest_class_only_and_own_class_target():
+    cam = torch.zeros(1, 2, 1, 3)
+    cam[0, 0, 0] = torch.tensor([0.9, 0.3, 0.0])  # pixel 0: class 0's; pixel 1: class 1's
+    cam[0, 1, 0] = torch.tensor([0.7, 0.8, 0.0])  # pixel 2: nobody's
+    strong = strongest_class_only(cam)
+    torch.testing.assert_close(strong[0, :, 0], torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.8, 0.0]]))
+    masked = torch.zeros(1, 2, 1, 3)
+    masked[0, 1, 0] = torch.tensor([1.0, 0.0, 0.9])  # class 1 fires on class 0's pixel 0
+    _, target = mask_assign(cam * 0, masked, theta=0.6)  # (no source: nothing erased)
+    assert target[0, 1, 0].tolist() == [True, False, True]
+    own = own_class_target(cam, target)
+    # pixel 0 is class 0's in the unmasked CAM, pixel 2 nobody's: class 1 keeps neither
+    assert own[0, 1, 0].tolist() == [False, False, False] and not own[0, 0].any()
 
 
 def test_masked_forward_sees_source_pixels_erased_to_the_mean(cfg_factory):

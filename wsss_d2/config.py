@@ -155,6 +155,13 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.ASSIGN = "mask"  # domain assignment: "mask" (erase + 2nd forward) | "simple"
     _C.MODEL.PLDA.THETA = 0.6  # MaskAssign: normalised-CAM threshold of source / target pixels
     _C.MODEL.PLDA.TARGET_NORM = "masked"  # masked CAM / its own peak | / "original" image's peak
+    # assignment on arg-max-filtered CAMs: a pixel is in the domains of its strongest class only
+    # (as the official code); off: every class above THETA claims the pixel
+    _C.MODEL.PLDA.ARGMAX_ASSIGN = True
+    # target pixels of class k must also have k as the arg-max class of the unmasked image's CAM
+    # (ours, not in the paper: erasing every class's source, class k's masked CAM may fire on an
+    # object of another class that shares its non-discriminative parts)
+    _C.MODEL.PLDA.TARGET_OWN_CLASS = False
     _C.MODEL.PLDA.SIMPLE_HIGH = 0.6  # SimpleAssign: CAM > HIGH is source
     _C.MODEL.PLDA.SIMPLE_LOW = 0.2  # SimpleAssign: LOW < CAM <= HIGH is target
     _C.MODEL.PLDA.ADV_LOSS_WEIGHT = 1.0  # weight of loss_adv

@@ -32,7 +32,15 @@ from ..layers.grl import GradientReversal
 from ..layers.pamr import PAMR
 from .cam import CAMClassifier, normalize_cams
 
-__all__ = ["PLDA", "mask_assign", "simple_assign", "cps_pseudo_labels", "balanced_cps_loss"]
+__all__ = [
+    "PLDA",
+    "mask_assign",
+    "simple_assign",
+    "strongest_class_only",
+    "own_class_target",
+    "cps_pseudo_labels",
+    "balanced_cps_loss",
+]
 
 
 @contextlib.contextmanager
@@ -78,6 +86,24 @@ def simple_assign(cam: torch.Tensor, high: float, low: float) -> tuple[torch.Ten
     """SimpleAssign: source = CAM > high, target = low < CAM <= high. Shapes as :func:`mask_assign`."""
     source = cam > high
     return source, (cam > low) & ~source
+
+
+def strongest_class_only(cam: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) CAM with every pixel's non-maximal classes zeroed: a pixel then joins the
+    domains of one class at most (the official code's assignment)."""
+    return cam * (cam >= cam.amax(1, keepdim=True))
+
+
+def own_class_target(cam: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Target pixels of class k that are also class k's in the unmasked image's CAM (k is their
+    arg-max there, with a positive score). Ours, not the paper's: once every class's source is
+    erased, class k's masked CAM can fire on an object of another class that shares its
+    non-discriminative parts (measured on toyparts_cue: 42 % of the target's CPS labels were
+    another object's class), and CPS would then teach the wrong class there.
+
+    cam: (N, K, h, w) normalised CAM; target: (N, K, h, w) bool. Returns the filtered target.
+    """
+    return target & (cam >= cam.amax(1, keepdim=True)) & (cam > 0)
 
 
 def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -159,6 +185,8 @@ class PLDA(CAMClassifier):
         assign: str = "mask",
         theta: float = 0.6,
         target_norm: str = "masked",
+        argmax_assign: bool = True,
+        target_own_class: bool = False,
         simple_high: float = 0.6,
         simple_low: float = 0.2,
         adv_loss_weight: float = 1.0,
@@ -185,6 +213,7 @@ class PLDA(CAMClassifier):
                 f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got '{target_norm}'"
             )
         self.target_norm = target_norm
+        self.argmax_assign, self.target_own_class = argmax_assign, target_own_class
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
         self.adv_loss_weight = adv_loss_weight
         self.cps_src_loss_weight = cps_src_loss_weight
@@ -217,6 +246,8 @@ class PLDA(CAMClassifier):
                 "assign": p.ASSIGN,
                 "theta": p.THETA,
                 "target_norm": p.TARGET_NORM,
+                "argmax_assign": p.ARGMAX_ASSIGN,
+                "target_own_class": p.TARGET_OWN_CLASS,
                 "simple_high": p.SIMPLE_HIGH,
                 "simple_low": p.SIMPLE_LOW,
                 "adv_loss_weight": p.ADV_LOSS_WEIGHT,
@@ -242,6 +273,11 @@ class PLDA(CAMClassifier):
         """(N, K, h, w) logits -> max-normalised, detached CAMs, zero off-tag and in padding."""
         cam = F.relu(logits.detach()) * tags[:, :, None, None] * valid
         return normalize_cams(cam)
+
+    def assignment_cam(self, cam: torch.Tensor) -> torch.Tensor:
+        """The CAM that domains are assigned on (:func:`strongest_class_only` with
+        ``argmax_assign``, as in the official code)."""
+        return strongest_class_only(cam) if self.argmax_assign else cam
 
     def pseudo_distribution(
         self, affinity: torch.Tensor, cam: torch.Tensor, tags: torch.Tensor
@@ -315,7 +351,8 @@ class PLDA(CAMClassifier):
             # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
             # pass only assigns domains and makes pseudo labels, so it needs no graph
             with torch.no_grad(), frozen_norm_stats(self.backbone):
-                x_masked = x * (1.0 - erase_mask(cam > self.theta, x.shape[-2:]))
+                erase = self.assignment_cam(cam) > self.theta
+                x_masked = x * (1.0 - erase_mask(erase, x.shape[-2:]))
                 masked_logits = self.cam_logits(self.extract_features(x_masked))
             if self.target_norm == "original":
                 # relative to the unmasked image's peak: a target needs residual evidence
@@ -325,9 +362,15 @@ class PLDA(CAMClassifier):
                 masked_cam = (masked_cam / (peak + 1e-5)).clamp(max=1.0)
             else:
                 masked_cam = self.normalized_cam(masked_logits, tags, valid)
-            source, target = mask_assign(cam, masked_cam, self.theta)
+            source, target = mask_assign(
+                self.assignment_cam(cam), self.assignment_cam(masked_cam), self.theta
+            )
         else:
-            source, target = simple_assign(cam, self.simple_high, self.simple_low)
+            source, target = simple_assign(
+                self.assignment_cam(cam), self.simple_high, self.simple_low
+            )
+        if self.target_own_class:
+            target = own_class_target(cam, target)
 
         if self.adv_on:
             losses["loss_adv"] = self.adv_loss_weight * self.adversarial_loss(
