@@ -130,3 +130,24 @@ def test_toyparts_cue_variant_is_generated_into_its_own_folder(tmp_path):
         assert a.shape == b.shape
     assert (tmp_path / "plain" / "tags.json").read_text() != "" and not np.array_equal(a, b)
     assert toyparts_dir(10, 0, 96, 5, "r") != toyparts_dir(10, 0, 96, 5, "r", body_cue=0.6)
+
+
+def test_toyparts_head_drop_leaves_headless_objects(tmp_path):
+    """head_drop = 1: no object has its saturated head; the masks still cover the bodies."""
+    import cv2
+    from PIL import Image
+
+    generate_toyparts(str(tmp_path / "hd"), 4, seed=5, body_cue=1.0, head_drop=1.0)
+    generate_toyparts(str(tmp_path / "with"), 4, seed=5, body_cue=1.0)
+    for name, heads in (("hd", False), ("with", True)):
+        hsv = [
+            cv2.cvtColor(
+                cv2.imread(str(tmp_path / name / "images" / f"{i:06d}.png")), cv2.COLOR_BGR2HSV
+            )
+            for i in range(4)
+        ]
+        saturated = sum(int(((h[..., 1] > 150) & (h[..., 2] > 180)).sum()) for h in hsv)
+        assert (saturated > 0) == heads, name
+        masks = [np.array(Image.open(tmp_path / name / "masks" / f"{i:06d}.png")) for i in range(4)]
+        assert all(((m > 0) & (m < 255)).any() for m in masks)
+    assert toyparts_dir(10, 0, 96, 5, "r", 1.0) != toyparts_dir(10, 0, 96, 5, "r", 1.0, 0.35)

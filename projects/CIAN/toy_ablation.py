@@ -68,6 +68,7 @@ def final_miou(out_dir: Path) -> float | None:
 
 
 COLLECT_ONLY = False  # --collect: tabulate finished runs, start nothing
+EXTRA: list[str] = []  # KEY VALUE overrides given after --, for every command
 
 
 def train(config: str, out_dir: Path, opts: list[str]) -> float | None:
@@ -86,6 +87,7 @@ def train(config: str, out_dir: Path, opts: list[str]) -> float | None:
                 "DATALOADER.NUM_WORKERS",
                 "0",
                 *opts,
+                *EXTRA,
             ],
             out_dir.with_suffix(".log"),
         )
@@ -116,6 +118,7 @@ def make_round(
                 "OUTPUT_DIR",
                 str(out_dir),
                 *opts,
+                *EXTRA,
             ],
             out_dir.with_suffix(".log"),
         )
@@ -151,9 +154,16 @@ def main(argv=None) -> int:
         help="variants whose models write round 2 and are retrained on it",
     )
     p.add_argument("--collect", action="store_true", help="only tabulate the finished runs")
+    p.add_argument(
+        "opts",
+        nargs="*",
+        help="KEY VALUE overrides for every command, after -- (e.g. the datasets: -- "
+        "DATASETS.TRAIN \"('toyparts_cue_train',)\" DATASETS.TEST \"('toyparts_cue_val',)\")",
+    )
     a = p.parse_args(argv)
     global COLLECT_ONLY
     COLLECT_ONLY = a.collect
+    EXTRA[:] = a.opts
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"seeds": a.seeds, "runs": {}, "rounds": {}}
@@ -176,6 +186,7 @@ def main(argv=None) -> int:
                     str(cam_dir),
                     "DATALOADER.NUM_WORKERS",
                     "0",
+                    *EXTRA,
                 ],
                 cam_dir.with_suffix(".log"),
             )

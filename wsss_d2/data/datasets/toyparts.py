@@ -48,9 +48,11 @@ def toyparts_dir(
     num_classes: int,
     root: str | None = None,
     body_cue: float = 0.0,
+    head_drop: float = 0.0,
 ) -> str:
     root = root or os.path.join(datasets_root(), "toyparts")
     cue = f"_cue{int(round(body_cue * 100))}" if body_cue > 0 else ""
+    cue += f"_hd{int(round(head_drop * 100))}" if head_drop > 0 else ""
     return os.path.join(
         root, f"v{_VERSION}_n{num_images}_s{seed}_px{image_size}_k{num_classes}{cue}"
     )
@@ -76,11 +78,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _draw_object(img, label, rng, size, cls, occupied, body_cue=0.0, num_classes=5) -> bool:
+def _draw_object(
+    img, label, rng, size, cls, occupied, body_cue=0.0, num_classes=5, head_drop=0.0
+) -> bool:
     """Draw one object of class ``cls`` (1-based) where it barely overlaps others.
 
     ``body_cue`` > 0: the body's stripes run at a class-specific angle with that probability
     (else at another class's angle) - a weak, partly reliable class cue on the body.
+    ``head_drop`` > 0: with that probability the object is drawn without its head (hidden, as
+    real objects are often seen without their most telling part); its mask is then the body.
     """
     s = size / 96.0
     for _ in range(30):
@@ -97,6 +103,8 @@ def _draw_object(img, label, rng, size, cls, occupied, body_cue=0.0, num_classes
             continue  # the head (the only class evidence) must be fully visible
         head = np.zeros((size, size), np.uint8)
         cv2.circle(head, (int(hx), int(hy)), r, 1, -1)
+        if head_drop > 0 and rng.random() < head_drop:
+            head[:] = 0
         obj = (body | head).astype(bool)
         if obj.sum() < 30 * s * s or (obj & occupied).sum() > 0.1 * obj.sum():
             continue
@@ -131,6 +139,7 @@ def generate_toyparts(
     image_size: int = 96,
     num_classes: int = 5,
     body_cue: float = 0.0,
+    head_drop: float = 0.0,
 ) -> None:
     """Write ``num_images`` images, masks and ``tags.json`` into ``out_dir`` (must not exist)."""
     if not 1 <= num_classes <= len(TOY_CLASSES):
@@ -155,6 +164,7 @@ def generate_toyparts(
                     occupied,
                     body_cue,
                     num_classes,
+                    head_drop,
                 )
             # a 1-pixel ignore band around objects, as VOC boundaries are ignored
             edge = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
@@ -170,11 +180,13 @@ def generate_toyparts(
             json.dump({"classes": list(TOY_CLASSES[:num_classes]), "images": records}, f)
 
 
-def _load_toyparts(name, num_images, seed, image_size, num_classes, root, body_cue=0.0):
-    folder = toyparts_dir(num_images, seed, image_size, num_classes, root, body_cue)
+def _load_toyparts(
+    name, num_images, seed, image_size, num_classes, root, body_cue=0.0, head_drop=0.0
+):
+    folder = toyparts_dir(num_images, seed, image_size, num_classes, root, body_cue, head_drop)
     if not os.path.isfile(os.path.join(folder, "tags.json")):
         logger.info("generating %s (%d images) into %s", name, num_images, folder)
-        generate_toyparts(folder, num_images, seed, image_size, num_classes, body_cue)
+        generate_toyparts(folder, num_images, seed, image_size, num_classes, body_cue, head_drop)
     with open(os.path.join(folder, "tags.json")) as f:
         records = json.load(f)["images"]
     dicts = []
@@ -202,20 +214,29 @@ def register_toyparts(
     num_classes: int = 5,
     root: str | None = None,
     body_cue: float = 0.0,
+    head_drop: float = 0.0,
 ) -> None:
     """Register a generated toyparts split; data are generated lazily on first load.
 
     ``body_cue``: probability that a body's stripe angle follows its class (0 = every body is
-    the same, the default data).
+    the same, the default data). ``head_drop``: probability that an object has no head.
     """
     DatasetCatalog.register(
         name,
-        lambda: _load_toyparts(name, num_images, seed, image_size, num_classes, root, body_cue),
+        lambda: _load_toyparts(
+            name, num_images, seed, image_size, num_classes, root, body_cue, head_drop
+        ),
     )
     set_tag_metadata(
         name,
         TOY_CLASSES[:num_classes],
-        toyparts=dict(num_images=num_images, seed=seed, image_size=image_size, body_cue=body_cue),
+        toyparts=dict(
+            num_images=num_images,
+            seed=seed,
+            image_size=image_size,
+            body_cue=body_cue,
+            head_drop=head_drop,
+        ),
     )
 
 
@@ -231,3 +252,9 @@ def register_all_toyparts() -> None:
     # the CAM still relies on the head, but the rest of the object is not class-blind
     register_toyparts("toyparts_cue_train", 600, 0, body_cue=0.6)
     register_toyparts("toyparts_cue_val", 150, 1, body_cue=0.6)
+    # the body always carries its class's stripe angle and a third of the objects are seen
+    # without their head, so the classifier must learn the body too - yet where the head is
+    # visible it dominates the CAM: the premise of PLDA (less discriminative object pixels have
+    # weaker, not absent, class evidence)
+    register_toyparts("toyparts_occ_train", 600, 0, body_cue=1.0, head_drop=0.35)
+    register_toyparts("toyparts_occ_val", 150, 1, body_cue=1.0, head_drop=0.35)
