@@ -119,6 +119,9 @@ def test_mask_assign_on_hand_made_cams():
     exp_t[0, 0, 2, 0:2] = True
     exp_t[0, 1, 3, 3] = True
     assert torch.equal(source, exp_s) and torch.equal(target, exp_t)
+    # a lower target threshold admits the masked CAM's 0.3 pixel, the source stays the same
+    s_low, t_low = mask_assign(cam, masked, theta=0.6, target_theta=0.2)
+    assert torch.equal(s_low, exp_s) and t_low[0, 0, 2, 2] and t_low.sum() == exp_t.sum() + 1
     # erasing covers each source cell's whole output-stride block, of any class
     er = erase_mask(source, (8, 8))
     assert er.shape == (1, 1, 8, 8) and er.sum() == 8 and er[0, 0, :2, :4].all()

@@ -154,6 +154,7 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.CPS_TGT_ON = True  # with CPS_ON: also supervise the target pixels
     _C.MODEL.PLDA.ASSIGN = "mask"  # domain assignment: "mask" (erase + 2nd forward) | "simple"
     _C.MODEL.PLDA.THETA = 0.6  # MaskAssign: normalised-CAM threshold of source / target pixels
+    _C.MODEL.PLDA.TARGET_THETA = -1.0  # MaskAssign: masked-CAM threshold of target (< 0: THETA)
     _C.MODEL.PLDA.TARGET_NORM = "masked"  # masked CAM / its own peak | / "original" image's peak
     # assignment on arg-max-filtered CAMs: a pixel is in the domains of its strongest class only
     # (as the official code); off: every class above THETA claims the pixel

@@ -67,18 +67,19 @@ def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
 
 
 def mask_assign(
-    cam: torch.Tensor, masked_cam: torch.Tensor, theta: float
+    cam: torch.Tensor, masked_cam: torch.Tensor, theta: float, target_theta: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskAssign (Sec. III-D).
 
     Args:
         cam, masked_cam: (N, K, h, w) max-normalised CAMs of the image and of the image with its
             source pixels erased, zero for classes not in the tags.
+        theta: source threshold (and the target's, unless ``target_theta`` is given).
     Returns:
         source, target: (N, K, h, w) bool; target excludes source pixels (they were erased).
     """
     source = cam > theta
-    target = (masked_cam > theta) & ~source
+    target = (masked_cam > (theta if target_theta is None else target_theta)) & ~source
     return source, target
 
 
@@ -184,6 +185,7 @@ class PLDA(CAMClassifier):
         cps_tgt_on: bool = True,
         assign: str = "mask",
         theta: float = 0.6,
+        target_theta: float | None = None,
         target_norm: str = "masked",
         argmax_assign: bool = True,
         target_own_class: bool = False,
@@ -215,6 +217,7 @@ class PLDA(CAMClassifier):
         self.target_norm = target_norm
         self.argmax_assign, self.target_own_class = argmax_assign, target_own_class
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
+        self.target_theta = target_theta
         self.adv_loss_weight = adv_loss_weight
         self.cps_src_loss_weight = cps_src_loss_weight
         self.cps_tgt_loss_weight = cps_tgt_loss_weight
@@ -245,6 +248,7 @@ class PLDA(CAMClassifier):
                 "cps_tgt_on": p.CPS_TGT_ON,
                 "assign": p.ASSIGN,
                 "theta": p.THETA,
+                "target_theta": p.TARGET_THETA if p.TARGET_THETA >= 0 else None,
                 "target_norm": p.TARGET_NORM,
                 "argmax_assign": p.ARGMAX_ASSIGN,
                 "target_own_class": p.TARGET_OWN_CLASS,
@@ -363,7 +367,10 @@ class PLDA(CAMClassifier):
             else:
                 masked_cam = self.normalized_cam(masked_logits, tags, valid)
             source, target = mask_assign(
-                self.assignment_cam(cam), self.assignment_cam(masked_cam), self.theta
+                self.assignment_cam(cam),
+                self.assignment_cam(masked_cam),
+                self.theta,
+                self.target_theta,
             )
         else:
             source, target = simple_assign(
