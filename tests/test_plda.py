@@ -226,6 +226,12 @@ def test_empty_domains_give_exact_zero_losses():
     assert balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long), 20) == pytest.approx(
         expected.item()
     )
+    # with the official entropy weight: each pixel x (1 + exp(-H)), H of its softmax
+    pr = lg.softmax(1)
+    ew = 1 + torch.exp((pr * pr.log()).sum(1))
+    expected = (4 / 6 * (ew[:3] * ce[:3]).sum() + 4 / 2 * ew[3] * ce[3]) / 20
+    got = balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long), 20, entropy_weight=True)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     # CPS: one image, class 1 on 3 pixels, class 2 on 1 pixel, 8 pixels in all
     cl = torch.randn(1, 3, 2, 4)
     lab = torch.tensor([[[1, 1, 1, 2], [255, 255, 255, 255]]])

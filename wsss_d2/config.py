@@ -175,6 +175,8 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # PAMR neighbourhood dilations
     _C.MODEL.PLDA.DOMAIN_HIDDEN_DIMS = (1024, 512)  # domain classifier base (1x1 convs) widths
     _C.MODEL.PLDA.DOMAIN_DROPOUT = 0.5  # dropout after each base layer of the domain classifier
+    # weight each pixel's domain loss by 1 + exp(-entropy of its domain prediction) (official code)
+    _C.MODEL.PLDA.DOMAIN_ENTROPY_WEIGHT = True
     _C.MODEL.PLDA.GRL_GAMMA = 10.0  # GRLScheduleHook: coeff = 2 / (1 + exp(-GAMMA p)) - 1
     _C.MODEL.PLDA.GRL_COEFF = 1.0  # GRL coefficient used when no GRLScheduleHook runs
 

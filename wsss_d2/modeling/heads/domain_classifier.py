@@ -72,7 +72,11 @@ class MultiHeadDomainClassifier(nn.Module):
 
 
 def balanced_domain_loss(
-    logits: torch.Tensor, domains: torch.Tensor, groups: torch.Tensor, num_pixels: int
+    logits: torch.Tensor,
+    domains: torch.Tensor,
+    groups: torch.Tensor,
+    num_pixels: int,
+    entropy_weight: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy where, within each group (one image x one class), source and target pixels
     are re-weighted to weigh the same in total whatever their counts (weights average 1 over the
@@ -85,6 +89,9 @@ def balanced_domain_loss(
     Args:
         logits: (M, 2); domains: (M,) long in {0, 1}; groups: (M,) long group ids;
         num_pixels: the normaliser, N*h*w.
+        entropy_weight: also weight each pixel by ``1 + exp(-H)``, H the entropy of its
+            (detached) domain prediction, as the official code: pixels the classifier is sure
+            about (not yet aligned) count up to 2x, undecided ones 1.5x.
     """
     if logits.numel() == 0:
         return logits.sum() * 0.0
@@ -98,4 +105,7 @@ def balanced_domain_loss(
         return logits.sum() * 0.0
     weight = counts.sum(1, keepdim=True) / (2.0 * counts.clamp(min=1))  # (G, 2)
     w = weight.flatten()[key] * complete[g].float()
+    if entropy_weight:
+        p = logits.detach().float().softmax(1)
+        w = w * (1.0 + torch.exp((p * torch.log(p + 1e-10)).sum(1)))
     return (w * ce).sum() / max(int(num_pixels), 1)

@@ -189,6 +189,7 @@ class PLDA(CAMClassifier):
         target_norm: str = "masked",
         argmax_assign: bool = True,
         target_own_class: bool = False,
+        domain_entropy_weight: bool = True,
         simple_high: float = 0.6,
         simple_low: float = 0.2,
         adv_loss_weight: float = 1.0,
@@ -216,6 +217,7 @@ class PLDA(CAMClassifier):
             )
         self.target_norm = target_norm
         self.argmax_assign, self.target_own_class = argmax_assign, target_own_class
+        self.domain_entropy_weight = domain_entropy_weight
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
         self.target_theta = target_theta
         self.adv_loss_weight = adv_loss_weight
@@ -252,6 +254,7 @@ class PLDA(CAMClassifier):
                 "target_norm": p.TARGET_NORM,
                 "argmax_assign": p.ARGMAX_ASSIGN,
                 "target_own_class": p.TARGET_OWN_CLASS,
+                "domain_entropy_weight": p.DOMAIN_ENTROPY_WEIGHT,
                 "simple_high": p.SIMPLE_HIGH,
                 "simple_low": p.SIMPLE_LOW,
                 "adv_loss_weight": p.ADV_LOSS_WEIGHT,
@@ -332,7 +335,7 @@ class PLDA(CAMClassifier):
         dom = torch.cat([torch.zeros_like(idx_s[:, 0]), torch.ones_like(idx_t[:, 0])])
         logits = self.domain_classifier(feats, pix, cls)
         groups = (pix // (h * w)) * k + cls  # one group per (image, class)
-        return balanced_domain_loss(logits, dom, groups, n * h * w)
+        return balanced_domain_loss(logits, dom, groups, n * h * w, self.domain_entropy_weight)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
