@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Generated datasets (toyparts) go to a per-run folder unless the caller chose one.
-os.environ.setdefault("DETECTRON2_DATASETS", tempfile.mkdtemp(prefix="wsss_d2_datasets_"))
+# Generated datasets (toyparts) go to a per-run folder, removed at exit, unless the caller chose
+# one (subprocesses of the tests inherit it).
+if "DETECTRON2_DATASETS" not in os.environ:
+    _DATASETS = tempfile.mkdtemp(prefix="wsss_d2_datasets_")
+    os.environ["DETECTRON2_DATASETS"] = _DATASETS
+    atexit.register(shutil.rmtree, _DATASETS, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 

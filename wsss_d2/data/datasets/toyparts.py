@@ -252,6 +252,10 @@ def register_all_toyparts() -> None:
     # the CAM still relies on the head, but the rest of the object is not class-blind
     register_toyparts("toyparts_cue_train", 600, 0, body_cue=0.6)
     register_toyparts("toyparts_cue_val", 150, 1, body_cue=0.6)
+    # every body's stripes run at its class's angle (a fully reliable but subtle body cue),
+    # heads always visible: the CAM still prefers the head, but bodies of different classes differ
+    register_toyparts("toyparts_stripe_train", 600, 0, body_cue=1.0)
+    register_toyparts("toyparts_stripe_val", 150, 1, body_cue=1.0)
     # the body always carries its class's stripe angle and a third of the objects are seen
     # without their head, so the classifier must learn the body too - yet where the head is
     # visible it dominates the CAM: the premise of PLDA (less discriminative object pixels have
