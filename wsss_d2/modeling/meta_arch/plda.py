@@ -353,13 +353,13 @@ class PLDA(CAMClassifier):
             return losses
 
         cam = self.normalized_cam(logits, tags, valid)
+        assign_cam = self.assignment_cam(cam)
         masked_cam = None
         if self.assign == "mask":
             # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
             # pass only assigns domains and makes pseudo labels, so it needs no graph
             with torch.no_grad(), frozen_norm_stats(self.backbone):
-                erase = self.assignment_cam(cam) > self.theta
-                x_masked = x * (1.0 - erase_mask(erase, x.shape[-2:]))
+                x_masked = x * (1.0 - erase_mask(assign_cam > self.theta, x.shape[-2:]))
                 masked_logits = self.cam_logits(self.extract_features(x_masked))
             if self.target_norm == "original":
                 # relative to the unmasked image's peak: a target needs residual evidence
@@ -370,15 +370,10 @@ class PLDA(CAMClassifier):
             else:
                 masked_cam = self.normalized_cam(masked_logits, tags, valid)
             source, target = mask_assign(
-                self.assignment_cam(cam),
-                self.assignment_cam(masked_cam),
-                self.theta,
-                self.target_theta,
+                assign_cam, self.assignment_cam(masked_cam), self.theta, self.target_theta
             )
         else:
-            source, target = simple_assign(
-                self.assignment_cam(cam), self.simple_high, self.simple_low
-            )
+            source, target = simple_assign(assign_cam, self.simple_high, self.simple_low)
         if self.target_own_class:
             target = own_class_target(cam, target)
 
