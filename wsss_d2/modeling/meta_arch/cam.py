@@ -17,6 +17,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..test_time import multiscale_flip_sum
+
 __all__ = ["CAMClassifier", "normalize_cams"]
 
 
@@ -157,27 +159,9 @@ class CAMClassifier(nn.Module):
         """
         scales = self.test_scales if scales is None else tuple(scales)
         flip = self.test_flip if flip is None else flip
-        n, _, H, W = images.shape
-        total = images.new_zeros(n, self.num_classes, H, W)
-        for s in scales:
-            x = (
-                images
-                if s == 1.0
-                else F.interpolate(
-                    images,
-                    scale_factor=s,
-                    mode="bilinear",
-                    align_corners=False,
-                    recompute_scale_factor=False,
-                )
-            )
-            if flip:
-                x = torch.cat([x, x.flip(-1)])
-            cams = F.relu(self.cam_logits(self.extract_features(x)))
-            if flip:
-                cams = cams[:n] + cams[n:].flip(-1)
-            total += F.interpolate(cams, size=(H, W), mode="bilinear", align_corners=False)
-        return total
+        return multiscale_flip_sum(
+            images, lambda x: F.relu(self.cam_logits(self.extract_features(x))), scales, flip
+        )
 
     def postprocess_cams(
         self, cams: torch.Tensor, images: ImageList, batched_inputs: list[dict]

@@ -20,6 +20,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
+from ..test_time import multiscale_flip_sum
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["WSSSSegmentor", "build_test_crf"]
@@ -98,30 +100,15 @@ class WSSSSegmentor(SemanticSegmentor):
 
         Each scale runs the whole batch at once, its flipped copy stacked into the same pass.
         """
-        n, _, H, W = images.shape
-        total, count = None, 0
-        for s in self.test_scales:
-            x = (
-                images
-                if s == 1.0
-                else F.interpolate(
-                    images,
-                    scale_factor=s,
-                    mode="bilinear",
-                    align_corners=False,
-                    recompute_scale_factor=False,
-                )
-            )
-            if self.test_flip:
-                x = torch.cat([x, x.flip(-1)])
-            p = F.interpolate(
-                self.segment(x), size=(H, W), mode="bilinear", align_corners=False
+        size = images.shape[-2:]
+
+        def probs(x: torch.Tensor) -> torch.Tensor:  # softmax after resizing, as at one scale
+            return F.interpolate(
+                self.segment(x), size=size, mode="bilinear", align_corners=False
             ).softmax(1)
-            if self.test_flip:
-                p = p[:n] + p[n:].flip(-1)
-            total = p if total is None else total + p
-            count += 2 if self.test_flip else 1
-        return total / count
+
+        views = len(self.test_scales) * (2 if self.test_flip else 1)
+        return multiscale_flip_sum(images, probs, self.test_scales, self.test_flip) / views
 
     def _rgb(self, image: torch.Tensor) -> np.ndarray:
         """(3, H, W) uint8 in ``input_format`` -> (H, W, 3) uint8 RGB for the CRF."""
