@@ -104,7 +104,7 @@ def own_class_target(cam: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     cam: (N, K, h, w) normalised CAM; target: (N, K, h, w) bool. Returns the filtered target.
     """
-    return target & (cam >= cam.amax(1, keepdim=True)) & (cam > 0)
+    return target & (strongest_class_only(cam) > 0)
 
 
 def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
