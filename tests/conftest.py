@@ -36,6 +36,28 @@ def coco_tiny_root() -> Path:
     return COCO_TINY
 
 
+def tag_inputs(n: int = 2, size: int = 64, k: int = 5, seed: int = 0, tag_steps=(0,)):
+    """``n`` model inputs (random uint8 images, ``size`` x ``size``): image i is tagged with the
+    classes ``(i + step) % k`` for each step in ``tag_steps``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        tags = torch.zeros(k)
+        for step in tag_steps:
+            tags[(i + step) % k] = 1
+        out.append(
+            {
+                "image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
+                "tags": tags,
+                "height": size,
+                "width": size,
+            }
+        )
+    return out
+
+
 def make_cfg(*config_file_and_opts: str):
     """A frozen-free wsss_d2 config: ``make_cfg("configs/cam_toy.yaml", "KEY", "VALUE", ...)``."""
     from detectron2.config import get_cfg

@@ -3,29 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tag_inputs
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from wsss_d2.modeling.backbone import TinyBackbone
 from wsss_d2.modeling.meta_arch import CAMClassifier, normalize_cams
-
-
-def _inputs(n=2, size=64, k=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        tags = torch.zeros(k)
-        tags[i % k] = 1
-        out.append(
-            {
-                "image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
-                "tags": tags,
-                "height": size,
-                "width": size,
-            }
-        )
-    return out
 
 
 def _tiny_model(**kw):
@@ -45,7 +29,7 @@ def test_training_step_from_config(cfg_factory):
     model = build_model(cfg)
     model.train()
     with EventStorage():
-        losses = model(_inputs())
+        losses = model(tag_inputs())
     assert set(losses) == {"loss_cls"}
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -75,7 +59,7 @@ def test_masked_pooling_ignores_padding():
 
 def test_inference_contract_and_absent_tags_zero():
     model = _tiny_model(bg_threshold=0.2).eval()
-    inp = _inputs(n=2, size=60)
+    inp = tag_inputs(n=2, size=60)
     inp[1]["height"], inp[1]["width"] = 90, 75  # output at the original size
     with torch.no_grad():
         out = model(inp)

@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import tag_inputs
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -35,22 +36,9 @@ SMALL = (
 )
 
 
-def _inputs(n=2, size=64, k=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        tags = torch.zeros(k)
-        tags[i % k] = 1
-        tags[(i + 2) % k] = 1
-        out.append(
-            {
-                "image": torch.randint(0, 255, (3, size, size), generator=g).to(torch.uint8),
-                "tags": tags,
-                "height": size,
-                "width": size,
-            }
-        )
-    return out
+def _inputs(**kw):
+    """Two tags per image (classes i and i + 2), so assignments involve several classes."""
+    return tag_inputs(tag_steps=(0, 2), **kw)
 
 
 def _model(cfg_factory, *opts):
