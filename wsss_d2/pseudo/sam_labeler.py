@@ -193,6 +193,14 @@ def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu
     return model.to(device).eval()
 
 
+def _count_into(counter: np.ndarray, mask: np.ndarray, saturate: bool) -> None:
+    """``counter += mask`` in place (uint8 counter, bool mask); with ``saturate`` the counts
+    stop at 2 (all the callers need is ">= 2"), so 255 or more masks cannot wrap around."""
+    np.add(counter, mask.view(np.uint8), out=counter)
+    if saturate:
+        np.minimum(counter, 2, out=counter)
+
+
 def paste_masks(
     masks,
     classes: Sequence[int],
@@ -242,20 +250,15 @@ def paste_masks(
     for i in kept[np.lexsort((-areas[kept], scores[kept]))]:
         np.copyto(owner, i + 1, where=flat[i])
         if cover is not None:
-            np.add(cover, flat[i].view(np.uint8), out=cover)
-            if len(kept) >= 255:
-                np.minimum(cover, 2, out=cover)
+            _count_into(cover, flat[i], saturate=len(kept) >= 255)
     lut = np.zeros(256 if small else n + 1, np.uint8)
     lut[1 : n + 1] = classes
-    if small:  # OpenCV's 8-bit look-up table and histogram: several times numpy's speed
-        label = cv2.LUT(owner.reshape(h, w), lut).reshape(h * w)
-        if h * w < 2**24:  # float32 histogram counts are exact below 2^24
-            hist = cv2.calcHist([owner.reshape(h, w)], [0], None, [256], [0, 256])
-            info["won"] = hist.ravel()[1 : n + 1].astype(np.int64)
-        else:
-            info["won"] = np.bincount(owner, minlength=n + 1)[1:]
+    # OpenCV's 8-bit look-up table and histogram: several times numpy's speed
+    label = cv2.LUT(owner.reshape(h, w), lut).reshape(h * w) if small else lut[owner]
+    if small and h * w < 2**24:  # float32 histogram counts are exact below 2^24
+        hist = cv2.calcHist([owner.reshape(h, w)], [0], None, [256], [0, 256])
+        info["won"] = hist.ravel()[1 : n + 1].astype(np.int64)
     else:
-        label = lut[owner]
         info["won"] = np.bincount(owner, minlength=n + 1)[1:]
     if ignore_dropped and len(kept) < n:
         dropped = np.logical_or.reduce(flat[~keep], axis=0)
@@ -272,9 +275,7 @@ def paste_masks(
             for c in np.unique(kc):
                 of_c = kept[kc == c]
                 union = flat[of_c[0]] if len(of_c) == 1 else np.logical_or.reduce(flat[of_c])
-                np.add(ccover, union.view(np.uint8), out=ccover)
-                if len(kc) >= 255:
-                    np.minimum(ccover, 2, out=ccover)
+                _count_into(ccover, union, saturate=len(kc) >= 255)
             info["conflict_pixels"] = int(np.count_nonzero(ccover >= 2))
     return label.reshape(h, w), info
 
