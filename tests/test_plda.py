@@ -276,6 +276,58 @@ def test_training_step_every_switch(cfg_factory, adv, cps, assign):
         assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
+def test_learned_cps_background_is_trained_by_cps_only(cfg_factory):
+    with pytest.raises(ValueError, match="CPS_BACKGROUND"):
+        _model(cfg_factory, "MODEL.PLDA.CPS_BACKGROUND", "none")
+    # without CPS there is no background logit to train (DDP would stop on an unused parameter)
+    assert _model(cfg_factory, "MODEL.PLDA.CPS_ON", "False", "MODEL.PLDA.CPS_BACKGROUND",
+                  "learned").cps_background is None  # fmt: skip
+    zero = _model(cfg_factory)
+    learned = _model(cfg_factory, "MODEL.PLDA.CPS_BACKGROUND", "learned")
+    features = torch.randn(2, learned.backbone.output_shape()["res5"].channels, 3, 4)
+    logits = learned.cam_logits(features)
+    out = learned.cps_logits(features, logits)
+    assert torch.equal(out[:, 1:], logits)
+    assert torch.allclose(out[:, :1], learned.cps_background(features))
+    assert zero.cps_logits(features, logits)[:, 0].abs().sum() == 0
+    with EventStorage():
+        losses = learned(_inputs())
+    assert losses["loss_cps_src"] > 0
+    losses["loss_cps_src"].backward()
+    g = learned.cps_background.weight.grad
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    # at a labelled pixel the CE pushes the background logit down: a step along -grad lowers it
+    # (the features are ReLU outputs, so the weight gradient is a non-negative feature sum)
+    with torch.no_grad():
+        feats = learned.extract_features(learned.preprocess_image(_inputs()).tensor)
+        assert feats.min() >= 0
+        before = learned.cps_background(feats).mean()
+        learned.cps_background.weight -= 10.0 * g
+        assert learned.cps_background(feats).mean() < before
+
+
+def test_pixel_cps_head_trains_the_features_not_the_cam_classifier(cfg_factory):
+    with pytest.raises(ValueError, match="CPS_HEAD"):
+        _model(cfg_factory, "MODEL.PLDA.CPS_HEAD", "seg")
+    assert _model(cfg_factory, "MODEL.PLDA.CPS_ON", "False", "MODEL.PLDA.CPS_HEAD",
+                  "pixel").cps_head is None  # fmt: skip
+    model = _model(cfg_factory, "MODEL.PLDA.CPS_HEAD", "pixel", "MODEL.PLDA.ADV_ON", "False")
+    with EventStorage():
+        losses = model(_inputs())
+    assert losses["loss_cps_src"] > 0 and losses["loss_cps_tgt"] >= 0
+    (losses["loss_cps_src"] + losses["loss_cps_tgt"]).backward()
+    assert model.classifier.weight.grad is None  # the CAM's logits are not supervised by CPS
+    for name, mod in (("backbone", model.backbone), ("cps_head", model.cps_head)):
+        grads = [p.grad for p in mod.parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0, name
+    # inference is still the CAM classifier's
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(
+            model(_inputs())[0]["cam"], super(PLDA, model).forward(_inputs())[0]["cam"]
+        )
+
+
 def test_adversarial_gradient_is_reversed_at_the_features(cfg_factory):
     grads = {}
     for coeff in (1.0, -1.0):

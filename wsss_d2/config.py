@@ -170,6 +170,15 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.CPS_TGT_LOSS_WEIGHT = 1.0  # weight of loss_cps_tgt
     _C.MODEL.PLDA.CPS_ALPHA = 0.6  # CPS: confident if prob > ALPHA x the image's max for the class
     _C.MODEL.PLDA.CPS_MIN_CONFIDENCE = 0.2  # CPS: floor of that dynamic threshold
+    # CPS background logit: "zero" (a constant 0: a labelled pixel must raise its class logit)
+    # | "learned" (a 1x1 conv on the features, as the background channel of the official code's
+    # classifier; only CPS trains it, so it can make way for the class logit)
+    _C.MODEL.PLDA.CPS_BACKGROUND = "zero"
+    # what CPS supervises: "cam" (the CAM classifier's logits, as the paper and official code)
+    # | "pixel" (a separate 1x1 pixel classifier, K classes + background, on the same features, as
+    # the segmentation branch of single-stage WSSS: CPS then shapes the features, not the CAM's
+    # logits directly)
+    _C.MODEL.PLDA.CPS_HEAD = "cam"
     _C.MODEL.PLDA.CPS_UPSAMPLE = 1  # CPS: PAMR + CE at feature resolution x this (1 = paper)
     _C.MODEL.PLDA.PAMR_ITERS = 10  # PAMR iterations of the CPS pseudo labels
     _C.MODEL.PLDA.PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # PAMR neighbourhood dilations

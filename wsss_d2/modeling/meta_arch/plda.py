@@ -197,6 +197,8 @@ class PLDA(CAMClassifier):
         cps_tgt_loss_weight: float = 1.0,
         cps_alpha: float = 0.6,
         cps_min_confidence: float = 0.2,
+        cps_background: str = "zero",
+        cps_head: str = "cam",
         cps_upsample: int = 1,
         pamr_iters: int = 10,
         pamr_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
@@ -229,6 +231,22 @@ class PLDA(CAMClassifier):
         self.pamr = PAMR(pamr_iters, pamr_dilations)
         self.grl = GradientReversal(grl_coeff)
         channels = self.backbone.output_shape()[self.in_feature].channels
+        if cps_background not in ("zero", "learned"):
+            raise ValueError(
+                f"MODEL.PLDA.CPS_BACKGROUND must be 'zero' or 'learned', got '{cps_background}'"
+            )
+        if cps_head not in ("cam", "pixel"):
+            raise ValueError(f"MODEL.PLDA.CPS_HEAD must be 'cam' or 'pixel', got '{cps_head}'")
+        # the learned background logit and the pixel classifier exist only with CPS, their only
+        # loss (DDP: see below)
+        self.cps_background = self.cps_head = None
+        if cps_on and cps_head == "pixel":
+            self.cps_head = torch.nn.Conv2d(channels, self.num_classes + 1, 1)
+            torch.nn.init.xavier_uniform_(self.cps_head.weight)
+            torch.nn.init.zeros_(self.cps_head.bias)
+        elif cps_on and cps_background == "learned":
+            self.cps_background = torch.nn.Conv2d(channels, 1, 1, bias=False)
+            torch.nn.init.xavier_uniform_(self.cps_background.weight)
         # only with the adversarial loss: parameters without gradients would stop
         # DistributedDataParallel (find_unused_parameters is off in Detectron2's trainer)
         self.domain_classifier = (
@@ -262,6 +280,8 @@ class PLDA(CAMClassifier):
                 "cps_tgt_loss_weight": p.CPS_TGT_LOSS_WEIGHT,
                 "cps_alpha": p.CPS_ALPHA,
                 "cps_min_confidence": p.CPS_MIN_CONFIDENCE,
+                "cps_background": p.CPS_BACKGROUND,
+                "cps_head": p.CPS_HEAD,
                 "cps_upsample": p.CPS_UPSAMPLE,
                 "pamr_iters": p.PAMR_ITERS,
                 "pamr_dilations": p.PAMR_DILATIONS,
@@ -302,13 +322,23 @@ class PLDA(CAMClassifier):
         keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
         return probs * keep
 
-    def cps_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, K, h, w) class logits -> (N, K+1, h, w) with a constant 0 background logit in
-        front: a supervised pixel of class k must have logit_k > 0 (the CAM fires there) and
-        above *every* other class. Absent classes are deliberately not masked out (as in the
-        official code): with them masked, the cross-entropy could be satisfied by raising every
-        class logit everywhere, against the classification loss."""
-        return torch.cat([torch.zeros_like(logits[:, :1]), logits], 1)
+    def cps_logits(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) features and (N, K, h, w) class logits -> (N, K+1, h, w) CPS logits with
+        the background logit in front: the constant 0 (``CPS_BACKGROUND "zero"``: a supervised
+        pixel of class k must have logit_k > 0, the CAM fires there, and above *every* other
+        class) or a learned 1x1 conv of the features (``"learned"``, as the background channel of
+        the official code's classifier, which only CPS trains: it can fall where classes are
+        labelled, and the CE then mostly separates the classes). Absent classes are deliberately
+        not masked out (as in the official code): with them masked, the cross-entropy could be
+        satisfied by raising every class logit everywhere, against the classification loss.
+        With ``CPS_HEAD "pixel"``: the separate pixel classifier's (N, K+1, h, w) logits."""
+        if self.cps_head is not None:
+            return self.cps_head(features)
+        if self.cps_background is None:
+            bg = torch.zeros_like(logits[:, :1])
+        else:
+            bg = self.cps_background(features)
+        return torch.cat([bg, logits], 1)
 
     def _upsample(self, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
         if self.cps_upsample == 1:
@@ -383,7 +413,7 @@ class PLDA(CAMClassifier):
             )
 
         if self.cps_on:
-            up_logits = self.cps_logits(self._upsample(logits))
+            up_logits = self._upsample(self.cps_logits(features, logits))
             with torch.no_grad():
                 # one affinity for both refinements: the source and target CAMs share the image
                 small = F.interpolate(
