@@ -242,9 +242,16 @@ def test_cps_pseudo_labels_dynamic_threshold():
 
 # ---------------------------------------------------------------------- training steps
 @pytest.mark.parametrize(
-    "adv,cps,assign", list(itertools.product([False, True], [False, True], ["mask", "simple"]))
+    "adv,cps,assign,head",
+    [
+        (adv, cps, assign, head)
+        for adv, cps, assign, head in itertools.product(
+            [False, True], [False, True], ["mask", "simple"], ["cam", "pixel"]
+        )
+        if cps or head == "cam"  # the CPS head only matters with CPS
+    ],
 )
-def test_training_step_every_switch(cfg_factory, adv, cps, assign):
+def test_training_step_every_switch(cfg_factory, adv, cps, assign, head):
     model = _model(
         cfg_factory,
         "MODEL.PLDA.ADV_ON",
@@ -255,6 +262,8 @@ def test_training_step_every_switch(cfg_factory, adv, cps, assign):
         assign,
         "MODEL.PLDA.CPS_UPSAMPLE",
         "2",
+        "MODEL.PLDA.CPS_HEAD",
+        head,
     )
     with EventStorage():
         losses = model(_inputs())
@@ -274,6 +283,9 @@ def test_training_step_every_switch(cfg_factory, adv, cps, assign):
         assert losses["loss_adv"] > 0
         g = model.domain_classifier.head_weight.grad
         assert torch.isfinite(g).all() and g.abs().sum() > 0
+    if cps and head == "pixel":
+        g = model.cps_head.weight.grad
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
 def test_learned_cps_background_is_trained_by_cps_only(cfg_factory):
@@ -282,8 +294,10 @@ def test_learned_cps_background_is_trained_by_cps_only(cfg_factory):
     # without CPS there is no background logit to train (DDP would stop on an unused parameter)
     assert _model(cfg_factory, "MODEL.PLDA.CPS_ON", "False", "MODEL.PLDA.CPS_BACKGROUND",
                   "learned").cps_background is None  # fmt: skip
-    zero = _model(cfg_factory)
-    learned = _model(cfg_factory, "MODEL.PLDA.CPS_BACKGROUND", "learned")
+    zero = _model(cfg_factory, "MODEL.PLDA.CPS_HEAD", "cam")
+    learned = _model(
+        cfg_factory, "MODEL.PLDA.CPS_HEAD", "cam", "MODEL.PLDA.CPS_BACKGROUND", "learned"
+    )
     features = torch.randn(2, learned.backbone.output_shape()["res5"].channels, 3, 4)
     logits = learned.cam_logits(features)
     out = learned.cps_logits(features, logits)

@@ -252,10 +252,13 @@ def register_all_toyparts() -> None:
     # the CAM still relies on the head, but the rest of the object is not class-blind
     register_toyparts("toyparts_cue_train", 600, 0, body_cue=0.6)
     register_toyparts("toyparts_cue_val", 150, 1, body_cue=0.6)
+    # a held-out split for final numbers only: the PLDA toy variants were chosen on _val
+    register_toyparts("toyparts_cue_test", 300, 4, body_cue=0.6)
     # every body's stripes run at its class's angle (a fully reliable but subtle body cue) and
     # heads are always visible: bodies of different classes always differ (the CIAN pair study)
     register_toyparts("toyparts_stripe_train", 600, 0, body_cue=1.0)
     register_toyparts("toyparts_stripe_val", 150, 1, body_cue=1.0)
+    register_toyparts("toyparts_stripe_test", 300, 4, body_cue=1.0)  # held out, as cue_test
     # the body always carries its class's stripe angle and a third of the objects are seen
     # without their head, so the classifier must learn the body too (measured: at output stride
     # 4 its CAM then covers whole bodies, projects/PLDA/README.md)

@@ -12,7 +12,9 @@ of a CAM classifier:
   behind a gradient reversal layer, so the features become source/target invariant (Eq. 5);
 - **confident pseudo-supervision** (CPS, Eq. 7-8): the CAM (and the masked CAM) refined by PAMR
   gives a pseudo-label distribution; source (target) pixels whose confidence exceeds
-  ``alpha x`` the image's maximum are supervised with a class-balanced cross-entropy.
+  ``alpha x`` the image's maximum are supervised with a class-balanced cross-entropy, on the
+  CAM's logits (the paper) or on a separate pixel classifier over the same features
+  (``MODEL.PLDA.CPS_HEAD "pixel"``, ours: see projects/PLDA/README.md).
 
 Inference is the CAM classifier's, unchanged (``"cam"`` and ``"sem_seg"``).
 """
