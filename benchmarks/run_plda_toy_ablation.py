@@ -104,16 +104,30 @@ def held_out_miou(run_dir: Path, split: str) -> float:
     return float(json.loads(result.read_text())["mIoU"])
 
 
-def print_table(title: str, results: dict[str, list[float]], seeds: list[int]) -> None:
-    base = results.get("baseline (CAM)")
+def print_table(
+    title: str,
+    results: dict[str, list[float]],
+    seeds: list[int],
+    held_out: dict[str, list[float]] | None = None,
+) -> None:
+    """Markdown table: per-seed scores, their mean and its gap to the baseline's mean; with
+    ``held_out``, the held-out split's mean and gap as two more columns."""
+
+    def mean_and_gap(table: dict[str, list[float]], name: str) -> str:
+        mean = statistics.mean(table[name])
+        base = table.get("baseline (CAM)")
+        return f"{mean:.2f} | " + (f"{mean - statistics.mean(base):+.2f}" if base else "n/a")
+
+    extra = " held-out mean | vs baseline |" if held_out else ""
     print(f"\n{title}\n")
-    print(f"| variant | config | {' | '.join(f'seed {s}' for s in seeds)} | mean | vs baseline |")
-    print("|---|---|" + "---|" * (len(seeds) + 2))
+    print(
+        f"| variant | config | {' | '.join(f'seed {s}' for s in seeds)} | mean | vs baseline |{extra}"
+    )
+    print("|---|---|" + "---|" * (len(seeds) + 2 + (2 if held_out else 0)))
     for name, vals in results.items():
-        mean = statistics.mean(vals)
-        delta = f"{mean - statistics.mean(base):+.2f}" if base else "n/a"
         cells = " | ".join(f"{v:.2f}" for v in vals)
-        print(f"| {name} | `{VARIANTS[name]}` | {cells} | {mean:.2f} | {delta} |")
+        row = f"| {name} | `{VARIANTS[name]}` | {cells} | {mean_and_gap(results, name)} |"
+        print(row + (f" {mean_and_gap(held_out, name)} |" if held_out else ""))
 
 
 def run(config: str, seed: int, out: Path, opts: list[str]) -> float:
@@ -171,6 +185,12 @@ def main():
     print_table("CAM mIoU on the preset's validation split", results, args.seeds)
     if args.held_out:
         print_table(f"CAM mIoU on the held-out split {args.held_out}", held_out, args.seeds)
+        print_table(
+            f"Validation seeds and mean, held-out ({args.held_out}) mean",
+            results,
+            args.seeds,
+            held_out,
+        )
 
 
 if __name__ == "__main__":
