@@ -172,7 +172,7 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.CPS_MIN_CONFIDENCE = 0.2  # CPS: floor of that dynamic threshold
     # CPS background logit: "zero" (a constant 0: a labelled pixel must raise its class logit)
     # | "learned" (a 1x1 conv on the features, as the background channel of the official code's
-    # classifier; only CPS trains it, so it can make way for the class logit)
+    # classifier; only CPS trains it, so it can make way for the class logit); CPS_HEAD "cam" only
     _C.MODEL.PLDA.CPS_BACKGROUND = "zero"
     # what CPS supervises: "cam" (the CAM classifier's logits, as the paper and official code)
     # | "pixel" (a separate 1x1 pixel classifier, K classes + background, on the same features, as
