@@ -309,20 +309,22 @@ class PLDA(CAMClassifier):
         return strongest_class_only(cam) if self.argmax_assign else cam
 
     def pseudo_distribution(
-        self, affinity: torch.Tensor, cam: torch.Tensor, tags: torch.Tensor
-    ) -> torch.Tensor:
-        """PAMR-refined (N, K+1, h, w) distribution from a normalised CAM (N, K, h, w).
+        self, affinity: torch.Tensor, cams: Sequence[torch.Tensor], tags: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """PAMR-refined (N, K+1, h, w) distributions from normalised CAMs (N, K, h, w).
 
         Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR with
         ``affinity`` (``self.pamr.affinity`` of the image resized to the CAM's resolution), then
-        restricted to bg + the image's tags.
+        restricted to bg + the image's tags. The CAMs of one image (source and masked) share the
+        affinity and are refined in one PAMR pass (channels are independent in PAMR).
         """
-        bg = 1.0 - cam.amax(1, keepdim=True)
-        scores = torch.cat([bg, cam], 1)
-        probs = scores / scores.sum(1, keepdim=True).clamp(min=1e-5)
-        probs = self.pamr.refine(probs, affinity)
+        scores = []
+        for cam in cams:
+            s = torch.cat([1.0 - cam.amax(1, keepdim=True), cam], 1)
+            scores.append(s / s.sum(1, keepdim=True).clamp(min=1e-5))
+        refined = self.pamr.refine(torch.cat(scores, 1), affinity)
         keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
-        return probs * keep
+        return [p * keep for p in refined.split(scores[0].shape[1], dim=1)]
 
     def cps_logits(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) features and (N, K, h, w) class logits -> (N, K+1, h, w) CPS logits with
@@ -416,38 +418,31 @@ class PLDA(CAMClassifier):
 
         if self.cps_on:
             up_logits = self._upsample(self.cps_logits(features, logits))
+            # source pixels get the CAM's pseudo labels; target pixels (symmetric, Eq. 8) the
+            # masked CAM's (SimpleAssign: the CAM's)
+            parts = [("src", cam, source, self.cps_src_loss_weight)]
+            if self.cps_tgt_on:
+                tgt_cam = masked_cam if masked_cam is not None else cam
+                parts.append(("tgt", tgt_cam, target, self.cps_tgt_loss_weight))
             with torch.no_grad():
-                # one affinity for both refinements: the source and target CAMs share the image
                 small = F.interpolate(
                     x, size=up_logits.shape[-2:], mode="bilinear", align_corners=False
                 )
-                affinity = self.pamr.affinity(small)
-                src_probs = self.pseudo_distribution(affinity, self._upsample(cam), tags)
-                src_region = self._upsample(source, "nearest") > 0.5
-                src_labels = cps_pseudo_labels(
-                    src_probs,
-                    src_region,
-                    self.cps_alpha,
-                    self.cps_min_confidence,
-                    self.ignore_value,
+                probs = self.pseudo_distribution(
+                    self.pamr.affinity(small), [self._upsample(c) for _, c, _, _ in parts], tags
                 )
-            losses["loss_cps_src"] = self.cps_src_loss_weight * balanced_cps_loss(
-                up_logits, src_labels, self.ignore_value
-            )
-            if self.cps_tgt_on:
-                with torch.no_grad():
-                    # symmetric (Eq. 8): the masked CAM (or, for SimpleAssign, the CAM) refined
-                    tgt_cam = masked_cam if masked_cam is not None else cam
-                    tgt_probs = self.pseudo_distribution(affinity, self._upsample(tgt_cam), tags)
-                    tgt_region = self._upsample(target, "nearest") > 0.5
-                    tgt_labels = cps_pseudo_labels(
-                        tgt_probs,
-                        tgt_region,
+                labels = [
+                    cps_pseudo_labels(
+                        p,
+                        self._upsample(region, "nearest") > 0.5,
                         self.cps_alpha,
                         self.cps_min_confidence,
                         self.ignore_value,
                     )
-                losses["loss_cps_tgt"] = self.cps_tgt_loss_weight * balanced_cps_loss(
-                    up_logits, tgt_labels, self.ignore_value
+                    for p, (_, _, region, _) in zip(probs, parts)
+                ]
+            for (name, _, _, weight), lab in zip(parts, labels):
+                losses[f"loss_cps_{name}"] = weight * balanced_cps_loss(
+                    up_logits, lab, self.ignore_value
                 )
         return losses
