@@ -191,6 +191,28 @@ def test_domain_heads_receive_only_their_class_pixels():
     assert touched.nonzero().flatten().tolist() == [0, 4, 10]
 
 
+def test_domain_head_gradients_are_reproducible_with_two_threads():
+    # many entries share a class head: an accumulating index would sum their gradients in a
+    # thread-dependent order (measured: runs of the same training differed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        d = MultiHeadDomainClassifier(16, num_classes=3, hidden_dims=(32, 32), dropout=0.0)
+        feats = torch.randn(4, 16, 24, 24)
+        pix = torch.arange(4 * 24 * 24)
+        cls = torch.randint(0, 3, pix.shape, generator=torch.Generator().manual_seed(1))
+        grads = []
+        for _ in range(3):
+            d.zero_grad()
+            (d(feats, pix, cls) * torch.linspace(-1, 1, 2)).sum().backward()
+            grads.append(d.head_weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert grads[0].abs().sum() > 0
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_empty_domains_give_exact_zero_losses():
     logits = torch.randn(3, 2, requires_grad=True)
     only_source = balanced_domain_loss(

@@ -47,7 +47,7 @@ class MultiHeadDomainClassifier(nn.Module):
         self.base = nn.Sequential(*layers)
         self.num_classes = num_classes
         self.embed_dim = c
-        # all heads as one (K, 2, D) tensor: gathering a head per pixel replaces a Python loop
+        # all heads as one (K, 2, D) tensor: one product for every head replaces a Python loop
         self.head_weight = nn.Parameter(torch.empty(num_classes, 2, c))
         self.head_bias = nn.Parameter(torch.zeros(num_classes, 2))
         nn.init.xavier_uniform_(self.head_weight.view(num_classes * 2, c))
@@ -67,8 +67,12 @@ class MultiHeadDomainClassifier(nn.Module):
         flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
         uniq, inverse = torch.unique(pixel_index, return_inverse=True)
         emb = self.base(flat[uniq])[inverse]  # (M, D)
-        weight = self.head_weight[class_index]  # (M, 2, D)
-        return torch.einsum("md,mod->mo", emb, weight) + self.head_bias[class_index]
+        # every head on every entry, then each entry's own head: the gradient reaches the heads
+        # through a matrix product, not through an accumulating index (which sums in a thread-
+        # dependent order on CPU and made training runs differ); head c still gets gradient from
+        # class c's entries only
+        logits = torch.einsum("md,kod->mko", emb, self.head_weight) + self.head_bias  # (M, K, 2)
+        return logits[torch.arange(len(class_index), device=logits.device), class_index]
 
 
 def balanced_domain_loss(
