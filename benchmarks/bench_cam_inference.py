@@ -29,6 +29,7 @@ import wsss_d2  # noqa: F401
 from wsss_d2 import add_wsss_config
 from wsss_d2.data.mappers import build_mapper
 from wsss_d2.engine import WSSSTrainer
+from wsss_d2.modeling.test_time import rescale
 from wsss_d2.pseudo.cam_inference import CAMInferenceEngine, cam_file_path, load_cam_file
 from wsss_d2.pseudo.rounds import label_stem
 
@@ -44,17 +45,7 @@ def reference_loop(model, mapper, dicts, scales, out_dir, pairs: bool) -> None:
         H, W = img.shape[-2:]
         total = torch.zeros(model.num_classes, H, W)
         for s in scales:
-            xs = (
-                img
-                if s == 1.0
-                else F.interpolate(
-                    img,
-                    scale_factor=s,
-                    mode="bilinear",
-                    align_corners=False,
-                    recompute_scale_factor=False,
-                )
-            )
+            xs = rescale(img, s)
             views = [torch.cat([xs, xs.flip(-1)])] if pairs else [xs, xs.flip(-1)]
             outs = []
             for v in views:

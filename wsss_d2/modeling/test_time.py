@@ -7,7 +7,21 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["multiscale_flip_sum"]
+__all__ = ["multiscale_flip_sum", "rescale"]
+
+
+def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """(N, C, H, W) resized by ``scale`` (bilinear; the same tensor at scale 1): the test-time
+    resize of every multi-scale inference here (IRN's protocol)."""
+    if scale == 1.0:
+        return images
+    return F.interpolate(
+        images,
+        scale_factor=scale,
+        mode="bilinear",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )
 
 
 def multiscale_flip_sum(
@@ -32,17 +46,7 @@ def multiscale_flip_sum(
     n, _, H, W = images.shape
     total = None
     for s in scales:
-        x = (
-            images
-            if s == 1.0
-            else F.interpolate(
-                images,
-                scale_factor=s,
-                mode="bilinear",
-                align_corners=False,
-                recompute_scale_factor=False,
-            )
-        )
+        x = rescale(images, s)
         if flip:
             x = torch.cat([x, x.flip(-1)])
         out = fn(x)
