@@ -212,15 +212,24 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     stage = tmp_path / "out" / "cam"
+
+    def last_iter() -> int:
+        # last_checkpoint names a checkpoint only once it is fully written (Detectron2 writes it
+        # after the .pth); waiting for model_0000009.pth to appear raced with that write
+        try:
+            name = (stage / "last_checkpoint").read_text().strip()
+            return int(name[len("model_") : -len(".pth")])
+        except (OSError, ValueError):
+            return -1
+
     deadline = time.time() + 180
-    while time.time() < deadline and not (stage / "model_0000009.pth").is_file():
+    while time.time() < deadline and last_iter() < 9:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert not (stage / DONE_FILE).exists() and not (stage / "model_final.pth").exists()
-    with open(stage / "last_checkpoint") as f:
-        last = int(f.read().strip()[len("model_") : -len(".pth")])
+    last = last_iter()
     assert 9 <= last < 299
     # the same pipeline with --resume continues the stage from its last checkpoint
     res = _tool().main(["--config-file", pipe_file, "--resume", "--no-report"])
