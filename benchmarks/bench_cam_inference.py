@@ -29,9 +29,10 @@ import wsss_d2  # noqa: F401
 from wsss_d2 import add_wsss_config
 from wsss_d2.data.mappers import build_mapper
 from wsss_d2.engine import WSSSTrainer
+from wsss_d2.io.cam_files import cam_file_path, load_cam_file
+from wsss_d2.io.rounds import label_stem
 from wsss_d2.modeling.test_time import rescale
-from wsss_d2.pseudo.cam_inference import CAMInferenceEngine, cam_file_path, load_cam_file
-from wsss_d2.pseudo.rounds import label_stem
+from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

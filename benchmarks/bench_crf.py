@@ -20,7 +20,8 @@ import time
 import cv2
 import numpy as np
 
-from wsss_d2.pseudo.crf import CRFParams, crf_inference_label, default_num_workers, map_in_pool
+from wsss_d2.ops.crf import CRFParams, crf_inference_label
+from wsss_d2.ops.pool import default_num_workers, map_in_pool
 
 
 def make_image(i: int, h: int, w: int, n_labels: int) -> tuple[np.ndarray, np.ndarray]:

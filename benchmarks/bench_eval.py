@@ -17,8 +17,9 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import SemSegEvaluator
 
-from wsss_d2.data.datasets.common import save_label_png, set_tag_metadata
+from wsss_d2.data.datasets.common import set_tag_metadata
 from wsss_d2.evaluation import WSSSSemSegEvaluator
+from wsss_d2.io.files import save_label_png
 
 
 def run(ev, dicts, outputs):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from wsss_d2 import add_wsss_config
 from wsss_d2.data import build_mapper
-from wsss_d2.data.datasets.common import read_label_png
+from wsss_d2.io.files import read_label_png
 
 
 def domain_stats(model, mapper, dicts, ignore_value: int = 255) -> dict[str, float]:

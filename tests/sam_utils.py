@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from wsss_d2.data.datasets.common import save_label_png
+from wsss_d2.io.files import save_label_png
 from wsss_d2.pseudo.box_sources import BoxSource, ImageBoxes
 
 

@@ -16,11 +16,11 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from wsss_d2.data.samplers import PairTrainingSampler
+from wsss_d2.io.rounds import RoundWriter
 from wsss_d2.modeling.heads.cian import CIANHead, completion_targets
 from wsss_d2.modeling.heads.deeplabv2 import DeepLabV2Head
 from wsss_d2.modeling.layers.cross_image_affinity import CrossImageAffinity
 from wsss_d2.modeling.meta_arch.cian import group_references
-from wsss_d2.pseudo.rounds import RoundWriter
 
 SHAPE = {"res5": ShapeSpec(channels=8, stride=8)}
 

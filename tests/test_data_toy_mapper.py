@@ -9,8 +9,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from wsss_d2.data import TagDatasetMapper, build_mapper
-from wsss_d2.data.datasets.common import read_label_png, save_label_png, voc_palette
 from wsss_d2.data.datasets.toyparts import generate_toyparts, toyparts_dir
+from wsss_d2.io.files import read_label_png, save_label_png, voc_palette
 
 
 def test_toyparts_registered_and_deterministic(tmp_path):

@@ -24,8 +24,8 @@ from wsss_d2.data.datasets import (
     register_voc_tags,
 )
 from wsss_d2.data.datasets.coco import default_sem_seg_root, instances_to_label
-from wsss_d2.data.datasets.common import read_label_png, save_label_png
 from wsss_d2.data.datasets.voc import voc_split_ids
+from wsss_d2.io.files import read_label_png, save_label_png
 
 VOC_ID = {c: i + 1 for i, c in enumerate(VOC_CLASSES)}
 

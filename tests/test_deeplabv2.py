@@ -13,8 +13,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from wsss_d2.data.pseudo_round import load_train_dicts, register_with_round, train_round_dir
+from wsss_d2.io.rounds import RoundWriter, label_stem
 from wsss_d2.modeling.heads.deeplabv2 import DeepLabV2Head
-from wsss_d2.pseudo.rounds import RoundWriter, label_stem
 
 SHAPE = {"res5": ShapeSpec(channels=8, stride=8)}
 

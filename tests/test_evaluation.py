@@ -6,7 +6,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 
-from wsss_d2.data.datasets.common import save_label_png, set_tag_metadata
+from wsss_d2.data.datasets.common import set_tag_metadata
 from wsss_d2.evaluation import (
     EVALUATOR_REGISTRY,
     CAMEvaluator,
@@ -15,6 +15,7 @@ from wsss_d2.evaluation import (
     confusion_matrix,
     metrics_from_confusion,
 )
+from wsss_d2.io.files import save_label_png
 
 
 def test_metrics_on_hand_made_confusion():

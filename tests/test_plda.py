@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 
 from wsss_d2.engine import HOOK_REGISTRY, GRLScheduleHook
 from wsss_d2.modeling.heads import MultiHeadDomainClassifier, balanced_domain_loss
-from wsss_d2.modeling.layers import PAMR, GradientReversal, grad_reverse, grl_schedule
+from wsss_d2.modeling.layers import GradientReversal, grad_reverse, grl_schedule
 from wsss_d2.modeling.meta_arch import PLDA
 from wsss_d2.modeling.meta_arch.plda import (
     balanced_cps_loss,
@@ -24,6 +24,7 @@ from wsss_d2.modeling.meta_arch.plda import (
     simple_assign,
     strongest_class_only,
 )
+from wsss_d2.ops.pamr import PAMR
 
 SMALL = (
     "MODEL.TINY.WIDTHS",
@@ -433,7 +434,7 @@ def test_assign_stats_counts_domains_against_the_ground_truth(cfg_factory, tmp_p
     """benchmarks/plda_assign_stats.py: precision, background share and object coverage of
     hand-made source / target masks on a hand-made ground truth (at the image's size, sampled on
     the CAM's grid); a mask of another size than its image is an error naming it."""
-    from wsss_d2.data.datasets.common import save_label_png
+    from wsss_d2.io.files import save_label_png
 
     stats_mod = load_script("benchmarks/plda_assign_stats.py")
 

@@ -16,17 +16,14 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from PIL import Image
 
-from wsss_d2.data.datasets.common import read_label_png
 from wsss_d2.evaluation.pseudo_eval import PseudoLabelEvaluator, pseudo_label_metrics
+from wsss_d2.io import rounds
+from wsss_d2.io.cam_files import cam_file_path, load_cam_file, save_cam_file
+from wsss_d2.io.files import read_label_png
 from wsss_d2.modeling.meta_arch.cam import CAMClassifier
-from wsss_d2.pseudo import rounds
-from wsss_d2.pseudo.cam_inference import (
-    CAMInferenceEngine,
-    cam_file_path,
-    load_cam_file,
-    save_cam_file,
-)
-from wsss_d2.pseudo.crf import CRFParams, crf_inference_label, map_in_pool
+from wsss_d2.ops.crf import CRFParams, crf_inference_label
+from wsss_d2.ops.pool import map_in_pool
+from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
 from wsss_d2.pseudo.labels import (
     LabelParams,
     cams_to_label,
@@ -344,7 +341,7 @@ def test_pseudo_label_metrics_by_hand():
 def test_evaluator_reads_round_files(tmp_path):
     gt = np.array([[0, 0, 1, 255]], np.uint8)
     pred = np.array([[0, 255, 1, 1]], np.uint8)
-    from wsss_d2.data.datasets.common import save_label_png
+    from wsss_d2.io.files import save_label_png
 
     save_label_png(str(tmp_path / "gt.png"), gt)
     save_label_png(str(tmp_path / "p.png"), pred)
@@ -417,7 +414,7 @@ def test_refresh_hook_writes_a_round_and_switches_the_loader(tmp_path, cfg_facto
 
 
 def test_cam_folder_of_another_model_is_not_reused(tmp_path):
-    from wsss_d2.pseudo.cam_inference import check_cam_dir
+    from wsss_d2.io.cam_files import check_cam_dir
 
     folder = str(tmp_path / "cams")
     check_cam_dir(folder, {"weights": "a.pth", "scales": [1.0]})

@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from wsss_d2.data.datasets import common
-from wsss_d2.pseudo import rounds
+from wsss_d2.io import rounds
 from wsss_d2.pseudo.labels import make_round
 
 

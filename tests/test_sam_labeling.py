@@ -18,9 +18,10 @@ from pycocotools import mask as mask_util
 from sam_utils import FixedBoxes, random_boxes, write_images
 from segment_anything import SamPredictor
 
-from wsss_d2.data.datasets.common import read_label_png, save_label_png
 from wsss_d2.evaluation import EVALUATOR_REGISTRY
 from wsss_d2.evaluation.sam_eval import SamBoxLabelingEvaluator
+from wsss_d2.io.files import read_label_png, save_label_png
+from wsss_d2.io.rounds import RoundWriter, read_manifest
 from wsss_d2.pseudo.box_sources import (
     CamBoxSource,
     ClassNameMapper,
@@ -30,7 +31,6 @@ from wsss_d2.pseudo.box_sources import (
     boxes_from_cam,
     sanitize_boxes,
 )
-from wsss_d2.pseudo.rounds import RoundWriter, read_manifest
 from wsss_d2.pseudo.sam_labeler import (
     RECORDS_DIR,
     SamBoxLabeler,

@@ -16,8 +16,8 @@ import logging
 from tabulate import tabulate
 
 from wsss_d2.data.datasets.coco import VOC_COCO_NAMES
-from wsss_d2.data.datasets.common import atomic_write_bytes
 from wsss_d2.evaluation.coco_json import score_coco_semantic_json
+from wsss_d2.io.files import atomic_write_bytes
 
 
 def main(argv=None):

@@ -23,11 +23,11 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
 import wsss_d2  # noqa: F401  (registers everything)
-from wsss_d2.data.datasets.common import atomic_write_bytes
 from wsss_d2.engine import WSSSTrainer, check_weights_exist, default_wsss_setup
 from wsss_d2.evaluation.pseudo_eval import evaluate_round
+from wsss_d2.io.files import atomic_write_bytes
+from wsss_d2.io.rounds import MANIFEST, round_dir
 from wsss_d2.pseudo.labels import default_round_root, label_datasets, make_round
-from wsss_d2.pseudo.rounds import MANIFEST, round_dir
 
 logger = logging.getLogger("wsss_d2.make_pseudo_labels")
 

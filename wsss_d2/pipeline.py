@@ -40,8 +40,8 @@ from detectron2.config import get_cfg
 from detectron2.utils.file_io import PathManager
 
 from .config import add_wsss_config
-from .data.datasets.common import atomic_write_bytes
-from .pseudo.rounds import config_hash, latest_complete_round
+from .io.files import atomic_write_bytes
+from .io.rounds import config_hash, latest_complete_round
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data.datasets.common import atomic_write_bytes, read_label_png, voc_palette
+from .io.files import atomic_write_bytes, read_label_png, voc_palette
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ def sample_panels(
     Returns ``[{"file_name", "tags", "image", "cam", "pseudo", "pred", "gt"}]`` of RGB arrays
     (``None`` where that source is not given or the image has none).
     """
-    from .data.mappers import read_image_checked
-    from .pseudo.rounds import label_stem
+    from .io.files import read_image_checked
+    from .io.rounds import label_stem
 
     out = []
     for d in dicts:

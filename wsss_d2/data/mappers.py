@@ -13,8 +13,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.registry import Registry
 from fvcore.transforms.transform import NoOpTransform
+from PIL import Image
 
-from .datasets.common import read_label_png
+from ..io.files import read_image_checked, read_label_png
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ __all__ = [
     "TagDatasetMapper",
     "ResizeLongestEdgeRange",
     "build_mapper",
-    "read_image_checked",
     "tags_to_multi_hot",
 ]
 
@@ -45,8 +45,6 @@ class ResizeLongestEdgeRange(T.Augmentation):
 
     def __init__(self, min_long: int, max_long: int, interp=None):
         super().__init__()
-        from PIL import Image
-
         self.min_long, self.max_long = int(min_long), int(max_long)
         self.interp = Image.BILINEAR if interp is None else interp
 
@@ -60,16 +58,6 @@ class ResizeLongestEdgeRange(T.Augmentation):
         if (nh, nw) == (h, w):
             return NoOpTransform()
         return T.ResizeTransform(h, w, nh, nw, self.interp)
-
-
-def read_image_checked(file_name: str, fmt: str) -> np.ndarray:
-    """Detectron2's ``read_image`` with an error that names the file for missing/corrupt images."""
-    try:
-        return utils.read_image(file_name, format=fmt)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {file_name}") from None
-    except Exception as e:  # PIL raises several types for truncated / non-image files
-        raise OSError(f"cannot read image {file_name}: {type(e).__name__}: {e}") from e
 
 
 def tags_to_multi_hot(tags: Sequence[int], num_classes: int, file_name: str = "") -> torch.Tensor:

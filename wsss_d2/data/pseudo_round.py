@@ -19,7 +19,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 
-from ..pseudo.rounds import attach_round, latest_complete_round
+from ..io.rounds import attach_round, latest_complete_round
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..evaluation.pseudo_eval import evaluate_round
+from ..io.rounds import latest_complete_round
 from ..pseudo.labels import default_round_root, label_datasets, make_round
-from ..pseudo.rounds import latest_complete_round
 from .hooks import HOOK_REGISTRY
 
 logger = logging.getLogger(__name__)

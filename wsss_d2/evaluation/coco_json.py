@@ -28,7 +28,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
 from ..data.datasets.coco import _category_map, instances_to_label
-from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes
+from ..io.files import IGNORE_LABEL, atomic_write_bytes
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 from .sem_seg import WSSSSemSegEvaluator

@@ -26,7 +26,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
 from .metrics import metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 from .sem_seg import tag_evaluator_args
@@ -172,7 +172,7 @@ def evaluate_round(
 
     Returns the metrics dict on the main process (``{}`` elsewhere, or when no image has GT).
     """
-    from ..pseudo.rounds import attach_round
+    from ..io.rounds import attach_round
 
     dicts = [d for d in dicts if d.get("sem_seg_file_name")]
     if not dicts:

@@ -38,7 +38,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 from .sem_seg import tag_evaluator_args
@@ -142,7 +142,7 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
-        from ..pseudo.rounds import round_dir
+        from ..io.rounds import round_dir
 
         return {
             **tag_evaluator_args(cfg, dataset_name, output_dir),
@@ -158,7 +158,7 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
 
     # ------------------------------------------------------------------ reading a round
     def _load(self, inp: dict) -> tuple[np.ndarray, dict]:
-        from ..pseudo.rounds import label_stem
+        from ..io.rounds import label_stem
         from ..pseudo.sam_labeler import RECORDS_DIR, read_record
 
         if not self.round_dir:

@@ -20,7 +20,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 

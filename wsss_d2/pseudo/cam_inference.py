@@ -6,24 +6,15 @@ scale of the whole stack (with its flipped copy) in one forward, so the network 
 at once. The dataset is sharded over ranks (``detectron2.utils.comm``); each rank writes its own
 files and the ranks meet at a barrier.
 
-A CAM file ``<stem>.npz`` (compressed) holds:
-
-- ``cams``: (k, H, W) float16, each map max-normalised to [0, 1] — only the image's k tags;
-- ``keys``: (k,) int64 class ids 1..K of those maps (empty for an image without tags);
-- ``hw``: (2,) int64 the image size (H, W); ``version``: file format version.
-
-Files are written atomically and skipped when present, so an interrupted run resumes.
+One file per image in the format of :mod:`wsss_d2.io.cam_files`, written atomically and skipped
+when present, so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
-import copy
-import io
-import json
 import logging
 import os
 import time
-import zipfile
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -32,153 +23,16 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils import comm
-from torch import nn
 from tqdm import tqdm
 
-from ..data.datasets.common import atomic_write_bytes
 from ..data.mappers import build_mapper
+from ..io.cam_files import cam_file_ok, cam_file_path, save_cam_file
 from ..modeling.meta_arch.cam import normalize_cams
-from .rounds import label_stem
+from ..modeling.utils import fold_batchnorm, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CAMInferenceEngine",
-    "cam_file_path",
-    "save_cam_file",
-    "load_cam_file",
-    "unwrap_model",
-    "check_cam_dir",
-]
-
-CAM_FILE_VERSION = 1
-CAM_DIR_MANIFEST = "cams.json"
-
-
-def cam_file_path(cam_dir: str, d: dict) -> str:
-    """Where the CAM file of dataset dict ``d`` lives in ``cam_dir``."""
-    return os.path.join(cam_dir, label_stem(d) + ".npz")
-
-
-def save_cam_file(path: str, cams: np.ndarray, keys: Sequence[int], hw: tuple[int, int]) -> None:
-    """Atomically write (k, H, W) normalised CAMs of classes ``keys`` for an image of size ``hw``."""
-    cams = np.asarray(cams)
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    if cams.shape != (len(keys), *hw):
-        raise ValueError(f"CAMs for {path} are {cams.shape}, expected {(len(keys), *hw)}")
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        cams=cams.astype(np.float16),
-        keys=keys,
-        hw=np.asarray(hw, dtype=np.int64),
-        version=np.asarray(CAM_FILE_VERSION, dtype=np.int64),
-    )
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_cam_file(
-    path: str, expected_hw: tuple[int, int] | None = None, image_file: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read a CAM file -> ``(cams (k, H, W) float32, keys (k,) int64)``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        OSError: truncated / corrupt file or missing keys (the message names the file).
-        ValueError: its size differs from ``expected_hw`` (names the CAM file and the image).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CAM file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            cams = z["cams"].astype(np.float32)
-            keys = z["keys"].astype(np.int64)
-            hw = tuple(int(v) for v in z["hw"])
-    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as e:
-        raise OSError(
-            f"cannot read CAM file {path} (truncated or corrupt?): " f"{type(e).__name__}: {e}"
-        ) from e
-    if cams.shape != (len(keys), *hw):
-        raise OSError(
-            f"CAM file {path} is inconsistent: cams {cams.shape}, keys {len(keys)}, " f"hw {hw}"
-        )
-    if expected_hw is not None and hw != tuple(expected_hw):
-        raise ValueError(
-            f"CAM file {path} is for a {hw[1]}x{hw[0]} (WxH) image but its image "
-            f"{image_file or ''} is {expected_hw[1]}x{expected_hw[0]}"
-        )
-    return cams, keys
-
-
-def _cam_file_ok(path: str) -> bool:
-    try:
-        load_cam_file(path)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    return model.module if hasattr(model, "module") else model
-
-
-def check_cam_dir(cam_dir: str, fingerprint: dict, overwrite: bool = False) -> None:
-    """Make sure ``cam_dir`` holds CAMs of *this* model and settings before reusing its files.
-
-    The first call writes ``cams.json`` with ``fingerprint``; a later call with a different
-    fingerprint raises (naming the folder) unless ``overwrite``, which empties the folder.
-    Call it from the main process only.
-    """
-    os.makedirs(cam_dir, exist_ok=True)
-    path = os.path.join(cam_dir, CAM_DIR_MANIFEST)
-    fingerprint = json.loads(json.dumps(fingerprint, default=str))
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != fingerprint:
-            if not overwrite:
-                raise FileExistsError(
-                    f"CAM folder {cam_dir} holds CAMs of another model or setting "
-                    f"({path}: {old} != {fingerprint}); pass --overwrite or another CAM_DIR"
-                )
-            for name in os.listdir(cam_dir):
-                if name.endswith(".npz"):
-                    os.remove(os.path.join(cam_dir, name))
-        elif overwrite:
-            for name in os.listdir(cam_dir):
-                if name.endswith(".npz"):
-                    os.remove(os.path.join(cam_dir, name))
-    atomic_write_bytes(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
-
-
-@torch.no_grad()
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """An inference copy of ``model`` whose BatchNorms are folded into the preceding convolutions.
-
-    Covers Detectron2's ``Conv2d`` with a ``norm`` (``BatchNorm2d`` or ``FrozenBatchNorm2d``), the
-    building block of its ResNets and of the tiny backbone; other modules are copied unchanged.
-    In eval mode the copy computes the same function (up to float rounding) with one memory pass
-    less per convolution. ``model`` itself is not modified.
-    """
-    from detectron2.layers import Conv2d as D2Conv2d
-    from detectron2.layers import FrozenBatchNorm2d
-
-    folded = copy.deepcopy(model).eval()
-    for m in folded.modules():
-        bn = getattr(m, "norm", None)
-        if not isinstance(m, D2Conv2d) or not isinstance(bn, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            continue
-        if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
-            continue  # batch statistics at test time: nothing to fold
-        w = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-        b = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-        scale = w / torch.sqrt(bn.running_var + bn.eps)
-        bias = m.bias if m.bias is not None else torch.zeros_like(bn.running_mean)
-        m.weight.copy_(m.weight * scale.view(-1, 1, 1, 1))
-        m.bias = nn.Parameter((bias - bn.running_mean) * scale + b, requires_grad=False)
-        m.norm = None
-    return folded
+__all__ = ["CAMInferenceEngine"]
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -291,7 +145,7 @@ class CAMInferenceEngine:
         os.makedirs(cam_dir, exist_ok=True)
         rank, world = comm.get_rank(), comm.get_world_size()
         shard = dicts[rank::world]
-        todo = [d for d in shard if not _cam_file_ok(cam_file_path(cam_dir, d))]
+        todo = [d for d in shard if not cam_file_ok(cam_file_path(cam_dir, d))]
         if len(todo) < len(shard):
             logger.info(
                 "CAM inference: %d of %d images already done in %s (rank %d)",

@@ -28,11 +28,12 @@ import torch
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from ..data.datasets.common import IGNORE_LABEL
-from ..data.mappers import read_image_checked
-from .cam_inference import cam_file_path, load_cam_file, unwrap_model
-from .crf import CRFParams, crf_inference_label, local_ids, map_in_pool
-from .rounds import RoundWriter
+from ..io.cam_files import cam_file_path, load_cam_file
+from ..io.files import IGNORE_LABEL, read_image_checked
+from ..io.rounds import RoundWriter
+from ..modeling.utils import unwrap_model
+from ..ops.crf import CRFParams, crf_inference_label, local_ids
+from ..ops.pool import map_in_pool
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def pamr_labels(
     downscale: float = 1.0,
 ) -> np.ndarray:
     """As :func:`crf_labels` with PAMR on the soft scores ``[bg, CAMs]`` instead of a CRF."""
-    from ..modeling.layers.pamr import PAMR
+    from ..ops.pamr import PAMR
 
     if len(keys) == 0:
         return np.zeros(cams.shape[1:], dtype=np.uint8)
@@ -402,8 +403,9 @@ def make_round(
     ``overwrite``. Runs on every rank (sharded); returns the round folder.
     """
     from ..data.mappers import build_mapper
-    from .cam_inference import CAMInferenceEngine, check_cam_dir
-    from .rounds import config_hash
+    from ..io.cam_files import check_cam_dir
+    from ..io.rounds import config_hash
+    from .cam_inference import CAMInferenceEngine
 
     dicts = list(dicts)
     root = root or default_round_root(cfg)

@@ -44,9 +44,9 @@ from segment_anything.modeling import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.rounds import RoundWriter, label_stem
 from .box_sources import BoxSource, ImageBoxes, build_box_source
-from .rounds import RoundWriter, label_stem
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ Own data: :func:`register_coco_tags` (any COCO JSON), :func:`register_folder_tag
 and a CSV/JSON tags file), :func:`register_voc_tags` (a VOC-layout folder).
 """
 
+from ...io.files import IGNORE_LABEL, voc_palette
 from .coco import VOC_COCO_NAMES, register_all_coco_tags, register_coco_tags, register_coco_tiny
-from .common import COCO_CLASSES, IGNORE_LABEL, VOC_CLASSES, datasets_root, voc_palette
+from .common import COCO_CLASSES, VOC_CLASSES, datasets_root
 from .folder import register_folder_tags
 from .toyparts import TOY_CLASSES, generate_toyparts, register_all_toyparts, register_toyparts
 from .voc import register_all_voc_tags, register_voc_tags

@@ -43,14 +43,13 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tqdm import tqdm
 
+from ...io.files import IGNORE_LABEL, save_label_png
 from .common import (
     COCO_CLASSES,
-    IGNORE_LABEL,
     VOC_CLASSES,
     datasets_root,
     keep_images_with_tags,
     require_dir,
-    save_label_png,
     set_tag_metadata,
 )
 

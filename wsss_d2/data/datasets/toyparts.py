@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog
 
-from .common import atomic_directory, datasets_root, save_label_png, set_tag_metadata
+from ...io.files import atomic_directory, save_label_png
+from .common import datasets_root, set_tag_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -43,14 +43,8 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tqdm import tqdm
 
-from .common import (
-    VOC_CLASSES,
-    datasets_root,
-    keep_images_with_tags,
-    read_label_png,
-    require_dir,
-    set_tag_metadata,
-)
+from ...io.files import read_label_png
+from .common import VOC_CLASSES, datasets_root, keep_images_with_tags, require_dir, set_tag_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ...ops.pamr import PAMR
 from ..heads.domain_classifier import MultiHeadDomainClassifier, balanced_domain_loss
 from ..layers.grl import GradientReversal
-from ..layers.pamr import PAMR
 from .cam import CAMClassifier, normalize_cams
 
 __all__ = [

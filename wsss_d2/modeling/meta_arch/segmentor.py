@@ -35,7 +35,7 @@ def build_test_crf(cfg) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     """
     if not cfg.MODEL.SEG_HEAD.TEST_CRF:
         return None
-    from ...pseudo.crf import crf_from_config  # lazy: pseudo imports modeling-level code
+    from ...ops.crf import crf_from_config
 
     return crf_from_config(cfg)
 

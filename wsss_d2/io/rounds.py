@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..data.datasets.common import IGNORE_LABEL, atomic_write_bytes, read_label_png, save_label_png
+from .files import IGNORE_LABEL, atomic_write_bytes, read_label_png, save_label_png
 
 logger = logging.getLogger(__name__)
 

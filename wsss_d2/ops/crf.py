@@ -1,35 +1,25 @@
-"""Dense CRF (pydensecrf) on hard label maps, and a process pool that runs it image by image.
+"""Dense CRF (pydensecrf) on hard label maps and on soft scores.
 
 A fully-connected CRF with 21 labels on a 500x375 image takes seconds on one core, so a VOC or
 COCO label set is a long sequential job. The CRF is run only over the labels that can occur in
-the image (its tags plus background, as IRN does) and images are spread over a process pool.
-Each image's CRF is an independent, deterministic computation, and results come back in input
-order, so the output is the same for any number of workers.
+the image (its tags plus background, as IRN does); callers spread images over
+:func:`wsss_d2.ops.pool.map_in_pool`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing as mp
-import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+import pydensecrf.densecrf as dcrf
+from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CRFParams",
-    "crf_inference_label",
-    "crf_inference_prob",
-    "crf_from_config",
-    "map_in_pool",
-    "default_num_workers",
-    "local_ids",
-]
+__all__ = ["CRFParams", "crf_inference_label", "crf_inference_prob", "crf_from_config", "local_ids"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +59,6 @@ def _check_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def _run_crf(image: np.ndarray, unary: np.ndarray, n_labels: int, params: CRFParams) -> np.ndarray:
-    import pydensecrf.densecrf as dcrf
-
     h, w = image.shape[:2]
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
@@ -98,8 +86,6 @@ def crf_inference_label(
     Returns:
         (H, W) int64 local label ids. With ``n_labels <= 1`` the input is returned unchanged.
     """
-    from pydensecrf.utils import unary_from_labels
-
     labels = np.asarray(labels)
     image = _check_image(image, labels.shape)
     if n_labels <= 1:
@@ -118,8 +104,6 @@ def crf_inference_prob(
     image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()
 ) -> np.ndarray:
     """Dense CRF on soft scores: (n, H, W) probabilities -> (n, H, W) refined marginals."""
-    from pydensecrf.utils import unary_from_softmax
-
     probs = np.asarray(probs, dtype=np.float32)
     image = _check_image(image, probs.shape[1:])
     if probs.shape[0] <= 1:
@@ -131,69 +115,6 @@ def crf_from_config(cfg) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``fn(image (H, W, 3) RGB uint8, probs (C, H, W)) -> (C, H, W)`` refined marginals, with the
     ``WSSS.PSEUDO.CRF`` parameters (picklable: usable in a process pool)."""
     return functools.partial(crf_inference_prob, params=CRFParams.from_config(cfg))
-
-
-def default_num_workers() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _worker_init() -> None:
-    # one CRF per core: keep any BLAS/OpenMP inside a worker single-threaded
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-
-
-def map_in_pool(
-    fn: Callable,
-    items: Iterable,
-    num_workers: int = 0,
-    total: int | None = None,
-    desc: str = "crf",
-    start_method: str | None = None,
-    progress: bool = True,
-) -> Iterator:
-    """``fn(item)`` for every item, in input order, over a process pool.
-
-    Args:
-        fn: a picklable (module-level) function.
-        num_workers: pool size; 0 = every core (:func:`default_num_workers`), 1 = run inline in
-            this process (no pool), which is also the reference the pool is tested against.
-        start_method: multiprocessing start method (default: "fork" where available — workers
-            then inherit the imported modules instead of importing them again).
-    Yields:
-        the results, in the order of ``items``.
-    """
-    items = list(items)
-    total = len(items) if total is None else total
-    n = default_num_workers() if num_workers <= 0 else num_workers
-    n = max(1, min(n, len(items)))
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
-    try:
-        if n == 1:
-            for it in items:
-                yield fn(it)
-                bar.update(1)
-            return
-        if start_method is None:
-            start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        ctx = mp.get_context(start_method)
-        with ctx.Pool(n, initializer=_worker_init) as pool:
-            # chunksize 1: one CRF is seconds of work, far above the messaging cost
-            for res in pool.imap(fn, items, chunksize=1):
-                yield res
-                bar.update(1)
-    finally:
-        bar.close()
 
 
 def local_ids(keys: Sequence[int]) -> np.ndarray:

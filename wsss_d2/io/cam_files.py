@@ -1,0 +1,129 @@
+"""The one CAM file format, read and written by every part of wsss_d2 that handles CAMs.
+
+A CAM file ``<stem>.npz`` (compressed) holds:
+
+- ``cams``: (k, H, W) float16, each map max-normalised to [0, 1] — only the image's k tags;
+- ``keys``: (k,) int64 class ids 1..K of those maps (empty for an image without tags);
+- ``hw``: (2,) int64 the image size (H, W); ``version``: file format version.
+
+A folder of CAM files carries ``cams.json``, the fingerprint of the model and settings that made
+them (:func:`check_cam_dir`), so that files of another model are never mixed in.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from typing import Sequence
+
+import numpy as np
+
+from .files import atomic_write_bytes
+from .rounds import label_stem
+
+__all__ = [
+    "CAM_FILE_VERSION",
+    "CAM_DIR_MANIFEST",
+    "cam_file_path",
+    "save_cam_file",
+    "load_cam_file",
+    "cam_file_ok",
+    "check_cam_dir",
+]
+
+CAM_FILE_VERSION = 1
+CAM_DIR_MANIFEST = "cams.json"
+
+
+def cam_file_path(cam_dir: str, d: dict) -> str:
+    """Where the CAM file of dataset dict ``d`` lives in ``cam_dir``."""
+    return os.path.join(cam_dir, label_stem(d) + ".npz")
+
+
+def save_cam_file(path: str, cams: np.ndarray, keys: Sequence[int], hw: tuple[int, int]) -> None:
+    """Atomically write (k, H, W) normalised CAMs of classes ``keys`` for an image of size ``hw``."""
+    cams = np.asarray(cams)
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if cams.shape != (len(keys), *hw):
+        raise ValueError(f"CAMs for {path} are {cams.shape}, expected {(len(keys), *hw)}")
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        cams=cams.astype(np.float16),
+        keys=keys,
+        hw=np.asarray(hw, dtype=np.int64),
+        version=np.asarray(CAM_FILE_VERSION, dtype=np.int64),
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_cam_file(
+    path: str, expected_hw: tuple[int, int] | None = None, image_file: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CAM file -> ``(cams (k, H, W) float32, keys (k,) int64)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        OSError: truncated / corrupt file or missing keys (the message names the file).
+        ValueError: its size differs from ``expected_hw`` (names the CAM file and the image).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CAM file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            cams = z["cams"].astype(np.float32)
+            keys = z["keys"].astype(np.int64)
+            hw = tuple(int(v) for v in z["hw"])
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as e:
+        raise OSError(
+            f"cannot read CAM file {path} (truncated or corrupt?): " f"{type(e).__name__}: {e}"
+        ) from e
+    if cams.shape != (len(keys), *hw):
+        raise OSError(
+            f"CAM file {path} is inconsistent: cams {cams.shape}, keys {len(keys)}, " f"hw {hw}"
+        )
+    if expected_hw is not None and hw != tuple(expected_hw):
+        raise ValueError(
+            f"CAM file {path} is for a {hw[1]}x{hw[0]} (WxH) image but its image "
+            f"{image_file or ''} is {expected_hw[1]}x{expected_hw[0]}"
+        )
+    return cams, keys
+
+
+def cam_file_ok(path: str) -> bool:
+    try:
+        load_cam_file(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_cam_dir(cam_dir: str, fingerprint: dict, overwrite: bool = False) -> None:
+    """Make sure ``cam_dir`` holds CAMs of *this* model and settings before reusing its files.
+
+    The first call writes ``cams.json`` with ``fingerprint``; a later call with a different
+    fingerprint raises (naming the folder) unless ``overwrite``, which empties the folder.
+    Call it from the main process only.
+    """
+    os.makedirs(cam_dir, exist_ok=True)
+    path = os.path.join(cam_dir, CAM_DIR_MANIFEST)
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != fingerprint:
+            if not overwrite:
+                raise FileExistsError(
+                    f"CAM folder {cam_dir} holds CAMs of another model or setting "
+                    f"({path}: {old} != {fingerprint}); pass --overwrite or another CAM_DIR"
+                )
+            for name in os.listdir(cam_dir):
+                if name.endswith(".npz"):
+                    os.remove(os.path.join(cam_dir, name))
+        elif overwrite:
+            for name in os.listdir(cam_dir):
+                if name.endswith(".npz"):
+                    os.remove(os.path.join(cam_dir, name))
+    atomic_write_bytes(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())

@@ -1,0 +1,16 @@
+"""Array operations shared by the models and the pseudo-label tools: dense CRF, PAMR, a pool."""
+
+from .crf import CRFParams, crf_from_config, crf_inference_label, crf_inference_prob, local_ids
+from .pamr import PAMR
+from .pool import default_num_workers, map_in_pool
+
+__all__ = [
+    "CRFParams",
+    "PAMR",
+    "crf_from_config",
+    "crf_inference_label",
+    "crf_inference_prob",
+    "default_num_workers",
+    "local_ids",
+    "map_in_pool",
+]
