@@ -22,11 +22,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 import wsss_d2  # noqa: F401
-from wsss_d2 import add_wsss_config
+from wsss_d2.config import get_wsss_cfg
 from wsss_d2.data.mappers import build_mapper
 from wsss_d2.engine import WSSSTrainer
 from wsss_d2.io.cam_files import cam_file_path, load_cam_file
@@ -84,11 +83,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(
-        ["MODEL.DEVICE", "cpu", "WSSS.PSEUDO.IMS_PER_BATCH", args.ims_per_batch, *args.opts]
+    cfg = get_wsss_cfg(
+        args.config_file,
+        ["MODEL.DEVICE", "cpu", "WSSS.PSEUDO.IMS_PER_BATCH", args.ims_per_batch, *args.opts],
     )
     model = WSSSTrainer.build_model(cfg).eval()
     if args.weights:

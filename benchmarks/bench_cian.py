@@ -7,7 +7,7 @@
 
 Models, all built from the same config (random weights, same input):
 
-- ``vanilla``:  WSSSSegmentor + DeepLabV2Head (no affinity module);
+- ``vanilla``:  WSSSSegmentor + DeepLabLargeFOVHead (no affinity module);
 - ``baseline``: CIANSegmentor with ``MODEL.CIAN.CROSS False``, completion off: the paper's
   self-affinity baseline (same parameters as CIAN);
 - ``cian``:     CIANSegmentor as configured (one common-class reference per query).
@@ -30,31 +30,32 @@ import time
 from pathlib import Path
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 import wsss_d2  # noqa: F401  (registers everything)
-from wsss_d2 import add_wsss_config
+from wsss_d2.config import get_wsss_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(config: str, device: str, opts: list[str]):
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(str(REPO / config) if not Path(config).is_file() else config)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", device] + opts)
-    return cfg
+    path = str(REPO / config) if not Path(config).is_file() else config
+    return get_wsss_cfg(path, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device] + opts)
 
 
 def build(cfg, kind: str) -> nn.Module:
     cfg = cfg.clone()
     if kind == "vanilla":
         cfg.merge_from_list(
-            ["MODEL.META_ARCHITECTURE", "WSSSSegmentor", "MODEL.SEM_SEG_HEAD.NAME", "DeepLabV2Head"]
+            [
+                "MODEL.META_ARCHITECTURE",
+                "WSSSSegmentor",
+                "MODEL.SEM_SEG_HEAD.NAME",
+                "DeepLabLargeFOVHead",
+            ]
         )
     elif kind == "baseline":
         cfg.merge_from_list(["MODEL.CIAN.CROSS", "False", "MODEL.CIAN.COMPLETION", "False"])

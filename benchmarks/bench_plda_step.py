@@ -16,11 +16,10 @@ import statistics
 import time
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from wsss_d2 import add_wsss_config
+from wsss_d2.config import get_wsss_cfg
 
 CONFIGS = {
     "tiny": ("configs/cam_toy.yaml", "configs/plda_toy.yaml"),
@@ -30,11 +29,7 @@ CONFIGS = {
 
 
 def make_cfg(path: str, device: str, extra: list[str]):
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""] + extra)
-    return cfg
+    return get_wsss_cfg(path, ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""] + extra)
 
 
 def build(cfg):

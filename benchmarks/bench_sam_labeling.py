@@ -34,8 +34,9 @@ import torch
 from detectron2.data import detection_utils as utils
 from segment_anything import SamPredictor
 
-from wsss_d2.pseudo.box_sources import ImageBoxes
-from wsss_d2.pseudo.sam_labeler import SamBoxLabeler, load_sam
+from wsss_d2.pseudo.sam.boxes import ImageBoxes
+from wsss_d2.pseudo.sam.labeler import SamBoxLabeler
+from wsss_d2.pseudo.sam.model import load_sam
 
 COCO_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_tiny"
 

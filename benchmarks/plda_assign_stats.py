@@ -24,12 +24,11 @@ import cv2
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from tqdm import tqdm
 
-from wsss_d2 import add_wsss_config
+from wsss_d2.config import get_wsss_cfg
 from wsss_d2.data import build_mapper
 from wsss_d2.io.files import read_label_png
 
@@ -83,10 +82,10 @@ def main() -> None:
     ap.add_argument("opts", nargs="*", help="KEY VALUE overrides (after --)")
     args = ap.parse_args()
 
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(os.path.join(args.run, "config.yaml"))
-    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "PLDA", "MODEL.WEIGHTS", ""] + args.opts)
+    cfg = get_wsss_cfg(
+        os.path.join(args.run, "config.yaml"),
+        ["MODEL.META_ARCHITECTURE", "PLDA", "MODEL.WEIGHTS", ""] + args.opts,
+    )
     model = build_model(cfg)
     DetectionCheckpointer(model).load(os.path.join(args.run, "model_final.pth"))
     model.eval()

@@ -71,17 +71,12 @@ def tag_inputs(n: int = 2, size: int = 64, k: int = 5, seed: int = 0, tag_steps=
 
 def make_cfg(*config_file_and_opts: str):
     """A frozen-free wsss_d2 config: ``make_cfg("configs/cam_toy.yaml", "KEY", "VALUE", ...)``."""
-    from detectron2.config import get_cfg
 
-    from wsss_d2 import add_wsss_config
+    from wsss_d2.config import get_wsss_cfg
 
-    cfg = get_cfg()
-    add_wsss_config(cfg)
     args = list(config_file_and_opts)
-    if args and args[0].endswith(".yaml"):
-        cfg.merge_from_file(str(REPO / args.pop(0)))
-    cfg.merge_from_list(args)
-    return cfg
+    config_file = str(REPO / args.pop(0)) if args and args[0].endswith(".yaml") else None
+    return get_wsss_cfg(config_file, args)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from wsss_d2.io.files import save_label_png
-from wsss_d2.pseudo.box_sources import BoxSource, ImageBoxes
+from wsss_d2.pseudo.sam.boxes import BoxSource, ImageBoxes
 
 
 def write_images(folder: str, n: int, hw=(48, 64), seed: int = 0) -> list[dict]:

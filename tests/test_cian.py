@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 from wsss_d2.data.samplers import PairTrainingSampler
 from wsss_d2.io.rounds import RoundWriter
 from wsss_d2.modeling.heads.cian import CIANHead, completion_targets
-from wsss_d2.modeling.heads.deeplabv2 import DeepLabV2Head
+from wsss_d2.modeling.heads.deeplabv2 import DeepLabLargeFOVHead
 from wsss_d2.modeling.layers.cross_image_affinity import CrossImageAffinity
 from wsss_d2.modeling.meta_arch.cian import group_references
 
@@ -99,7 +99,7 @@ def test_cross_branch_leaves_running_stats_to_self():
 def _heads():
     kw = dict(in_feature="res5", num_classes=4, conv_dims=0, fov_dilation=2)
     torch.manual_seed(0)
-    base = DeepLabV2Head(SHAPE, **kw)
+    base = DeepLabLargeFOVHead(SHAPE, **kw)
     cian = CIANHead(SHAPE, **kw)
     cian.load_state_dict(base.state_dict(), strict=False)
     return base, cian

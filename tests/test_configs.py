@@ -31,7 +31,7 @@ PIPELINES = sorted(
 
 @pytest.mark.parametrize("path", PIPELINES)
 def test_pipeline_config_is_valid(path):
-    from wsss_d2.pipeline import load_pipeline
+    from wsss_d2.engine.pipeline import load_pipeline
 
     pipe = load_pipeline(str(REPO / path), repo_root=str(REPO))
     for stage in pipe.stages:  # every stage's config merges with its overrides

@@ -23,7 +23,7 @@ from wsss_d2.data.datasets import (
     register_folder_tags,
     register_voc_tags,
 )
-from wsss_d2.data.datasets.coco import default_sem_seg_root, instances_to_label
+from wsss_d2.data.datasets.coco_sem_seg import default_sem_seg_root, instances_to_label
 from wsss_d2.data.datasets.voc import voc_split_ids
 from wsss_d2.io.files import read_label_png, save_label_png
 
@@ -271,12 +271,12 @@ def test_coco_cache_reused_and_size_mismatch(coco_tree, tmp_path, monkeypatch):
     register_coco_tags(name, json_file, img_root, sem_seg_root=str(gt))
     _get(name)
     # a second load reuses the PNGs: painting is never called
-    import wsss_d2.data.datasets.coco as coco_mod
+    import wsss_d2.data.datasets.coco_sem_seg as sem_seg_mod
 
     def boom(*a, **k):
         raise AssertionError("repainted a cached mask")
 
-    monkeypatch.setattr(coco_mod, "instances_to_label", boom)
+    monkeypatch.setattr(sem_seg_mod, "instances_to_label", boom)
     name = _name("coco")
     register_coco_tags(name, json_file, img_root, sem_seg_root=str(gt))
     assert len(_get(name)) == 2
@@ -461,12 +461,13 @@ def test_coco_tiny_builtin_names_resolve_at_load_time(tmp_path, monkeypatch):
 
 def test_coco_masks_painted_by_a_process_pool_match_serial(coco_tree, tmp_path, monkeypatch):
     import wsss_d2.data.datasets.coco as coco_mod
+    import wsss_d2.data.datasets.coco_sem_seg as sem_seg_mod
 
     json_file, img_root = coco_tree
     serial = coco_mod.load_coco_tags(
         json_file, img_root, _name("s"), str(tmp_path / "s"), num_workers=1
     )
-    monkeypatch.setattr(coco_mod, "_POOL_MIN_IMAGES", 0)
+    monkeypatch.setattr(sem_seg_mod, "_POOL_MIN_IMAGES", 0)
     pooled = coco_mod.load_coco_tags(
         json_file, img_root, _name("p"), str(tmp_path / "p"), num_workers=2
     )

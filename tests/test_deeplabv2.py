@@ -12,24 +12,32 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from wsss_d2.data.pseudo_round import load_train_dicts, register_with_round, train_round_dir
+from wsss_d2.data.build import load_train_dicts, register_with_round, train_round_dir
 from wsss_d2.io.rounds import RoundWriter, label_stem
-from wsss_d2.modeling.heads.deeplabv2 import DeepLabV2Head
+from wsss_d2.modeling.heads.deeplabv2 import DeepLabASPPHead, DeepLabLargeFOVHead
 
 SHAPE = {"res5": ShapeSpec(channels=8, stride=8)}
 
 
-def _head(**kw) -> DeepLabV2Head:
-    args = dict(in_feature="res5", num_classes=4, conv_dims=16, fov_dilation=2, dropout=0.0)
+def _head(cls=DeepLabLargeFOVHead, **kw):
+    args = dict(in_feature="res5", num_classes=4, conv_dims=16, dropout=0.0)
+    args.update({"fov_dilation": 2} if cls is DeepLabLargeFOVHead else {})
     args.update(kw)
-    return DeepLabV2Head(SHAPE, **args)
+    return cls(SHAPE, **args)
 
 
 @pytest.mark.parametrize(
-    "head_type,conv_dims", [("LargeFOV", 16), ("LargeFOV", 0), ("ASPP", 0), ("ASPP", 16)]
+    "cls,dilation_arg,conv_dims",
+    [
+        (DeepLabLargeFOVHead, "fov_dilation", 16),
+        (DeepLabLargeFOVHead, "fov_dilation", 0),
+        (DeepLabASPPHead, "aspp_dilations", 0),
+        (DeepLabASPPHead, "aspp_dilations", 16),
+    ],
 )
-def test_head_shapes(head_type, conv_dims):
-    head = _head(head_type=head_type, conv_dims=conv_dims, aspp_dilations=(1, 2)).eval()
+def test_head_shapes(cls, dilation_arg, conv_dims):
+    dilation = {"fov_dilation": 2, "aspp_dilations": (1, 2)}[dilation_arg]
+    head = _head(cls, conv_dims=conv_dims, **{dilation_arg: dilation}).eval()
     feats = {"res5": torch.randn(2, 8, 5, 7)}
     logits = head.layers(feats)
     assert logits.shape == (2, 4, 5, 7)
@@ -39,7 +47,7 @@ def test_head_shapes(head_type, conv_dims):
 
 
 def test_aspp_sums_branches():
-    head = _head(head_type="ASPP", conv_dims=0, aspp_dilations=(1, 2, 3)).eval()
+    head = _head(DeepLabASPPHead, conv_dims=0, aspp_dilations=(1, 2, 3)).eval()
     x = torch.randn(1, 8, 6, 6)
     expect = sum(b(x) for b in head.classifier)
     assert torch.allclose(head.predict(x), expect)
@@ -77,7 +85,7 @@ def test_loss_upsamples_logits_to_labels():
 
 def test_bad_feature_name_is_clear():
     with pytest.raises(KeyError, match="IN_FEATURES"):
-        DeepLabV2Head(SHAPE, in_feature="res4", num_classes=3)
+        DeepLabLargeFOVHead(SHAPE, in_feature="res4", num_classes=3)
 
 
 def _seg_cfg(*opts):

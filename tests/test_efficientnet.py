@@ -11,13 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import COCO_TINY, REPO
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
 import wsss_d2.modeling  # noqa: F401  (registers the backbone)
-from wsss_d2.config import add_wsss_config
+from wsss_d2.config import get_wsss_cfg
 from wsss_d2.modeling.backbone.efficientnet import (
     EfficientNetLite0,
     SameConv2d,
@@ -30,9 +29,7 @@ needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="efficientnet-lite0 w
 
 
 def _cfg(output_stride=16, pretrained=False, freeze_at=0):
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "Base-EfficientNet.yaml"))
+    cfg = get_wsss_cfg(str(REPO / "configs" / "Base-EfficientNet.yaml"))
     cfg.MODEL.EFFICIENTNET.OUTPUT_STRIDE = output_stride
     cfg.MODEL.EFFICIENTNET.PRETRAINED = pretrained
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at

@@ -12,7 +12,7 @@ from conftest import MINI_TOY_OPTS, REPO, load_script
 from detectron2.engine import HookBase
 
 from wsss_d2.engine import HOOK_REGISTRY
-from wsss_d2.pipeline import DONE_FILE, load_pipeline
+from wsss_d2.engine.pipeline import DONE_FILE, load_pipeline
 
 
 def _tool():

@@ -24,13 +24,13 @@ from wsss_d2.modeling.meta_arch.cam import CAMClassifier
 from wsss_d2.ops.crf import CRFParams, crf_inference_label
 from wsss_d2.ops.pool import map_in_pool
 from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
-from wsss_d2.pseudo.labels import (
-    LabelParams,
-    cams_to_label,
-    label_from_files,
+from wsss_d2.pseudo.make_round import label_from_files, write_cam_round, write_segmentation_round
+from wsss_d2.pseudo.refine import (
+    CRFRefiner,
+    PAMRRefiner,
+    ThresholdRefiner,
+    refiner_class,
     threshold_labels,
-    write_cam_round,
-    write_segmentation_round,
 )
 
 
@@ -119,15 +119,11 @@ def test_absent_tags_stay_zero(tmp_path):
     save_cam_file(path, cam, [1, 3], img.shape[1:])
     cams, keys = load_cam_file(path, tuple(img.shape[1:]))
     assert keys.tolist() == [1, 3]
-    for method in ("threshold", "pamr"):
-        label = cams_to_label(
-            img.permute(1, 2, 0).numpy(),
-            cams,
-            keys,
-            LabelParams(
-                method=method, bg_threshold=0.1, conf_fg=0.3, conf_bg=0.1, pamr_iterations=2
-            ),
-        )
+    for refiner in (
+        ThresholdRefiner(bg_threshold=0.1),
+        PAMRRefiner(conf_fg=0.3, conf_bg=0.1, iterations=2),
+    ):
+        label = refiner(img.permute(1, 2, 0).numpy(), cams, keys)
         assert set(np.unique(label).tolist()) <= {0, 1, 3, 255}
     # the model's own inference output masks the absent class too
     out = model([{"image": img, "tags": torch.tensor([1.0, 0.0, 1.0])}])[0]
@@ -189,8 +185,8 @@ def _toy_set(tmp_path: Path, n=6, h=20, w=28, seed=0):
 
 def test_pool_output_equals_sequential(tmp_path):
     dicts, cam_dir = _toy_set(tmp_path, n=6)
-    params = LabelParams(
-        method="crf", conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
+    params = CRFRefiner(
+        conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
     )
     jobs = [(d, cam_file_path(cam_dir, d), params) for d in dicts]
     seq = list(map_in_pool(label_from_files, jobs, num_workers=1, progress=False))
@@ -204,8 +200,8 @@ def test_pool_output_equals_sequential(tmp_path):
 # ---------------------------------------------------------------------- rounds
 def test_killed_round_leaves_nothing_complete_and_resumes_to_same_files(tmp_path, monkeypatch):
     dicts, cam_dir = _toy_set(tmp_path, n=6)
-    params = LabelParams(
-        method="crf", conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
+    params = CRFRefiner(
+        conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
     )
     ref_root, root = str(tmp_path / "ref"), str(tmp_path / "run")
     write_cam_round(
@@ -287,7 +283,7 @@ def test_truncated_or_mismatched_cam_file_is_named(tmp_path):
         f.write(data[: len(data) // 2])
     with pytest.raises(OSError, match="im00.npz"):
         load_cam_file(path)
-    params = LabelParams(method="threshold")
+    params = ThresholdRefiner()
     with pytest.raises(OSError, match="im00.npz"):
         label_from_files((dicts[0], path, params))
 
@@ -296,7 +292,7 @@ def test_image_without_tags_is_all_background(tmp_path):
     img = np.full((12, 14, 3), 90, np.uint8)
     empty = np.zeros((0, 12, 14), np.float32)
     for method in ("threshold", "crf", "pamr"):
-        lab = cams_to_label(img, empty, [], LabelParams(method=method))
+        lab = refiner_class(method)()(img, empty, [])
         assert lab.shape == (12, 14) and (lab == 0).all()
     assert (threshold_labels(empty, [], 0.0) == 0).all()
     # and end to end through the engine and a file
@@ -484,8 +480,8 @@ def test_engine_runs_a_plda_model(tmp_path, cfg_factory):
 
 
 def _two_rank_round(root: str, dicts: list, cam_dir: str) -> None:
-    params = LabelParams(
-        method="crf", conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
+    params = CRFRefiner(
+        conf_fg=0.5, conf_bg=0.2, crf=CRFParams(bilateral_sxy=10, bilateral_srgb=10)
     )
     write_cam_round(
         dicts, cam_dir, rounds.RoundWriter(root, 1, 4), params, num_workers=1, progress=False
@@ -523,7 +519,7 @@ def test_two_process_round_equals_one_process(tmp_path):
 def test_cam_fingerprint_ignores_label_settings(cfg_factory):
     from detectron2.modeling import build_model
 
-    from wsss_d2.pseudo.labels import cam_fingerprint
+    from wsss_d2.pseudo.make_round import cam_fingerprint
 
     cfg = cfg_factory("configs/pseudo_toy.yaml", "MODEL.TINY.WIDTHS", (8, 8, 8, 8))
     model = build_model(cfg)

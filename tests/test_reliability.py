@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from wsss_d2.data.datasets import common
 from wsss_d2.io import rounds
-from wsss_d2.pseudo.labels import make_round
+from wsss_d2.pseudo.make_round import make_round
 
 
 def _dicts(tmp_path, n=5):

@@ -22,23 +22,13 @@ from wsss_d2.evaluation import EVALUATOR_REGISTRY
 from wsss_d2.evaluation.sam_eval import SamBoxLabelingEvaluator
 from wsss_d2.io.files import read_label_png, save_label_png
 from wsss_d2.io.rounds import RoundWriter, read_manifest
-from wsss_d2.pseudo.box_sources import (
-    CamBoxSource,
-    ClassNameMapper,
-    FileBoxSource,
-    GTBoxSource,
-    ImageBoxes,
-    boxes_from_cam,
-    sanitize_boxes,
-)
-from wsss_d2.pseudo.sam_labeler import (
-    RECORDS_DIR,
-    SamBoxLabeler,
-    build_sam_tiny,
-    label_dataset,
-    load_sam,
-    paste_masks,
-)
+from wsss_d2.pseudo.sam.box_sources import CamBoxSource, GTBoxSource, boxes_from_cam
+from wsss_d2.pseudo.sam.boxes import ImageBoxes, sanitize_boxes
+from wsss_d2.pseudo.sam.file_boxes import ClassNameMapper, FileBoxSource
+from wsss_d2.pseudo.sam.labeler import SamBoxLabeler, label_dataset
+from wsss_d2.pseudo.sam.model import build_sam_tiny, load_sam
+from wsss_d2.pseudo.sam.paste import paste_masks
+from wsss_d2.pseudo.sam.records import RECORDS_DIR
 
 CLASSES = ["background", "cat", "dog"]
 
@@ -234,7 +224,7 @@ def test_batched_prediction_matches_predict_torch(sam):
 def test_image_without_boxes_is_background_and_logged(sam, tmp_path, caplog):
     dicts = write_images(str(tmp_path), 2)
     src = FixedBoxes({1: ImageBoxes(np.array([[5, 5, 40, 30]]), [1])})
-    with caplog.at_level(logging.WARNING, logger="wsss_d2.pseudo.sam_labeler"):
+    with caplog.at_level(logging.WARNING, logger="wsss_d2.pseudo.sam.labeler"):
         res = _labeler(sam, src).label(dicts)
     assert res[0].label.shape == (48, 64) and not res[0].label.any()
     assert "no boxes for image" in caplog.text and dicts[0]["file_name"] in caplog.text

@@ -27,7 +27,7 @@ from wsss_d2.engine import WSSSTrainer, check_weights_exist, default_wsss_setup
 from wsss_d2.evaluation.pseudo_eval import evaluate_round
 from wsss_d2.io.files import atomic_write_bytes
 from wsss_d2.io.rounds import MANIFEST, round_dir
-from wsss_d2.pseudo.labels import default_round_root, label_datasets, make_round
+from wsss_d2.pseudo.make_round import default_round_root, label_datasets, make_round
 
 logger = logging.getLogger("wsss_d2.make_pseudo_labels")
 

@@ -27,7 +27,7 @@ import wsss_d2  # noqa: F401  (registers datasets, evaluators)
 from wsss_d2.engine import default_wsss_setup
 from wsss_d2.evaluation.sam_eval import SamBoxLabelingEvaluator, sam_round_root
 from wsss_d2.io.rounds import RoundWriter, config_hash, round_dir
-from wsss_d2.pseudo.sam_labeler import SamBoxLabeler, label_dataset
+from wsss_d2.pseudo.sam.labeler import SamBoxLabeler, label_dataset
 
 logger = logging.getLogger("wsss_d2.make_sam_labels")
 

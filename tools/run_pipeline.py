@@ -6,7 +6,7 @@
     python tools/run_pipeline.py --config-file configs/pipelines/voc_plda_cian.yaml --num-gpus 8
 
 Each stage is an ordinary run of tools/train_net.py, make_pseudo_labels.py or make_sam_labels.py
-in ``OUTPUT_DIR/<stage>`` (see ``wsss_d2/pipeline.py`` for the stage format and resume rules).
+in ``OUTPUT_DIR/<stage>`` (see ``wsss_d2/engine/pipeline.py`` for the stage format and resume rules).
 Trailing ``KEY VALUE`` pairs override the pipeline YAML's top level (only ``OUTPUT_DIR``).
 """
 
@@ -121,7 +121,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import wsss_d2  # noqa: F401  (registers everything)
-    from wsss_d2.pipeline import load_pipeline, primary_metric
+    from wsss_d2.engine.pipeline import load_pipeline, primary_metric
 
     setup_logger(name="wsss_d2")
     pipe = load_pipeline(args.config_file, repo_root=REPO)
@@ -149,7 +149,7 @@ def main(argv=None):
     table = tabulate(rows, headers=["stage", "kind", "metric", "mIoU", "status", "seconds"])
     report = ""
     if not args.no_report:
-        from wsss_d2.report import write_pipeline_report
+        from wsss_d2.engine.report import write_pipeline_report
 
         report = write_pipeline_report(pipe, summaries)
     print(table)  # the user-facing summary of a command-line tool

@@ -20,8 +20,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import wsss_d2  # noqa: F401  (registers datasets)
 from wsss_d2.data.mappers import build_mapper
+from wsss_d2.engine.report import _CSS, load_model, panels_html, sample_panels
 from wsss_d2.io.files import atomic_write_bytes
-from wsss_d2.report import _CSS, load_model, panels_html, sample_panels
 
 logger = logging.getLogger("wsss_d2.visualize")
 

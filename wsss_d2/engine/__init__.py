@@ -4,12 +4,11 @@ from .defaults import default_wsss_setup
 from .grl_hook import GRLScheduleHook  # noqa: F401
 from .hooks import HOOK_REGISTRY, build_hooks_from_config
 from .refresh_hook import PseudoLabelRefreshHook  # noqa: F401
-from .trainer import TRAIN_LOADER_BUILDERS, WSSSTrainer, check_weights_exist
+from .trainer import WSSSTrainer, check_weights_exist
 
 __all__ = [
     "HOOK_REGISTRY",
     "build_hooks_from_config",
-    "TRAIN_LOADER_BUILDERS",
     "WSSSTrainer",
     "check_weights_exist",
     "default_wsss_setup",

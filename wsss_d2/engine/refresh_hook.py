@@ -4,7 +4,7 @@ Every ``WSSS.PSEUDO.REFRESH.PERIOD`` iterations (and/or after the last one with 
 hook runs the model being trained over the training set, writes pseudo-label round k+1 (the
 latest complete round + 1) under ``WSSS.PSEUDO.ROOT``, scores it against the ground truth when
 the dataset has some, and switches training to it: ``WSSS.PSEUDO.TRAIN_ROUND`` is pointed at the
-new round and the trainer's data loader is rebuilt through ``trainer.build_train_loader``, so
+new round and the trainer's data loader is rebuilt through ``trainer.reset_train_loader``, so
 every loader (plain or pair-sampling) picks the new labels up.
 
 With several processes every rank labels its shard, only the main process finalizes (renames)
@@ -24,7 +24,7 @@ from detectron2.utils import comm
 
 from ..evaluation.pseudo_eval import evaluate_round
 from ..io.rounds import latest_complete_round
-from ..pseudo.labels import default_round_root, label_datasets, make_round
+from ..pseudo.make_round import default_round_root, label_datasets, make_round
 from .hooks import HOOK_REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class PseudoLabelRefreshHook(HookBase):
         self.cfg.defrost()
         self.cfg.WSSS.PSEUDO.TRAIN_ROUND = folder
         self.cfg.freeze()
-        cfg, trainer = self.cfg, self.trainer  # trainer: a weakref proxy; its classmethod works
-        trainer._trainer.reset_data_loader(lambda: trainer.build_train_loader(cfg))
+        self.trainer.reset_train_loader(self.cfg)
+        # every rank switches before any trains on: the next step reads from the new loader
         comm.synchronize()
         logger.info("training data switched to pseudo-label round %s", folder)

@@ -6,24 +6,21 @@ import logging
 import os
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.file_io import PathManager
 
+from ..data.build import build_train_loader
 from ..data.mappers import build_mapper
-from ..data.pseudo_round import load_train_dicts
 from ..evaluation.registry import build_evaluators
 from .hooks import build_hooks_from_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSSSTrainer", "check_weights_exist", "TRAIN_LOADER_BUILDERS"]
-
-# cfg.DATALOADER.PAIR_SAMPLING value -> function(cfg, mapper) building the train loader
-TRAIN_LOADER_BUILDERS: dict = {}
+__all__ = ["WSSSTrainer", "check_weights_exist"]
 
 
 def check_weights_exist(path: str) -> None:
@@ -37,16 +34,9 @@ class WSSSTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = build_mapper(cfg, is_train=True)
-        if cfg.DATALOADER.PAIR_SAMPLING:
-            if cfg.DATALOADER.PAIR_SAMPLING not in TRAIN_LOADER_BUILDERS:
-                raise KeyError(
-                    f"DATALOADER.PAIR_SAMPLING='{cfg.DATALOADER.PAIR_SAMPLING}' is not "
-                    f"one of {sorted(TRAIN_LOADER_BUILDERS)}"
-                )
-            return TRAIN_LOADER_BUILDERS[cfg.DATALOADER.PAIR_SAMPLING](cfg, mapper)
-        # the dicts carry the training pseudo-label round (WSSS.PSEUDO.TRAIN_ROUND / latest)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=load_train_dicts(cfg))
+        # the dicts carry the training pseudo-label round (WSSS.PSEUDO.TRAIN_ROUND / latest);
+        # DATALOADER.PAIR_SAMPLING groups queries with references (CIAN)
+        return build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -94,6 +84,11 @@ class WSSSTrainer(DefaultTrainer):
         # after the LR scheduler, before checkpointing/eval, so their state is in both
         idx = next((i + 1 for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), 0)
         return ret[:idx] + extra + ret[idx:]
+
+    def reset_train_loader(self, cfg) -> None:
+        """Train on ``cfg``'s training data from the next iteration on (a new pseudo-label
+        round): the running loop's loader is replaced by ``build_train_loader(cfg)``."""
+        self._trainer.reset_data_loader(lambda: self.build_train_loader(cfg))
 
     def train(self):
         """Train; return the last evaluation results (DefaultTrainer returns them only when

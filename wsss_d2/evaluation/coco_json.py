@@ -25,9 +25,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.utils import comm
 
-from ..data.datasets.coco import _category_map, instances_to_label
+from ..data.datasets.coco import category_map
+from ..data.datasets.coco_sem_seg import instances_to_label
 from ..io.files import IGNORE_LABEL, atomic_write_bytes
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
@@ -100,7 +100,7 @@ def _contiguous_to_dataset_ids(dataset_name: str) -> dict[int, int] | None:
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(json_file)
-    cat_map, _ = _category_map(coco, json_file, getattr(meta, "coco_names", None))
+    cat_map, _ = category_map(coco, json_file, getattr(meta, "coco_names", None))
     return {v: k for k, v in cat_map.items()}
 
 
@@ -117,29 +117,24 @@ class COCOSemSegJSONEvaluator(WSSSSemSegEvaluator):
         super().__init__(dataset_name, **kwargs)
         self._id_map = _contiguous_to_dataset_ids(dataset_name)
 
-    def reset(self):
-        super().reset()
-        self._results = []
+    def empty_state(self) -> dict:
+        return {**super().empty_state(), "results": []}
 
     def process(self, inputs, outputs):
         super().process(inputs, outputs)
         for inp, out in zip(inputs, outputs):
             if "sem_seg" in out:
                 label = out["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.uint8)
-                self._results += label_to_coco_results(label, inp["image_id"], self._id_map)
+                self._state["results"] += label_to_coco_results(
+                    label, inp["image_id"], self._id_map
+                )
 
-    def evaluate(self):
-        res = super().evaluate()
-        results = self._results
-        if self.distributed and comm.get_world_size() > 1:
-            parts = comm.gather(results, dst=0)
-            results = [r for p in parts for r in p] if comm.is_main_process() else None
-        if results is None:
-            return {}
+    def summarize(self, state: dict) -> dict:
+        res = super().summarize(state)
         if self.output_dir:
             path = os.path.join(self.output_dir, "sem_seg_predictions.json")
-            atomic_write_bytes(path, json.dumps(results).encode())
-            logger.info("wrote %d COCO-format semantic results to %s", len(results), path)
+            atomic_write_bytes(path, json.dumps(state["results"]).encode())
+            logger.info("wrote %d COCO-format semantic results to %s", len(state["results"]), path)
         return res
 
 
@@ -167,7 +162,7 @@ def score_coco_semantic_json(
         raise ValueError(f"{results_file}: expected a JSON list of results")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(instances_json)
-    cat_map, names = _category_map(coco, instances_json, class_names)
+    cat_map, names = category_map(coco, instances_json, class_names)
     by_image = defaultdict(list)
     for r in results:
         by_image[r["image_id"]].append(r)

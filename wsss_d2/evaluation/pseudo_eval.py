@@ -12,24 +12,20 @@ per class IoU / precision / recall (recall counts unsure pixels as misses).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 
-from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.files import read_label_png
+from ..io.rounds import attach_round
+from .base import WSSSEvaluator, read_gt, tag_evaluator_args
 from .metrics import metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
-from .sem_seg import tag_evaluator_args
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +73,7 @@ def _confusion_with_unsure(pred: np.ndarray, gt: np.ndarray, c: int, ignore: int
 
 
 @EVALUATOR_REGISTRY.register()
-class PseudoLabelEvaluator(DatasetEvaluator):
+class PseudoLabelEvaluator(WSSSEvaluator):
     """mIoU / per-class IoU / precision / recall of pseudo labels vs GT, and the unsure fraction.
 
     ``process(inputs, outputs)``: the prediction is ``output["pseudo_seg"]`` ((H, W) label ids)
@@ -87,32 +83,17 @@ class PseudoLabelEvaluator(DatasetEvaluator):
     """
 
     @configurable
-    def __init__(
-        self,
-        dataset_name: str,
-        *,
-        num_classes: int,
-        ignore_label: int = IGNORE_LABEL,
-        output_dir: str | None = None,
-        distributed: bool = True,
-    ):
-        self.dataset_name = dataset_name
-        meta = MetadataCatalog.get(dataset_name) if dataset_name else None
-        names = getattr(meta, "stuff_classes", None) if meta is not None else None
-        self.class_names = list(names) if names and len(names) == num_classes else None
-        self.num_classes = num_classes  # background included
-        self.ignore_label = ignore_label
-        self.output_dir = output_dir
-        self.distributed = distributed
-        self.reset()
+    def __init__(self, dataset_name: str, *, num_classes: int, **kwargs):
+        """``kwargs``: ``ignore_label``, ``output_dir``, ``distributed`` (see
+        :class:`WSSSEvaluator`); ``dataset_name`` may be "" (no class names)."""
+        super().__init__(dataset_name, num_classes=num_classes, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
         return tag_evaluator_args(cfg, dataset_name, output_dir)
 
-    def reset(self):
-        self._conf = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)
-        self._count = 0
+    def empty_state(self) -> dict:
+        return {"conf": np.zeros((self.num_classes, self.num_classes + 1), np.int64), "count": 0}
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -123,34 +104,19 @@ class PseudoLabelEvaluator(DatasetEvaluator):
                 pred = read_label_png(inp["pseudo_seg_file_name"], hw, inp.get("file_name"))
             else:
                 continue
-            if "sem_seg_file_name" not in inp:
-                raise KeyError(
-                    f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': "
-                    "no ground truth to score the pseudo labels against"
-                )
-            gt = read_label_png(inp["sem_seg_file_name"], pred.shape, inp.get("file_name"))
-            self._conf += _confusion_with_unsure(pred, gt, self.num_classes, self.ignore_label)
-            self._count += 1
+            gt = read_gt(inp, pred.shape)
+            conf = _confusion_with_unsure(pred, gt, self.num_classes, self.ignore_label)
+            self._state["conf"] += conf
+            self._state["count"] += 1
 
-    def evaluate(self):
-        conf, count = self._conf, self._count
-        if self.distributed and comm.get_world_size() > 1:
-            parts = comm.gather((conf, count), dst=0)
-            if not comm.is_main_process():
-                return {}
-            conf = sum(p[0] for p in parts)
-            count = sum(p[1] for p in parts)
+    def summarize(self, state: dict) -> dict:
+        conf, count = state["conf"], state["count"]
         if count == 0:
             logger.warning("PseudoLabelEvaluator: no pseudo labels were scored")
             return {}
         res = pseudo_label_metrics(conf, self.class_names)
         res["num_images"] = count
-        if self.output_dir:
-            PathManager.mkdirs(self.output_dir)
-            atomic_write_bytes(
-                os.path.join(self.output_dir, "pseudo_label_evaluation.json"),
-                json.dumps(res, indent=2).encode(),
-            )
+        self.write_json("pseudo_label_evaluation.json", res)
         logger.info(
             "%s pseudo labels: mIoU %.2f (labeled pixels %.2f, %.1f%% unsure)",
             self.dataset_name,
@@ -172,7 +138,6 @@ def evaluate_round(
 
     Returns the metrics dict on the main process (``{}`` elsewhere, or when no image has GT).
     """
-    from ..io.rounds import attach_round
 
     dicts = [d for d in dicts if d.get("sem_seg_file_name")]
     if not dicts:

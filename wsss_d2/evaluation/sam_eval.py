@@ -1,7 +1,7 @@
 """``SamBoxLabelingEvaluator``: score SAM-box pseudo labels and the boxes that made them.
 
 Per image it needs the label map and the labeler's record (see
-:class:`wsss_d2.pseudo.sam_labeler.SamLabelResult.record`): either in the model/labeler output
+:meth:`wsss_d2.pseudo.sam.records.SamLabelResult.record`): either in the model/labeler output
 (``{"sam_label": (H, W) uint8, "sam_record": dict}``, as :func:`~wsss_d2.pseudo.label_dataset`
 passes them), or read back from the round folder (``<round>/<stem>.png`` and
 ``<round>/sam_boxes/<stem>.json``) when the output lacks them — so the evaluator also scores an
@@ -24,7 +24,6 @@ Reports (percent where a rate):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -33,15 +32,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
-from detectron2.utils import comm
+from pycocotools import mask as mask_util
 
-from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..data.datasets.coco_sem_seg import segmentation_to_mask
+from ..io.files import IGNORE_LABEL, read_label_png
+from ..io.rounds import label_stem
+from ..io.rounds import round_dir as round_folder
+from ..pseudo.sam.records import RECORDS_DIR, read_record
+from .base import WSSSEvaluator, tag_evaluator_args
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
-from .sem_seg import tag_evaluator_args
 
 logger = logging.getLogger(__name__)
 
@@ -69,29 +70,12 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def _decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
-    """(H, W) bool mask of a COCO polygon list / RLE segmentation."""
-    from pycocotools import mask as mask_util
-
-    if isinstance(seg, list):
-        if not seg:
-            return np.zeros((h, w), bool)
-        rle = mask_util.merge(mask_util.frPyObjects(seg, h, w))
-    elif isinstance(seg, dict):
-        rle = mask_util.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
-    else:
-        raise ValueError(f"{where}: unsupported segmentation of type {type(seg).__name__}")
-    return mask_util.decode(rle).astype(bool)
-
-
 def _decode_rle(rle: dict) -> np.ndarray:
-    from pycocotools import mask as mask_util
-
     return mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0
 
 
 @EVALUATOR_REGISTRY.register()
-class SamBoxLabelingEvaluator(DatasetEvaluator):
+class SamBoxLabelingEvaluator(WSSSEvaluator):
     """Per-class IoU of SAM-box labels + box / mask statistics (see the module docstring)."""
 
     @configurable
@@ -116,51 +100,37 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
                 (a complete round, or its ``.partial`` folder while it is being written).
             match_iou: box IoU needed to match a non-GT box with a GT instance.
         """
-        self.dataset_name = dataset_name
-        meta = MetadataCatalog.get(dataset_name)
-        if class_names is None and meta.get("stuff_classes") is not None:
-            class_names = list(meta.stuff_classes)
-        if num_classes is None:
-            if class_names is None:
-                raise KeyError(f"dataset {dataset_name} has no stuff_classes; pass num_classes")
-            num_classes = len(class_names)
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(
-                f"{len(class_names)} class names for {num_classes} classes "
-                f"(dataset {dataset_name})"
-            )
-        self.num_classes = int(num_classes)
-        self.class_names = (
-            list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
-        )
-        self.ignore_label = ignore_label
-        self.output_dir = output_dir
         self.round_dir = round_dir
         self.match_iou = match_iou
-        self.distributed = distributed
-        self.reset()
+        super().__init__(
+            dataset_name,
+            num_classes=num_classes,
+            class_names=class_names,
+            ignore_label=ignore_label,
+            output_dir=output_dir,
+            distributed=distributed,
+        )
+        if self.class_names is None:
+            self.class_names = [str(i) for i in range(self.num_classes)]
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
-        from ..io.rounds import round_dir
-
         return {
             **tag_evaluator_args(cfg, dataset_name, output_dir),
-            "round_dir": round_dir(sam_round_root(cfg), cfg.WSSS.SAM.ROUND),
+            "round_dir": round_folder(sam_round_root(cfg), cfg.WSSS.SAM.ROUND),
         }
 
-    def reset(self):
-        self._conf = np.zeros((self.num_classes, self.num_classes), np.int64)
-        self._count = {k: 0 for k in _COUNTERS}
-        self._missed = np.zeros(self.num_classes, np.int64)
-        self._score_sum = 0.0
-        self._inst_iou_sum = 0.0
+    def empty_state(self) -> dict:
+        return {
+            "conf": np.zeros((self.num_classes, self.num_classes), np.int64),
+            "count": {k: 0 for k in _COUNTERS},
+            "missed": np.zeros(self.num_classes, np.int64),
+            "score_sum": 0.0,
+            "inst_iou_sum": 0.0,
+        }
 
     # ------------------------------------------------------------------ reading a round
     def _load(self, inp: dict) -> tuple[np.ndarray, dict]:
-        from ..io.rounds import label_stem
-        from ..pseudo.sam_labeler import RECORDS_DIR, read_record
-
         if not self.round_dir:
             raise KeyError(
                 f"output for {inp['file_name']} has no 'sam_label' and the evaluator "
@@ -189,7 +159,8 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
             self._process_one(inp, label, rec)
 
     def _process_one(self, inp: dict, label: np.ndarray, rec: dict) -> None:
-        c = self._count
+        st = self._state
+        c = st["count"]
         h, w = label.shape
         c["images"] += 1
         c["pixels"] += h * w
@@ -198,7 +169,7 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         if "sem_seg_file_name" in inp:
             gt = read_label_png(inp["sem_seg_file_name"], (h, w), inp.get("file_name"))
             pred = np.where(ignored, 0, label)  # see the module docstring
-            self._conf += confusion_matrix(
+            st["conf"] += confusion_matrix(
                 torch.from_numpy(pred), torch.from_numpy(gt), self.num_classes, self.ignore_label
             )
         classes = np.asarray(rec["classes"], np.int64)
@@ -212,14 +183,14 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
         c["conflict_pixels"] += int(rec.get("conflict_pixels", 0))
         c["untagged_boxes_dropped"] += int(rec.get("untagged_boxes", 0))
         c["unmatched_labels"] += int(rec.get("unmatched_labels", 0))
-        self._score_sum += float(np.sum(rec.get("mask_scores", [])))
+        st["score_sum"] += float(np.sum(rec.get("mask_scores", [])))
         tags = [int(t) for t in inp.get("tags", rec.get("tags", ()))]
         c["tags"] += len(tags)
         for t in tags:
             if t not in set(classes.tolist()):
                 c["missed_tags"] += 1
                 if 0 < t < self.num_classes:
-                    self._missed[t] += 1
+                    st["missed"][t] += 1
         if "annotations" in inp and rec.get("masks_rle") and n:
             self._instance_ious(inp, rec, classes, h, w)
 
@@ -247,37 +218,14 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
             a = annos[inst[i]]
             if "segmentation" not in a:
                 continue
-            gt = _decode_segmentation(a["segmentation"], h, w, inp["file_name"])
+            gt = segmentation_to_mask(a["segmentation"], h, w, inp["file_name"])
             pred = _decode_rle(rec["masks_rle"][i])
             union = np.logical_or(gt, pred).sum()
-            self._inst_iou_sum += float(np.logical_and(gt, pred).sum() / union) if union else 0.0
-            self._count["instance_matched_masks"] += 1
+            iou = float(np.logical_and(gt, pred).sum() / union) if union else 0.0
+            self._state["inst_iou_sum"] += iou
+            self._state["count"]["instance_matched_masks"] += 1
 
     # ------------------------------------------------------------------ results
-    def _state(self) -> dict:
-        return {
-            "conf": self._conf,
-            "count": dict(self._count),
-            "missed": self._missed,
-            "score_sum": self._score_sum,
-            "inst_iou_sum": self._inst_iou_sum,
-        }
-
-    def evaluate(self):
-        state = self._state()
-        if self.distributed and comm.get_world_size() > 1:
-            parts = comm.gather(state, dst=0)
-            if not comm.is_main_process():
-                return {}
-            state = {
-                "conf": sum(p["conf"] for p in parts),
-                "count": {k: sum(p["count"][k] for p in parts) for k in _COUNTERS},
-                "missed": sum(p["missed"] for p in parts),
-                "score_sum": sum(p["score_sum"] for p in parts),
-                "inst_iou_sum": sum(p["inst_iou_sum"] for p in parts),
-            }
-        return self.summarize(state)
-
     def summarize(self, state: dict) -> OrderedDict:
         """Turn gathered counts into the reported numbers (also written as JSON)."""
         c = state["count"]
@@ -313,12 +261,7 @@ class SamBoxLabelingEvaluator(DatasetEvaluator):
                 self.dataset_name,
             )
         res["sam_boxes"] = box
-        if self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            atomic_write_bytes(
-                os.path.join(self.output_dir, "sam_box_labeling.json"),
-                json.dumps(res, indent=2).encode(),
-            )
+        self.write_json("sam_box_labeling.json", res)
         logger.info(
             "%s: SAM-box labels mIoU %s | %d images, %.2f boxes/image, %d masks kept, %d dropped "
             "(low score), %d/%d tags without a box, mask-vs-instance mIoU %.2f over %d masks",

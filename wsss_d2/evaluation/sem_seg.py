@@ -1,32 +1,22 @@
-"""Semantic-segmentation and CAM evaluators (mIoU, fwIoU, pixel accuracy, per-class IoU).
-
-Ground truth is read from each input's ``sem_seg_file_name`` (ids 0 background, 1..K, 255
-ignore) — the only place in the package where ground-truth masks are read.
-"""
+"""Semantic-segmentation and CAM evaluators (mIoU, fwIoU, pixel accuracy, per-class IoU)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 
-from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from .base import WSSSEvaluator, read_gt, tag_evaluator_args
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSSSSemSegEvaluator", "CAMEvaluator", "sweep_thresholds", "tag_evaluator_args"]
+__all__ = ["WSSSSemSegEvaluator", "CAMEvaluator", "sweep_thresholds"]
 
 
 def sweep_thresholds(spec: Sequence[float]) -> np.ndarray:
@@ -36,27 +26,8 @@ def sweep_thresholds(spec: Sequence[float]) -> np.ndarray:
     return np.round(start + step * np.arange(n), 6)
 
 
-def tag_evaluator_args(cfg, dataset_name: str, output_dir: str | None = None) -> dict:
-    """The constructor arguments every wsss_d2 evaluator reads from a config."""
-    return {
-        "dataset_name": dataset_name,
-        "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,  # background included
-        "ignore_label": cfg.MODEL.IGNORE_VALUE,
-        "output_dir": output_dir,
-    }
-
-
-def _read_gt(inp: dict, pred_hw) -> np.ndarray:
-    if "sem_seg_file_name" not in inp:
-        raise KeyError(
-            f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': this dataset has no "
-            "ground truth to evaluate against"
-        )
-    return read_label_png(inp["sem_seg_file_name"], tuple(pred_hw), inp.get("file_name"))
-
-
 @EVALUATOR_REGISTRY.register()
-class WSSSSemSegEvaluator(DatasetEvaluator):
+class WSSSSemSegEvaluator(WSSSEvaluator):
     """Scores ``output["sem_seg"]`` (K+1, H, W) against the ground truth.
 
     Returns ``{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", "IoU-<class>", ...}}`` in percent
@@ -66,66 +37,32 @@ class WSSSSemSegEvaluator(DatasetEvaluator):
     """
 
     @configurable
-    def __init__(
-        self,
-        dataset_name: str,
-        *,
-        num_classes: int | None = None,
-        ignore_label: int = IGNORE_LABEL,
-        output_dir: str | None = None,
-        distributed: bool = True,
-    ):
-        self.dataset_name = dataset_name
-        meta = MetadataCatalog.get(dataset_name)
-        self.class_names = list(meta.stuff_classes) if hasattr(meta, "stuff_classes") else None
-        if num_classes is None:
-            if self.class_names is None:
-                raise KeyError(
-                    f"dataset {dataset_name} has no stuff_classes metadata; " "pass num_classes"
-                )
-            num_classes = len(self.class_names)
-        self.num_classes = num_classes  # background included
-        self.ignore_label = getattr(meta, "ignore_label", ignore_label)
-        self.output_dir = output_dir
-        self.distributed = distributed
-        self.reset()
+    def __init__(self, dataset_name: str, **kwargs):
+        """``kwargs``: ``num_classes``, ``ignore_label``, ``output_dir``, ``distributed`` (see
+        :class:`WSSSEvaluator`)."""
+        super().__init__(dataset_name, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
         return tag_evaluator_args(cfg, dataset_name, output_dir)
 
-    def reset(self):
-        self._conf = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+    def empty_state(self) -> dict:
+        return {"conf": np.zeros((self.num_classes, self.num_classes), dtype=np.int64)}
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             if "sem_seg" not in out:
                 continue
             pred = out["sem_seg"].argmax(dim=0).cpu()
-            gt = _read_gt(inp, pred.shape)
-            self._conf += confusion_matrix(
+            gt = read_gt(inp, pred.shape)
+            self._state["conf"] += confusion_matrix(
                 pred, torch.from_numpy(gt), self.num_classes, self.ignore_label
             )
 
-    def _gather_sum(self, arr: np.ndarray) -> np.ndarray | None:
-        if not self.distributed or comm.get_world_size() == 1:
-            return arr
-        parts = comm.gather(arr, dst=0)
-        return sum(parts) if comm.is_main_process() else None
-
-    def _write_json(self, name: str, res: dict) -> None:
-        if self.output_dir:
-            PathManager.mkdirs(self.output_dir)
-            atomic_write_bytes(
-                os.path.join(self.output_dir, name), json.dumps(res, indent=2).encode()
-            )
-
-    def evaluate(self):
-        conf = self._gather_sum(self._conf)
-        if conf is None:
-            return {}
+    def summarize(self, state: dict) -> dict:
+        conf = state["conf"]
         res = metrics_from_confusion(conf, self.class_names)
-        self._write_json("sem_seg_evaluation.json", res)
+        self.write_json("sem_seg_evaluation.json", res)
         logger.info("%s: mIoU %.2f over %d pixels", self.dataset_name, res["mIoU"], int(conf.sum()))
         return OrderedDict(sem_seg=res)
 
@@ -152,10 +89,10 @@ class CAMEvaluator(WSSSSemSegEvaluator):
         ret["thresholds"] = sweep_thresholds(cfg.WSSS.CAM_SWEEP)
         return ret
 
-    def reset(self):
+    def empty_state(self) -> dict:
         t, c = len(self.thresholds), self.num_classes
-        # _hist[b, gt, fg_class]: pixels whose peak CAM exceeds exactly b thresholds
-        self._hist = np.zeros((t + 1, c, c), dtype=np.int64)
+        # hist[b, gt, fg_class]: pixels whose peak CAM exceeds exactly b thresholds
+        return {"hist": np.zeros((t + 1, c, c), dtype=np.int64)}
 
     def process(self, inputs, outputs):
         thr = torch.as_tensor(self.thresholds, dtype=torch.float32)
@@ -166,11 +103,12 @@ class CAMEvaluator(WSSSSemSegEvaluator):
             cam = out["cam"].float().cpu()
             peak, arg = cam.max(dim=0)
             fg = arg + 1
-            gt = torch.from_numpy(_read_gt(inp, peak.shape).astype(np.int64))
+            gt = torch.from_numpy(read_gt(inp, peak.shape).astype(np.int64))
             bins = torch.bucketize(peak, thr, right=False)  # thresholds strictly below peak
             valid = (gt != self.ignore_label) & (gt < c)
             idx = (bins[valid] * c + gt[valid]) * c + fg[valid]
-            self._hist += torch.bincount(idx, minlength=nb * c * c).reshape(nb, c, c).numpy()
+            hist = torch.bincount(idx, minlength=nb * c * c).reshape(nb, c, c).numpy()
+            self._state["hist"] += hist
 
     def confusions(self, hist: np.ndarray) -> np.ndarray:
         """(T, C, C) confusion at each threshold from the binned histogram."""
@@ -186,11 +124,8 @@ class CAMEvaluator(WSSSSemSegEvaluator):
             confs.append(conf[:c, :c])
         return np.stack(confs)
 
-    def evaluate(self):
-        hist = self._gather_sum(self._hist)
-        if hist is None:
-            return {}
-        confs = self.confusions(hist)
+    def summarize(self, state: dict) -> dict:
+        confs = self.confusions(state["hist"])
         per_t = [metrics_from_confusion(cf, self.class_names) for cf in confs]
         best = int(np.nanargmax([r["mIoU"] for r in per_t]))
         res = OrderedDict()
@@ -201,7 +136,7 @@ class CAMEvaluator(WSSSSemSegEvaluator):
         for k, v in per_t[best].items():
             if k != "mIoU":
                 res[k] = v
-        self._write_json("cam_evaluation.json", res)
+        self.write_json("cam_evaluation.json", res)
         logger.info(
             "%s: CAM mIoU %.2f at background threshold %.2f",
             self.dataset_name,

@@ -1,15 +1,19 @@
-"""Pseudo-label tools: CAM inference, refinement, label rounds, SAM-box labeling."""
+"""Pseudo-label tools: CAM inference, CAM -> label refiners, label rounds, SAM-box labeling."""
 
 from .cam_inference import CAMInferenceEngine
-from .labels import LabelParams, cams_to_label, make_round
-from .sam_labeler import SamBoxLabeler, label_dataset, load_sam
+from .make_round import make_round, write_cam_round, write_segmentation_round
+from .refine import REFINER_REGISTRY, Refiner, build_refiner
+from .sam import SamBoxLabeler, label_dataset, load_sam
 
 __all__ = [
     "CAMInferenceEngine",
-    "LabelParams",
+    "REFINER_REGISTRY",
+    "Refiner",
     "SamBoxLabeler",
-    "cams_to_label",
+    "build_refiner",
     "label_dataset",
     "load_sam",
     "make_round",
+    "write_cam_round",
+    "write_segmentation_round",
 ]

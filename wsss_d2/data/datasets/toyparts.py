@@ -237,33 +237,3 @@ def register_toyparts(
         TOY_CLASSES[:num_classes],
         toyparts=dict(num_images=num_images, seed=seed, image_size=image_size, **variant),
     )
-
-
-def register_all_toyparts() -> None:
-    for name, n, seed in (
-        ("toyparts_train", 600, 0),
-        ("toyparts_val", 150, 1),
-        ("toyparts_mini_train", 24, 2),  # for tests
-        ("toyparts_mini_val", 12, 3),
-    ):
-        register_toyparts(name, n, seed)
-    # the bodies carry a weak, partly reliable class cue (stripe angle, right 60 % of the time):
-    # the CAM still relies on the head, but the rest of the object is not class-blind
-    register_toyparts("toyparts_cue_train", 600, 0, body_cue=0.6)
-    register_toyparts("toyparts_cue_val", 150, 1, body_cue=0.6)
-    # a held-out split for final numbers only: the PLDA toy variants were chosen on _val
-    register_toyparts("toyparts_cue_test", 300, 4, body_cue=0.6)
-    # every body's stripes run at its class's angle (a fully reliable but subtle body cue) and
-    # heads are always visible: bodies of different classes always differ (the CIAN pair study)
-    register_toyparts("toyparts_stripe_train", 600, 0, body_cue=1.0)
-    register_toyparts("toyparts_stripe_val", 150, 1, body_cue=1.0)
-    register_toyparts("toyparts_stripe_test", 300, 4, body_cue=1.0)  # held out, as cue_test
-    # the body always carries its class's stripe angle and a third of the objects are seen
-    # without their head, so the classifier must learn the body too (measured: at output stride
-    # 4 its CAM then covers whole bodies, projects/PLDA/README.md)
-    register_toyparts("toyparts_occ_train", 600, 0, body_cue=1.0, head_drop=0.35)
-    register_toyparts("toyparts_occ_val", 150, 1, body_cue=1.0, head_drop=0.35)
-    # as stripe, with bodies 1.6x larger (heads unchanged): the head is a small part of the
-    # object, so a head-only CAM misses most of it even after the CAM's blur
-    for name, n, seed in (("train", 600, 0), ("val", 150, 1), ("test", 300, 4)):
-        register_toyparts(f"toyparts_large_{name}", n, seed, body_cue=1.0, body_scale=1.6)

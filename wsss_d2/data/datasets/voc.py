@@ -44,7 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...io.files import read_label_png
-from .common import VOC_CLASSES, datasets_root, keep_images_with_tags, require_dir, set_tag_metadata
+from .common import VOC_CLASSES, keep_images_with_tags, require_dir, set_tag_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ __all__ = [
     "load_voc_tags",
     "voc_split_ids",
     "find_voc_root",
-    "register_all_voc_tags",
 ]
 
 _CLASS_TO_ID = {c: i + 1 for i, c in enumerate(VOC_CLASSES)}
@@ -246,24 +245,3 @@ def register_voc_tags(name: str, root: str, split: str, sbd_root: str | None = N
     """
     DatasetCatalog.register(name, lambda: load_voc_tags(root, split, name, sbd_root))
     set_tag_metadata(name, VOC_CLASSES, dirname=root, split=split)
-
-
-def _register_builtin(name: str, split: str) -> None:
-    def load() -> list[dict]:
-        base = datasets_root()
-        voc_root = find_voc_root(base)
-        return load_voc_tags(voc_root, split, name)
-
-    DatasetCatalog.register(name, load)
-    set_tag_metadata(name, VOC_CLASSES, split=split)
-
-
-def register_all_voc_tags() -> None:
-    """Builtin VOC tag splits under ``$DETECTRON2_DATASETS`` (registration only, no I/O)."""
-    for name, split in (
-        ("voc_2012_train_aug_tags", "train_aug"),
-        ("voc_2012_train_tags", "train"),
-        ("voc_2012_val_tags", "val"),
-    ):
-        if name not in DatasetCatalog.list():
-            _register_builtin(name, split)

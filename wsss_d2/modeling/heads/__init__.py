@@ -1,3 +1,12 @@
-from .cian import CIANHead  # noqa: F401
-from .deeplabv2 import DeepLabV2Head  # noqa: F401
-from .domain_classifier import MultiHeadDomainClassifier, balanced_domain_loss  # noqa: F401
+from .cian import CIANHead
+from .deeplabv2 import DeepLabASPPHead, DeepLabLargeFOVHead, DeepLabV2Head
+from .domain_classifier import MultiHeadDomainClassifier, balanced_domain_loss
+
+__all__ = [
+    "CIANHead",
+    "DeepLabASPPHead",
+    "DeepLabLargeFOVHead",
+    "DeepLabV2Head",
+    "MultiHeadDomainClassifier",
+    "balanced_domain_loss",
+]

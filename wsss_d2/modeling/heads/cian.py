@@ -23,7 +23,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..layers.cross_image_affinity import CrossImageAffinity
-from .deeplabv2 import DeepLabV2Head, upsample_to
+from .deeplabv2 import DeepLabLargeFOVHead, upsample_to
 
 __all__ = ["CIANHead", "completion_targets"]
 
@@ -59,8 +59,8 @@ def completion_targets(
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class CIANHead(DeepLabV2Head):
-    """DeepLab-v2 head + :class:`CrossImageAffinity` before the classifier.
+class CIANHead(DeepLabLargeFOVHead):
+    """DeepLab-v2 LargeFOV head + :class:`CrossImageAffinity` before the classifier.
 
     Training: ``forward(features, targets, ref_index=(N, R), tags=(N, K), valid=(N, H, W))`` ->
     ``(None, losses)``; without ``ref_index`` (or with ``cross=False``) only the self-affinity
@@ -91,7 +91,7 @@ class CIANHead(DeepLabV2Head):
             cross_ce_weight: weight of ``loss_ce_cross`` (0 switches it off).
             completion_weight: weight of the completion losses (0 switches them off).
             completion_on_self: the completion labels also supervise the self prediction.
-            Others: see :class:`DeepLabV2Head` and :class:`CrossImageAffinity`.
+            Others: see :class:`DeepLabLargeFOVHead` and :class:`CrossImageAffinity`.
         """
         super().__init__(input_shape, **kwargs)
         self.affinity = CrossImageAffinity(

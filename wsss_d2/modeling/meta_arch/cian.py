@@ -20,6 +20,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
 from .segmentor import WSSSSegmentor
@@ -134,8 +135,6 @@ class CIANSegmentor(WSSSSegmentor):
 
 def _log_self_paired(lonely_fraction: float) -> None:
     """Log the fraction of self-paired images to the training storage when there is one."""
-    from detectron2.utils.events import get_event_storage
-
     try:
         get_event_storage().put_scalar("cian/self_paired_fraction", lonely_fraction)
     except AssertionError:  # no EventStorage outside a trainer

@@ -20,6 +20,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
+from ...ops.crf import crf_from_config
 from ..test_time import multiscale_flip_sum
 
 logger = logging.getLogger(__name__)
@@ -28,15 +29,13 @@ __all__ = ["WSSSSegmentor", "build_test_crf"]
 
 
 def build_test_crf(cfg) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """The dense-CRF post-processing of ``wsss_d2.pseudo.crf`` when ``MODEL.SEG_HEAD.TEST_CRF``.
+    """The dense-CRF post-processing of :mod:`wsss_d2.ops.crf` when ``MODEL.SEG_HEAD.TEST_CRF``.
 
     Returns ``fn(image_rgb (H, W, 3) uint8, probs (C, H, W) float32) -> probs (C, H, W)`` or
     None. The CRF's parameters are the pseudo-label stage's (its config group).
     """
     if not cfg.MODEL.SEG_HEAD.TEST_CRF:
         return None
-    from ...ops.crf import crf_from_config
-
     return crf_from_config(cfg)
 
 

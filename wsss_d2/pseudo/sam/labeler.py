@@ -14,7 +14,7 @@ only that mask is upsampled to the image size. Masks are pasted into a (H, W) la
 
 Each image also yields a JSON-able record (boxes, classes, scores, kept flags, areas, overlap
 counts, masks as COCO RLE) that :class:`wsss_d2.evaluation.SamBoxLabelingEvaluator` scores.
-:func:`label_dataset` writes labels into a :class:`~wsss_d2.pseudo.rounds.RoundWriter` round
+:func:`label_dataset` writes labels into a :class:`~wsss_d2.io.rounds.RoundWriter` round
 (records under ``<round>/sam_boxes/``), skipping images an interrupted run already finished.
 """
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Iterable, Sequence
 
 import cv2
@@ -32,322 +30,20 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
-from detectron2.utils.file_io import PathManager
-from segment_anything import sam_model_registry
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
-from ..io.rounds import RoundWriter, label_stem
-from .box_sources import BoxSource, ImageBoxes, build_box_source
+from ...io.files import atomic_write_bytes, read_label_png
+from ...io.rounds import RoundWriter, label_stem
+from .boxes import BoxSource, ImageBoxes, build_box_source
+from .model import load_sam
+from .paste import masks_to_rle, paste_masks
+from .records import RECORDS_DIR, SamLabelResult, read_record
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "SAM_BUILDERS",
-    "build_sam_tiny",
-    "load_sam",
-    "paste_masks",
-    "SamLabelResult",
-    "SamBoxLabeler",
-    "label_dataset",
-    "RECORDS_DIR",
-    "read_record",
-]
-
-RECORDS_DIR = "sam_boxes"  # per-image JSON records inside a round folder
-
-
-def build_sam_tiny(
-    checkpoint: str | None = None,
-    img_size: int = 256,
-    embed_dim: int = 32,
-    depth: int = 2,
-    prompt_dim: int = 32,
-) -> Sam:
-    """A tiny randomly initialised SAM for tests and benchmarks (its masks mean nothing).
-
-    Same architecture as SAM (ViT image encoder with windowed + global attention and relative
-    positions, prompt encoder, two-way-transformer mask decoder with 3 multimask outputs), only
-    narrower, shallower and at ``img_size`` input (embedding ``img_size/16`` squared). Weights
-    are seeded, so every process builds the same model. ``checkpoint`` is ignored here
-    (:func:`load_sam` loads it).
-    """
-    grid = img_size // 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=img_size,
-                patch_size=16,
-                in_chans=3,
-                embed_dim=embed_dim,
-                depth=depth,
-                num_heads=2,
-                mlp_ratio=2.0,
-                out_chans=prompt_dim,
-                qkv_bias=True,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=max(grid // 4, 1),
-                global_attn_indexes=(depth - 1,),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=prompt_dim,
-                image_embedding_size=(grid, grid),
-                input_image_size=(img_size, img_size),
-                mask_in_chans=4,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim, num_heads=2
-                ),
-                transformer_dim=prompt_dim,
-                iou_head_depth=2,
-                iou_head_hidden_dim=prompt_dim,
-            ),
-            pixel_mean=[123.675, 116.28, 103.53],
-            pixel_std=[58.395, 57.12, 57.375],
-        )
-    return sam.eval()
-
-
-# every builder takes checkpoint=None and returns an un-loaded model; load_sam loads weights
-SAM_BUILDERS: dict[str, Callable[..., Sam]] = {
-    "vit_h": sam_model_registry["vit_h"],
-    "vit_l": sam_model_registry["vit_l"],
-    "vit_b": sam_model_registry["vit_b"],
-    "tiny": build_sam_tiny,
-}
-_KNOWN_ENCODERS = {(1280, 32): "vit_h", (1024, 24): "vit_l", (768, 12): "vit_b", (32, 2): "tiny"}
-
-
-def _guess_model_type(sd: dict) -> str:
-    w = sd.get("image_encoder.patch_embed.proj.weight")
-    if w is None:
-        return "not a SAM checkpoint (no image_encoder.patch_embed.proj.weight)"
-    depth = len({k.split(".")[2] for k in sd if k.startswith("image_encoder.blocks.")})
-    name = _KNOWN_ENCODERS.get((int(w.shape[0]), depth))
-    return f"{name or 'unknown'} (encoder width {int(w.shape[0])}, depth {depth})"
-
-
-def load_sam(model_type: str, checkpoint: str, device: str | torch.device = "cpu") -> Sam:
-    """Build a SAM of ``model_type`` and load ``checkpoint`` onto ``device``.
-
-    ``model_type`` is one of ``vit_h``, ``vit_l``, ``vit_b`` (the official models, built through
-    ``segment_anything.sam_model_registry``) or ``tiny`` (random test model, for which an empty
-    checkpoint means the seeded random weights). Raises ``FileNotFoundError`` for a missing
-    checkpoint and ``ValueError`` naming the path, the expected type and what the file looks
-    like when its weights do not fit.
-    """
-    if model_type not in SAM_BUILDERS:
-        raise ValueError(
-            f"WSSS.SAM.MODEL_TYPE '{model_type}' is unknown; expected one of {sorted(SAM_BUILDERS)}"
-        )
-    if not checkpoint:
-        if model_type != "tiny":
-            raise FileNotFoundError(
-                f"WSSS.SAM.CHECKPOINT is empty; SAM model type '{model_type}' needs its official "
-                "weights (e.g. sam_vit_h_4b8939.pth from the segment-anything release)"
-            )
-        logger.warning("SAM 'tiny' with random weights: a test/benchmark model, masks are noise")
-        return build_sam_tiny().to(device).eval()
-    local = PathManager.get_local_path(checkpoint)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(
-            f"SAM checkpoint not found: {checkpoint} (WSSS.SAM.CHECKPOINT, expected model type "
-            f"'{model_type}')"
-        )
-    try:
-        sd = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download, a pickle of something else
-        raise ValueError(f"cannot read SAM checkpoint {checkpoint}: {e}") from e
-    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # Detectron2 Checkpointer
-        sd = sd["model"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"SAM checkpoint {checkpoint} holds a {type(sd).__name__}, not weights")
-    guess = _guess_model_type(sd)
-    if guess.split(" ")[0] in SAM_BUILDERS and not guess.startswith(model_type + " "):
-        # a known other type: say so before building a model of the wrong size
-        raise ValueError(
-            f"SAM checkpoint {checkpoint} does not match WSSS.SAM.MODEL_TYPE '{model_type}': it "
-            f"looks like {guess}"
-        )
-    model = SAM_BUILDERS[model_type](checkpoint=None)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ValueError(
-            f"SAM checkpoint {checkpoint} does not match WSSS.SAM.MODEL_TYPE '{model_type}': it "
-            f"looks like {_guess_model_type(sd)}. First problem: {first[:300]}"
-        ) from None
-    return model.to(device).eval()
-
-
-def _count_into(counter: np.ndarray, mask: np.ndarray, saturate: bool) -> None:
-    """``counter += mask`` in place (uint8 counter, bool mask); with ``saturate`` the counts
-    stop at 2 (all the callers need is ">= 2"), so 255 or more masks cannot wrap around."""
-    np.add(counter, mask.view(np.uint8), out=counter)
-    if saturate:
-        np.minimum(counter, 2, out=counter)
-
-
-def paste_masks(
-    masks,
-    classes: Sequence[int],
-    scores: Sequence[float],
-    keep: Sequence[bool] | None = None,
-    ignore_dropped: bool = False,
-    ignore_label: int = IGNORE_LABEL,
-) -> tuple[np.ndarray, dict]:
-    """Paste binary masks into a semantic label map, resolving overlaps by score then area.
-
-    Runs in numpy: one device-to-host copy per image (the label, the statistics and the RLE
-    all need host memory), and numpy's boolean reductions and masked writes are several times
-    faster than torch's on CPU.
-
-    Args:
-        masks: (N, H, W) bool, numpy or torch.
-        classes: (N,) class ids 1..K.
-        scores: (N,) overlap scores; where kept masks overlap, the highest score wins, and
-            between equal scores the smaller mask (a small object in front of a large one).
-        keep: (N,) bool, masks to paste (default all). Dropped masks paste nothing; with
-            ``ignore_dropped`` the pixels covered only by dropped masks become ``ignore_label``.
-    Returns:
-        label: (H, W) uint8, 0 where no kept mask covers the pixel.
-        info: ``areas`` (N,) mask pixels, ``won`` (N,) pixels each mask got in the label,
-        ``overlap_pixels`` covered by >= 2 kept masks, ``conflict_pixels`` covered by kept
-        masks of >= 2 different classes (where the resolution changes the semantics).
-    """
-    if isinstance(masks, torch.Tensor):
-        masks = masks.cpu().numpy()
-    masks = np.asarray(masks, bool)
-    n, h, w = masks.shape
-    classes = np.asarray(classes, np.int64).reshape(n)
-    scores = np.asarray(scores, np.float64).reshape(n)
-    keep = np.ones(n, bool) if keep is None else np.asarray(keep, bool).reshape(n)
-    flat = masks.reshape(n, h * w)
-    # one count per mask: numpy's whole-array count is ~10x faster than its axis=1 count
-    areas = np.array([np.count_nonzero(m) for m in flat], np.int64)
-    info = {"areas": areas, "won": np.zeros(n, np.int64), "overlap_pixels": 0, "conflict_pixels": 0}
-    kept = np.flatnonzero(keep)
-    # owner: 0 = no kept mask, i + 1 = mask i (the narrowest integer type: cheaper writes);
-    # cover: how many kept masks cover the pixel (saturating is harmless: only >= 2 matters)
-    small = n < 255
-    owner = np.zeros(h * w, np.uint8 if small else np.int32)
-    cover = np.zeros(h * w, np.uint8) if len(kept) > 1 else None
-    # paint from the weakest to the strongest mask so that the strongest ends on top:
-    # lexsort's last key is the primary one (score ascending, then area descending)
-    for i in kept[np.lexsort((-areas[kept], scores[kept]))]:
-        np.copyto(owner, i + 1, where=flat[i])
-        if cover is not None:
-            _count_into(cover, flat[i], saturate=len(kept) >= 255)
-    lut = np.zeros(256 if small else n + 1, np.uint8)
-    lut[1 : n + 1] = classes
-    # OpenCV's 8-bit look-up table and histogram: several times numpy's speed
-    label = cv2.LUT(owner.reshape(h, w), lut).reshape(h * w) if small else lut[owner]
-    if small and h * w < 2**24:  # float32 histogram counts are exact below 2^24
-        hist = cv2.calcHist([owner.reshape(h, w)], [0], None, [256], [0, 256])
-        info["won"] = hist.ravel()[1 : n + 1].astype(np.int64)
-    else:
-        info["won"] = np.bincount(owner, minlength=n + 1)[1:]
-    if ignore_dropped and len(kept) < n:
-        dropped = np.logical_or.reduce(flat[~keep], axis=0)
-        label[dropped & (owner == 0)] = ignore_label
-    if cover is not None:
-        shared = cover >= 2
-        info["overlap_pixels"] = overlap = int(np.count_nonzero(shared))
-        kc = classes[kept]
-        if overlap and len(np.unique(kc)) == len(kc):
-            info["conflict_pixels"] = overlap  # every kept mask has a class of its own
-        elif overlap and (kc != kc[0]).any():
-            # how many classes cover each pixel: one union per class with several masks
-            ccover = np.zeros(h * w, np.uint8)
-            for c in np.unique(kc):
-                of_c = kept[kc == c]
-                union = flat[of_c[0]] if len(of_c) == 1 else np.logical_or.reduce(flat[of_c])
-                _count_into(ccover, union, saturate=len(kc) >= 255)
-            info["conflict_pixels"] = int(np.count_nonzero(ccover >= 2))
-    return label.reshape(h, w), info
-
-
-def _masks_to_rle(masks: np.ndarray) -> list[dict]:
-    from pycocotools import mask as mask_util
-
-    if masks.shape[0] == 0:
-        return []
-    arr = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
-    rles = mask_util.encode(arr)
-    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
-@dataclass
-class SamLabelResult:
-    """SAM-box labels of one image.
-
-    Attributes:
-        label: (H, W) uint8: 0 background, 1..K, 255 ignored.
-        boxes: the prompted boxes.
-        mask_scores: (N,) SAM predicted IoU of each box's chosen mask.
-        kept: (N,) bool, mask pasted (predicted IoU >= mask_min_score).
-        areas / won: (N,) mask pixels / pixels the mask got in the label.
-        overlap_pixels / conflict_pixels: see :func:`paste_masks`.
-        untagged_boxes / unmatched_labels: boxes the source dropped (class not tagged / text
-            label matching no class).
-        masks_rle: COCO RLE of each mask (None when not kept in memory).
-    """
-
-    label: np.ndarray
-    boxes: ImageBoxes
-    mask_scores: np.ndarray
-    kept: np.ndarray
-    areas: np.ndarray
-    won: np.ndarray
-    overlap_pixels: int = 0
-    conflict_pixels: int = 0
-    untagged_boxes: int = 0
-    unmatched_labels: int = 0
-    masks_rle: list[dict] | None = field(default=None)
-
-    def record(self, d: dict) -> dict:
-        """A JSON-able record of this image's boxes and masks (no label map)."""
-        b = self.boxes
-        return {
-            "file_name": d["file_name"],
-            "image_id": d.get("image_id"),
-            "height": int(self.label.shape[0]),
-            "width": int(self.label.shape[1]),
-            "tags": [int(t) for t in d.get("tags", ())],
-            "boxes": np.round(b.boxes.astype(np.float64), 2).tolist(),
-            "classes": b.classes.tolist(),
-            "box_scores": [float(s) for s in b.scores],
-            "labels": list(b.labels),
-            "instance_ids": b.instance_ids.tolist(),
-            "mask_scores": [float(s) for s in self.mask_scores],
-            "kept": [bool(k) for k in self.kept],
-            "areas": [int(a) for a in self.areas],
-            "won": [int(a) for a in self.won],
-            "overlap_pixels": int(self.overlap_pixels),
-            "conflict_pixels": int(self.conflict_pixels),
-            "untagged_boxes": int(self.untagged_boxes),
-            "unmatched_labels": int(self.unmatched_labels),
-            "masks_rle": self.masks_rle,
-        }
-
-
-def read_record(path: str) -> dict:
-    """A per-image record written by :func:`label_dataset`."""
-    with PathManager.open(path) as f:
-        return json.load(f)
+__all__ = ["SamBoxLabeler", "label_dataset"]
 
 
 class SamBoxLabeler:
@@ -549,7 +245,7 @@ class SamBoxLabeler:
             won=info["won"],
             overlap_pixels=info["overlap_pixels"],
             conflict_pixels=info["conflict_pixels"],
-            masks_rle=_masks_to_rle(masks) if self.save_masks else None,
+            masks_rle=masks_to_rle(masks) if self.save_masks else None,
         )
 
     def read_image(self, d: dict) -> np.ndarray:

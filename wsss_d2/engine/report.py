@@ -17,8 +17,17 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from matplotlib.figure import Figure
 
-from .io.files import atomic_write_bytes, read_label_png, voc_palette
+from ..config import get_wsss_cfg
+from ..data.mappers import build_mapper
+from ..io.files import atomic_write_bytes, read_image_checked, read_label_png, voc_palette
+from ..io.rounds import label_stem
+from ..modeling.meta_arch.cam import CAMClassifier
+from .pipeline import primary_metric
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +71,6 @@ def png_base64(rgb: np.ndarray, min_side: int = 160) -> str:
 
 def loss_plot_base64(metrics_json: str, title: str = "") -> str | None:
     """Plot every ``*loss*`` series of a Detectron2 ``metrics.json``; ``None`` if there is none."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not os.path.isfile(metrics_json):
         return None
     series: dict[str, list] = {}
@@ -80,7 +84,9 @@ def loss_plot_base64(metrics_json: str, title: str = "") -> str | None:
                     series.setdefault(k, []).append((row["iteration"], v))
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    # a Figure without pyplot: no global backend state is touched
+    fig = Figure(figsize=(6, 3.2), dpi=100)
+    ax = fig.subplots()
     for k, pts in sorted(series.items()):
         it, v = zip(*pts)
         ax.plot(it, v, label=k, lw=1.5 if k == "total_loss" else 1)
@@ -92,22 +98,12 @@ def loss_plot_base64(metrics_json: str, title: str = "") -> str | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def load_model(config_file: str, opts: Sequence[str], weights: str):
     """Build a model from a wsss_d2 config and load ``weights``; returns (cfg, model in eval)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from .config import add_wsss_config
-
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = get_wsss_cfg(config_file, opts)
     model = build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     return cfg, model.eval()
@@ -122,9 +118,6 @@ def sample_panels(
     Returns ``[{"file_name", "tags", "image", "cam", "pseudo", "pred", "gt"}]`` of RGB arrays
     (``None`` where that source is not given or the image has none).
     """
-    from .io.files import read_image_checked
-    from .io.rounds import label_stem
-
     out = []
     for d in dicts:
         rgb = read_image_checked(d["file_name"], "RGB")
@@ -218,24 +211,11 @@ def panels_html(panels: list[dict], class_names: Sequence[str] | None = None) ->
 
 
 def _stage_cfg(pipe, stage):
-    from detectron2.config import get_cfg
-
-    from .config import add_wsss_config
-
-    cfg = get_cfg()
-    add_wsss_config(cfg)
-    cfg.merge_from_file(stage.config)
-    cfg.merge_from_list(pipe.stage_opts(stage))
-    return cfg
+    return get_wsss_cfg(stage.config, pipe.stage_opts(stage))
 
 
 def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> str:
     """Write ``report.html`` for a pipeline run into its OUTPUT_DIR; returns its path."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from .data.mappers import build_mapper
-    from .pipeline import primary_metric
-
     parts = [
         f"<h1>wsss_d2 pipeline report</h1><p>pipeline: {html.escape(pipe.source)}<br>"
         f"output: {html.escape(os.path.abspath(pipe.output_dir))}</p>"
@@ -287,11 +267,7 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
 
     # sample panels: CAM model, latest round, last segmentor, on the round's images
     try:
-        parts.append(
-            _samples_section(
-                pipe, summaries, num_samples, DatasetCatalog, MetadataCatalog, build_mapper
-            )
-        )
+        parts.append(_samples_section(pipe, summaries, num_samples))
     except Exception as e:  # a report must not fail a finished pipeline
         logger.exception("sample panels skipped")
         parts.append(f"<h2>Samples</h2><p>skipped: {html.escape(str(e))}</p>")
@@ -306,9 +282,7 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
     return path
 
 
-def _samples_section(
-    pipe, summaries, num_samples, DatasetCatalog, MetadataCatalog, build_mapper
-) -> str:
+def _samples_section(pipe, summaries, num_samples) -> str:
     by_name = {s.name: s for s in pipe.stages}
     cam_stage = seg_stage = round_stage = None
     for s in summaries:
@@ -317,7 +291,7 @@ def _samples_section(
             round_stage = st
         elif st.kind == "train":
             cfg = _stage_cfg(pipe, st)
-            if cfg.MODEL.META_ARCHITECTURE in ("CAMClassifier", "PLDA"):
+            if issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), CAMClassifier):
                 cam_stage = cam_stage or st
             else:
                 seg_stage = st

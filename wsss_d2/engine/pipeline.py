@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import yaml
-from detectron2.config import get_cfg
 from detectron2.utils.file_io import PathManager
 
-from .config import add_wsss_config
-from .io.files import atomic_write_bytes
-from .io.rounds import config_hash, latest_complete_round
+from ..config import get_wsss_cfg
+from ..io.files import atomic_write_bytes
+from ..io.rounds import config_hash, latest_complete_round
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +163,7 @@ class Pipeline:
 
     def stage_hash(self, stage: Stage) -> str:
         """Hash of the merged config (minus paths of this run), the kind and the inputs' hashes."""
-        cfg = get_cfg()
-        add_wsss_config(cfg)
-        cfg.merge_from_file(stage.config)
-        cfg.merge_from_list(list(stage.opts))
+        cfg = get_wsss_cfg(stage.config, stage.opts)
         upstream = [self._hashes[n] for n in (stage.weights_from, stage.round_from) if n]
         return config_hash({"cfg": cfg.dump(), "kind": stage.kind, "inputs": upstream})
 

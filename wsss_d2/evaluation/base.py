@@ -1,0 +1,137 @@
+"""The base of every wsss_d2 evaluator: class names, reset / gather once, JSON output.
+
+A subclass keeps what it accumulates in ``self._state``, a dict made by :meth:`empty_state` of
+numpy arrays, numbers, lists and nested dicts of these, and turns a state into results in
+:meth:`summarize`. :meth:`evaluate` merges the states of all ranks on the main process — arrays
+and numbers are summed, lists concatenated — and returns ``{}`` elsewhere, as Detectron2's
+evaluators do (gather, then ``if not is_main_process(): return``), so that this is written once,
+not once per evaluator.
+
+Ground truth is read from each input's ``sem_seg_file_name`` (ids 0 background, 1..K, 255
+ignore) by :func:`read_gt` — with the refiners' and mappers' promise that training code never
+reads it, this is the only place in the package where ground-truth masks are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["WSSSEvaluator", "read_gt", "tag_evaluator_args"]
+
+
+def tag_evaluator_args(cfg, dataset_name: str, output_dir: str | None = None) -> dict:
+    """The constructor arguments every wsss_d2 evaluator reads from a config."""
+    return {
+        "dataset_name": dataset_name,
+        "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,  # background included
+        "ignore_label": cfg.MODEL.IGNORE_VALUE,
+        "output_dir": output_dir,
+    }
+
+
+def read_gt(inp: dict, hw: Sequence[int]) -> np.ndarray:
+    """The (H, W) uint8 ground truth of an input, checked against the prediction's size ``hw``."""
+    if "sem_seg_file_name" not in inp:
+        raise KeyError(
+            f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': this dataset has no "
+            "ground truth to evaluate against"
+        )
+    return read_label_png(inp["sem_seg_file_name"], tuple(hw), inp.get("file_name"))
+
+
+def _merge(values: list):
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _merge([v[k] for v in values]) for k in first}
+    if isinstance(first, list):
+        return [x for v in values for x in v]
+    return sum(values[1:], first)
+
+
+class WSSSEvaluator(DatasetEvaluator):
+    """Shared constructor, state handling, gathering and JSON writing (module docstring)."""
+
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        ignore_label: int = IGNORE_LABEL,
+        output_dir: str | None = None,
+        distributed: bool = True,
+    ):
+        """
+        Args:
+            dataset_name: its metadata give the class names (``stuff_classes``, background first)
+                and the ignore label; "" for none.
+            num_classes: K + 1, background included (default: the number of class names).
+            class_names: K + 1 names (default: ``stuff_classes``); explicit names that disagree
+                with ``num_classes`` are an error, metadata that disagree are not used.
+        """
+        self.dataset_name = dataset_name
+        meta = MetadataCatalog.get(dataset_name) if dataset_name else None
+        explicit = class_names is not None
+        if not explicit and meta is not None and meta.get("stuff_classes") is not None:
+            class_names = list(meta.stuff_classes)
+        if num_classes is None:
+            if class_names is None:
+                raise KeyError(f"dataset {dataset_name} has no stuff_classes; pass num_classes")
+            num_classes = len(class_names)
+        if class_names is not None and len(class_names) != num_classes:
+            if explicit:
+                raise ValueError(
+                    f"{len(class_names)} class names for {num_classes} classes "
+                    f"(dataset {dataset_name})"
+                )
+            class_names = None
+        self.num_classes = int(num_classes)  # background included
+        self.class_names = list(class_names) if class_names is not None else None
+        self.ignore_label = meta.get("ignore_label", ignore_label) if meta else ignore_label
+        self.output_dir = output_dir
+        self.distributed = distributed
+        self.reset()
+
+    def empty_state(self) -> dict:
+        raise NotImplementedError
+
+    def summarize(self, state: dict) -> dict:
+        """The results of a merged ``state`` (main process only)."""
+        raise NotImplementedError
+
+    def evaluate(self):
+        state = self.gather_state()
+        return {} if state is None else self.summarize(state)
+
+    def reset(self):
+        self._state = self.empty_state()
+
+    def gather_state(self) -> dict | None:
+        """Every rank's state merged on the main process; None on the others."""
+        if not self.distributed or comm.get_world_size() == 1:
+            return self._state
+        parts = comm.gather(self._state, dst=0)
+        if not comm.is_main_process():
+            return None
+        return _merge(parts)
+
+    def write_json(self, name: str, res: dict) -> None:
+        """``res`` as ``output_dir/name`` (atomically), when the evaluator has an output folder."""
+        if self.output_dir:
+            PathManager.mkdirs(self.output_dir)
+            atomic_write_bytes(
+                os.path.join(self.output_dir, name), json.dumps(res, indent=2).encode()
+            )
