@@ -20,6 +20,6 @@ bench: venv
 	$(PY) benchmarks/bench_eval.py
 
 lint: venv
-	$(PY) -m black --check -l 100 wsss_d2 tools tests benchmarks
-	$(PY) -m isort --check-only wsss_d2 tools tests benchmarks
-	$(PY) -m ruff check wsss_d2 tools tests benchmarks
+	$(PY) -m black --check -q -l 100 wsss_d2 tools tests benchmarks projects
+	$(PY) -m isort --check-only -q wsss_d2 tools tests benchmarks projects
+	$(PY) -m ruff check -q wsss_d2 tools tests benchmarks projects

@@ -1,31 +1,29 @@
 #!/usr/bin/env python
 """``make demo``: the whole pipeline on the generated toy data, on CPU.
 
-Runs ``configs/pipelines/toy_demo.yaml`` through tools/run_pipeline.py (CAM and PLDA → CRF pseudo
-labels → DeepLab-v2 and CIAN → CIAN retraining round → COCO-format evaluation) into
-``output/demo`` and prints one table (each stage's toyparts_val mIoU) and the report's path.
-Run it again to reuse finished stages (it resumes).
+Runs ``configs/pipelines/toy_demo.yaml`` (CAM and PLDA -> CRF pseudo labels -> DeepLab-v2 and
+CIAN -> CIAN retraining round -> COCO-format evaluation) into ``output/demo`` and prints one table
+(each stage's toyparts_val mIoU) and the report's path. Run it again to reuse finished stages (it
+resumes). Extra arguments are those of tools/run_pipeline.py.
 """
 
 import os
 import sys
 import time
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, TOOLS)
+from wsss_d2 import runs
 
-import run_pipeline  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main():
+def main(argv=None):
     t0 = time.time()
-    argv = [
-        "--config-file",
-        os.path.join(os.path.dirname(TOOLS), "configs", "pipelines", "toy_demo.yaml"),
-        "--resume",
-        *sys.argv[1:],
-    ]
-    run_pipeline.main(argv)
+    config = os.path.join(REPO, "configs", "pipelines", "toy_demo.yaml")
+    argv = ["--config-file", config, "--resume", *(sys.argv[1:] if argv is None else argv)]
+    _, table, report = runs.run_pipeline(runs.pipeline_argument_parser().parse_args(argv), REPO)
+    print(table)
+    if report:
+        print(f"\nreport: {report}")
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
 
 

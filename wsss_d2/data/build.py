@@ -30,6 +30,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from ..io.rounds import attach_round, latest_complete_round
 from .mappers import build_mapper
@@ -45,7 +46,7 @@ def train_round_dir(cfg) -> str:
     under ``WSSS.PSEUDO.ROOT`` (``OUTPUT_DIR/pseudo_labels`` when empty), else ""."""
     p = cfg.WSSS.PSEUDO
     if p.TRAIN_ROUND:
-        if not os.path.isdir(p.TRAIN_ROUND):
+        if not PathManager.isdir(p.TRAIN_ROUND):
             raise FileNotFoundError(f"WSSS.PSEUDO.TRAIN_ROUND folder not found: {p.TRAIN_ROUND}")
         return p.TRAIN_ROUND
     latest = latest_complete_round(p.ROOT or os.path.join(cfg.OUTPUT_DIR, "pseudo_labels"))

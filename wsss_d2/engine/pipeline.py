@@ -88,7 +88,7 @@ def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
         cfg_path = s["config"]
         if repo_root and not os.path.isabs(cfg_path):
             cfg_path = os.path.join(repo_root, cfg_path)
-        if not os.path.isfile(cfg_path):
+        if not PathManager.isfile(cfg_path):
             raise FileNotFoundError(f"{where}: config file not found: {cfg_path}")
         opts = [str(o) for o in s.get("opts", [])]
         if len(opts) % 2:

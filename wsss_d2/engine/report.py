@@ -40,6 +40,7 @@ __all__ = [
     "sample_panels",
     "panels_html",
     "write_pipeline_report",
+    "write_visualization",
 ]
 
 _PALETTE = np.array(voc_palette(256), np.uint8)
@@ -325,3 +326,43 @@ def _samples_section(pipe, summaries, num_samples) -> str:
     return f"<h2>Samples ({html.escape(name)}; {html.escape(what)})</h2>" + panels_html(
         panels, getattr(meta, "stuff_classes", None)
     )
+
+
+def write_visualization(
+    dataset: str,
+    output: str,
+    num: int = 8,
+    cam: tuple[str, str] | None = None,
+    seg: tuple[str, str] | None = None,
+    round_dir: str | None = None,
+) -> str:
+    """Panels of the first ``num`` images of ``dataset`` into one HTML file ``output``, plus one
+    PNG per image and column in ``<output stem>_files/``.
+
+    ``cam`` / ``seg``: ``(config file, weights)`` of a CAM model / segmentor (run on CPU);
+    ``round_dir``: a pseudo-label round folder. Every source is optional. Returns ``output``.
+    """
+    cam_model = seg_model = mapper = None
+    if cam:
+        cfg, cam_model = load_model(cam[0], ["MODEL.DEVICE", "cpu"], cam[1])
+        mapper = build_mapper(cfg, False)
+    if seg:
+        cfg, seg_model = load_model(seg[0], ["MODEL.DEVICE", "cpu"], seg[1])
+        mapper = mapper or build_mapper(cfg, False)
+    dicts = DatasetCatalog.get(dataset)[:num]
+    panels = sample_panels(dicts, cam_model, seg_model, mapper, round_dir or None)
+    files = os.path.splitext(output)[0] + "_files"
+    os.makedirs(files, exist_ok=True)
+    for i, p in enumerate(panels):
+        for key in ("image", "cam", "pseudo", "pred", "gt"):
+            if p[key] is not None:
+                ok, buf = cv2.imencode(".png", cv2.cvtColor(p[key], cv2.COLOR_RGB2BGR))
+                atomic_write_bytes(os.path.join(files, f"{i:03d}_{key}.png"), buf.tobytes())
+    body = panels_html(panels, getattr(MetadataCatalog.get(dataset), "stuff_classes", None))
+    doc = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{dataset}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{dataset}</h1>{body}</body></html>"
+    )
+    atomic_write_bytes(output, doc.encode())
+    logger.info("wrote %s and %s", output, files)
+    return output

@@ -25,6 +25,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
+from detectron2.utils.file_io import PathManager
+from pycocotools.coco import COCO
 
 from ..data.datasets.coco import category_map
 from ..data.datasets.coco_sem_seg import instances_to_label
@@ -94,12 +96,10 @@ def coco_results_to_label(
 def _contiguous_to_dataset_ids(dataset_name: str) -> dict[int, int] | None:
     meta = MetadataCatalog.get(dataset_name)
     json_file = getattr(meta, "json_file", None)
-    if not json_file or not os.path.isfile(json_file):
+    if not json_file or not PathManager.isfile(json_file):
         return None
-    from pycocotools.coco import COCO
-
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(json_file)
+        coco = COCO(PathManager.get_local_path(json_file))
     cat_map, _ = category_map(coco, json_file, getattr(meta, "coco_names", None))
     return {v: k for k, v in cat_map.items()}
 
@@ -154,14 +154,12 @@ def score_coco_semantic_json(
 
     Returns ``{"sem_seg": {...}}`` with the same keys as :class:`WSSSSemSegEvaluator`.
     """
-    from pycocotools.coco import COCO
-
-    with open(results_file) as f:
+    with PathManager.open(results_file) as f:
         results = json.load(f)
     if not isinstance(results, list):
         raise ValueError(f"{results_file}: expected a JSON list of results")
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(instances_json)
+        coco = COCO(PathManager.get_local_path(instances_json))
     cat_map, names = category_map(coco, instances_json, class_names)
     by_image = defaultdict(list)
     for r in results:

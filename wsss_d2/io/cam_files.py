@@ -19,6 +19,7 @@ import zipfile
 from typing import Sequence
 
 import numpy as np
+from detectron2.utils.file_io import PathManager
 
 from .files import atomic_write_bytes
 from .rounds import label_stem
@@ -69,10 +70,10 @@ def load_cam_file(
         OSError: truncated / corrupt file or missing keys (the message names the file).
         ValueError: its size differs from ``expected_hw`` (names the CAM file and the image).
     """
-    if not os.path.isfile(path):
+    if not PathManager.isfile(path):
         raise FileNotFoundError(f"CAM file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with PathManager.open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             cams = z["cams"].astype(np.float32)
             keys = z["keys"].astype(np.int64)
             hw = tuple(int(v) for v in z["hw"])

@@ -23,6 +23,7 @@ import time
 from typing import Iterable
 
 import numpy as np
+from detectron2.utils.file_io import PathManager
 
 from .files import IGNORE_LABEL, atomic_write_bytes, read_label_png, save_label_png
 
@@ -61,7 +62,7 @@ def config_hash(cfg) -> str:
 
 def read_manifest(path: str) -> dict:
     """The manifest of a complete round folder."""
-    with open(os.path.join(path, MANIFEST)) as f:
+    with PathManager.open(os.path.join(path, MANIFEST)) as f:
         return json.load(f)
 
 
@@ -91,7 +92,7 @@ def attach_round(dataset_dicts: Iterable[dict], folder: str) -> list[dict]:
     out = []
     for d in dataset_dicts:
         path = os.path.join(folder, label_stem(d) + ".png")
-        if not os.path.isfile(path):
+        if not PathManager.isfile(path):
             raise FileNotFoundError(
                 f"pseudo-label round {folder} has no label for image {d['file_name']} "
                 f"(expected {path})"
