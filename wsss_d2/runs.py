@@ -31,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from .engine.defaults import default_wsss_setup
-from .engine.pipeline import load_pipeline, primary_metric
+from .engine.pipeline import load_pipeline, summary_rows
 from .engine.report import write_pipeline_report
 from .engine.trainer import WSSSTrainer, check_weights_exist
 from .evaluation.pseudo_eval import evaluate_round
@@ -294,19 +294,7 @@ def run_pipeline(args, repo_root: str | None = None):
     execute = _stage_executor(args)
     t0 = time.time()
     summaries = pipe.run({kind: execute for kind in STAGE_RUNNERS}, resume=args.resume)
-    rows = []
-    for s in summaries:
-        m = primary_metric(s["results"])
-        rows.append(
-            [
-                s["name"],
-                s["kind"],
-                m[0] if m else "-",
-                f"{m[1]:.1f}" if m else "-",
-                s["status"],
-                s["seconds"],
-            ]
-        )
+    rows = summary_rows(summaries)
     table = tabulate(rows, headers=["stage", "kind", "metric", "mIoU", "status", "seconds"])
     report = "" if args.no_report else write_pipeline_report(pipe, summaries)
     logger.info("pipeline finished in %.0f s\n%s", time.time() - t0, table)

@@ -44,7 +44,15 @@ from ..io.rounds import config_hash, latest_complete_round
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Stage", "Pipeline", "load_pipeline", "STAGE_KINDS", "DONE_FILE", "primary_metric"]
+__all__ = [
+    "Stage",
+    "Pipeline",
+    "load_pipeline",
+    "STAGE_KINDS",
+    "DONE_FILE",
+    "primary_metric",
+    "summary_rows",
+]
 
 STAGE_KINDS = ("train", "evaluate", "pseudo_labels", "sam_labels")
 DONE_FILE = "stage_done.json"
@@ -115,6 +123,19 @@ def primary_metric(results: dict) -> tuple[str, float] | None:
         if key.endswith("mIoU"):
             return key, float(v)
     return None
+
+
+def summary_rows(summaries: list[dict], digits: int = 1, config: bool = False) -> list[list]:
+    """One table row per stage summary: name, kind, (config,) metric, mIoU, status, seconds."""
+    rows = []
+    for s in summaries:
+        m = primary_metric(s["results"])
+        cfg = [os.path.relpath(s["config"]) if s["config"] else ""] if config else []
+        rows.append(
+            [s["name"], s["kind"], *cfg, m[0] if m else "-", f"{m[1]:.{digits}f}" if m else "-"]
+            + [s["status"], s["seconds"]]
+        )
+    return rows
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -27,7 +27,7 @@ from ..data.mappers import build_mapper
 from ..io.files import atomic_write_bytes, read_image_checked, read_label_png, voc_palette
 from ..io.rounds import label_stem
 from ..modeling.meta_arch.cam import CAMClassifier
-from .pipeline import primary_metric
+from .pipeline import summary_rows
 
 logger = logging.getLogger(__name__)
 
@@ -221,20 +221,7 @@ def write_pipeline_report(pipe, summaries: list[dict], num_samples: int = 6) -> 
         f"<h1>wsss_d2 pipeline report</h1><p>pipeline: {html.escape(pipe.source)}<br>"
         f"output: {html.escape(os.path.abspath(pipe.output_dir))}</p>"
     ]
-    rows = []
-    for s in summaries:
-        m = primary_metric(s["results"])
-        rows.append(
-            [
-                s["name"],
-                s["kind"],
-                os.path.relpath(s["config"]) if s["config"] else "",
-                m[0] if m else "-",
-                f"{m[1]:.2f}" if m else "-",
-                s["status"],
-                s["seconds"],
-            ]
-        )
+    rows = summary_rows(summaries, digits=2, config=True)
     parts.append(
         "<h2>Stages</h2>"
         + _table(["stage", "kind", "config", "metric", "mIoU %", "status", "seconds"], rows)

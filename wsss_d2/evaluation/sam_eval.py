@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from detectron2.structures import BoxMode
 from pycocotools import mask as mask_util
 
 from ..data.datasets.coco_sem_seg import segmentation_to_mask
-from ..io.files import IGNORE_LABEL, read_label_png
+from ..io.files import read_label_png
 from ..io.rounds import label_stem
 from ..io.rounds import round_dir as round_folder
 from ..pseudo.sam.records import RECORDS_DIR, read_record
@@ -83,33 +82,22 @@ class SamBoxLabelingEvaluator(WSSSEvaluator):
         self,
         dataset_name: str,
         *,
-        num_classes: int | None = None,
-        class_names: Sequence[str] | None = None,
-        ignore_label: int = IGNORE_LABEL,
-        output_dir: str | None = None,
         round_dir: str | None = None,
         match_iou: float = 0.5,
-        distributed: bool = True,
+        **kwargs,
     ):
         """
         Args:
             dataset_name: used for the class names (``stuff_classes`` metadata) and logs.
-            num_classes: K + 1, background included (default: from the metadata).
-            class_names: K + 1 names, background first (default: ``stuff_classes``).
             round_dir: round folder to read labels from when outputs do not carry them
                 (a complete round, or its ``.partial`` folder while it is being written).
             match_iou: box IoU needed to match a non-GT box with a GT instance.
+            kwargs: ``num_classes``, ``class_names``, ``ignore_label``, ``output_dir``,
+                ``distributed`` (see :class:`WSSSEvaluator`).
         """
         self.round_dir = round_dir
         self.match_iou = match_iou
-        super().__init__(
-            dataset_name,
-            num_classes=num_classes,
-            class_names=class_names,
-            ignore_label=ignore_label,
-            output_dir=output_dir,
-            distributed=distributed,
-        )
+        super().__init__(dataset_name, **kwargs)
         if self.class_names is None:
             self.class_names = [str(i) for i in range(self.num_classes)]
 
