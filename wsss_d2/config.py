@@ -186,6 +186,21 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.DOMAIN_DROPOUT = 0.5  # dropout after each base layer of the domain classifier
     # weight each pixel's domain loss by 1 + exp(-entropy of its domain prediction) (official code)
     _C.MODEL.PLDA.DOMAIN_ENTROPY_WEIGHT = True
+    # per-pixel weight of the domain loss in each (image, class) with n_s source, n_t target
+    # pixels, T = n_s + n_t: "official" (T - n_d) / (1 + T) | "balanced" T / (2 n_d) (ours)
+    _C.MODEL.PLDA.DOMAIN_WEIGHTING = "official"
+    # per-pixel weight of the CPS cross-entropy, n_c labelled pixels of class c of T in the image:
+    # "official" (T - n_c) / (1 + T) (a single-class image gives 0) | "balanced" T / (P n_c) (ours)
+    _C.MODEL.PLDA.CPS_WEIGHTING = "official"
+    # CPS scores before PAMR: "softmax" of [1, raw CAM logits] (official) | "normalized"
+    # [1 - max CAM, CAM] / sum (ours)
+    _C.MODEL.PLDA.CPS_DISTRIBUTION = "softmax"
+    # CPS ambiguity test: "all" channels incl. background, before the domain masks (official) |
+    # "region": the foreground classes confident inside their region only (ours)
+    _C.MODEL.PLDA.CPS_AMBIGUITY = "all"
+    _C.MODEL.PLDA.CPS_BG_ALPHA = 0.7  # CPS_AMBIGUITY "all": background confident > this x its max
+    # PAMR affinity of the target's pseudo labels: the "masked" image (official) | the "image"
+    _C.MODEL.PLDA.CPS_TARGET_AFFINITY = "masked"
     _C.MODEL.PLDA.GRL_GAMMA = 10.0  # GRLScheduleHook: coeff = 2 / (1 + exp(-GAMMA p)) - 1
     _C.MODEL.PLDA.GRL_COEFF = 1.0  # GRL coefficient used when no GRLScheduleHook runs
 

@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..heads.domain_classifier import MultiHeadDomainClassifier, balanced_domain_loss
+from ..heads.domain_classifier import (
+    DOMAIN_WEIGHTINGS,
+    MultiHeadDomainClassifier,
+    balanced_domain_loss,
+)
 from ..layers.grl import GradientReversal
 from ..layers.pamr import PAMR
 from .cam import CAMClassifier, normalize_cams
@@ -41,6 +45,7 @@ __all__ = [
     "strongest_class_only",
     "own_class_target",
     "cps_pseudo_labels",
+    "cps_pixel_weights",
     "balanced_cps_loss",
 ]
 
@@ -116,56 +121,120 @@ def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(source.any(1, keepdim=True).float(), size=size, mode="nearest")
 
 
+CPS_AMBIGUITIES = ("all", "region")
+
+
 def cps_pseudo_labels(
     probs: torch.Tensor,
     region: torch.Tensor,
     alpha: float,
     min_confidence: float,
     ignore_value: int = 255,
+    ambiguity: str = "region",
+    bg_alpha: float = 0.7,
 ) -> torch.Tensor:
     """Confident pseudo labels of the pixels in ``region`` (Eq. 7-8).
+
+    A channel is confident at a pixel where its probability exceeds
+    ``max(alpha x its image maximum, min_confidence)`` (the background's: ``bg_alpha`` instead
+    of ``alpha``). A pixel gets class k when k is confident there, the pixel is in k's region
+    and the pixel is not ambiguous:
+
+    - ``ambiguity "all"`` (the official code's ``pseudo_gtmask``, ``cutoff_top`` 0.6,
+      ``cutoff_top_bg`` 0.7, ``cutoff_low`` 0.2): exactly one channel of all K + 1, the
+      background included, is confident, whatever the regions (the official code tests
+      ambiguity before it multiplies by the domain masks);
+    - ``ambiguity "region"`` (ours): exactly one foreground class is both confident and in
+      its region there; the background is not compared.
 
     Args:
         probs: (N, K+1, h, w) refined pseudo-label distribution (channel 0 = background), zero
             for absent classes.
         region: (N, K, h, w) bool, the source (or target) pixels of each class.
     Returns:
-        (N, h, w) long: class id in 1..K for pixels of ``region`` whose probability for exactly
-        one foreground class exceeds ``max(alpha x that class's image maximum, min_confidence)``,
-        ``ignore_value`` elsewhere.
+        (N, h, w) long: class id in 1..K, ``ignore_value`` elsewhere. The background itself
+        is never a label (the official code zeroes its channel).
     """
+    if ambiguity not in CPS_AMBIGUITIES:
+        raise ValueError(
+            f"MODEL.PLDA.CPS_AMBIGUITY must be one of {CPS_AMBIGUITIES}, got '{ambiguity}'"
+        )
     fg = probs[:, 1:]
     thr = (alpha * fg.flatten(2).amax(-1)).clamp(min=min_confidence)[..., None, None]
-    confident = (fg > thr) & region
-    unique = confident.sum(1) == 1  # ambiguous pixels (two confident classes) are dropped
-    labels = confident.float().argmax(1) + 1
+    confident = fg > thr
+    labelled = confident & region
+    if ambiguity == "all":
+        bg = probs[:, :1]
+        bg_thr = (bg_alpha * bg.flatten(2).amax(-1)).clamp(min=min_confidence)[..., None, None]
+        unique = (confident.sum(1) + (bg > bg_thr)[:, 0].long() == 1) & labelled.any(1)
+    else:
+        unique = labelled.sum(1) == 1
+    labels = labelled.float().argmax(1) + 1
     return torch.where(unique, labels, torch.full_like(labels, ignore_value))
 
 
-def balanced_cps_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_value: int = 255
+CPS_WEIGHTINGS = ("official", "balanced")
+CPS_DISTRIBUTIONS = ("softmax", "normalized")
+CPS_TARGET_AFFINITIES = ("masked", "image")
+
+
+def cps_pixel_weights(
+    labels: torch.Tensor, num_channels: int, ignore_value: int = 255, weighting: str = "official"
 ) -> torch.Tensor:
-    """Class-balanced cross-entropy (the weighted multi-class CE of Eq. 7-8): in every image,
-    the pseudo-labelled pixels of each class are re-weighted to weigh the same in total (weights
-    average 1 over the image's labelled pixels); the weighted sum is divided by all N*h*w
-    pixels, as the official code averages over the whole map (ignored pixels count as 0), which
-    keeps the per-pixel gradient on the scale of the classification loss's.
-    Exactly 0 (attached to the graph) when no pixel is labelled.
+    """Per-pixel weights of the CPS cross-entropy, from each image's pseudo-label counts (n_c
+    pixels of class c, T = sum_c n_c labelled pixels in the image).
+
+    - ``"official"`` (usr922/plda, ``balanced_mask_loss_ce``): a pixel of class c weighs
+      (T - n_c) / (1 + T). An image whose labels are all one class (T = n_c) contributes
+      exactly 0; with two classes of 3 and 1 pixels: 1/5 and 3/5.
+    - ``"balanced"`` (ours): each class present weighs the same in total, the weights
+      averaging 1 over the labelled pixels: T / (P n_c), P the number of classes present
+      (a single-class image is supervised with weight 1; 3 and 1 pixels: 2/3 and 2).
 
     Args:
-        logits: (N, K+1, h, w); labels: (N, h, w) long with ``ignore_value``.
+        labels: (N, h, w) long with ``ignore_value``; num_channels: K + 1.
+    Returns:
+        (N, h, w) float, 0 on ignored pixels.
     """
-    n, c = logits.shape[:2]
+    if weighting not in CPS_WEIGHTINGS:
+        raise ValueError(
+            f"MODEL.PLDA.CPS_WEIGHTING must be one of {CPS_WEIGHTINGS}, got '{weighting}'"
+        )
     valid = labels != ignore_value
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
     safe = labels.masked_fill(~valid, 0)
-    ce = F.cross_entropy(logits.float(), safe, reduction="none")  # (N, h, w)
-    onehot = F.one_hot(safe, c).permute(0, 3, 1, 2).float() * valid[:, None].float()
+    onehot = F.one_hot(safe, num_channels).permute(0, 3, 1, 2).float() * valid[:, None].float()
     counts = onehot.flatten(2).sum(-1)  # (N, C)
-    present = (counts > 0).sum(1, keepdim=True).clamp(min=1)  # (N, 1)
-    class_w = counts.sum(1, keepdim=True) / (present * counts.clamp(min=1))  # (N, C)
-    w = (onehot * class_w[:, :, None, None]).sum(1)  # (N, h, w), 0 where ignored
+    total = counts.sum(1, keepdim=True)  # (N, 1)
+    if weighting == "official":
+        class_w = (total - counts) / (1.0 + total)
+    else:
+        present = (counts > 0).sum(1, keepdim=True).clamp(min=1)  # (N, 1)
+        class_w = total / (present * counts.clamp(min=1))
+    return (onehot * class_w[:, :, None, None]).sum(1)
+
+
+def balanced_cps_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_value: int = 255,
+    weighting: str = "official",
+) -> torch.Tensor:
+    """Class-weighted cross-entropy (the weighted multi-class CE of Eq. 7-8): every labelled
+    pixel weighted by :func:`cps_pixel_weights`, the weighted sum divided by all N*h*w pixels,
+    as the official code averages over the whole map (ignored pixels count as 0), which keeps
+    the per-pixel gradient on the scale of the classification loss's.
+    Exactly 0 (attached to the graph) when no pixel is labelled (or, with the official
+    weighting, when every image's labels are a single class).
+
+    Args:
+        logits: (N, K+1, h, w); labels: (N, h, w) long with ``ignore_value``;
+        weighting: ``"official"`` | ``"balanced"``.
+    """
+    w = cps_pixel_weights(labels, logits.shape[1], ignore_value, weighting)
+    if not bool((w > 0).any()):
+        return logits.sum() * 0.0
+    safe = labels.masked_fill(labels == ignore_value, 0)
+    ce = F.cross_entropy(logits.float(), safe, reduction="none")  # (N, h, w)
     return (w * ce).sum() / ce.numel()
 
 
@@ -192,6 +261,7 @@ class PLDA(CAMClassifier):
         argmax_assign: bool = True,
         target_own_class: bool = False,
         domain_entropy_weight: bool = True,
+        domain_weighting: str = "official",
         simple_high: float = 0.6,
         simple_low: float = 0.2,
         adv_loss_weight: float = 1.0,
@@ -202,6 +272,11 @@ class PLDA(CAMClassifier):
         cps_background: str = "zero",
         cps_head: str = "cam",
         cps_upsample: int = 1,
+        cps_weighting: str = "official",
+        cps_distribution: str = "softmax",
+        cps_ambiguity: str = "all",
+        cps_bg_alpha: float = 0.7,
+        cps_target_affinity: str = "masked",
         pamr_iters: int = 10,
         pamr_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
         domain_hidden_dims: Sequence[int] = (1024, 512),
@@ -222,6 +297,18 @@ class PLDA(CAMClassifier):
         self.target_norm = target_norm
         self.argmax_assign, self.target_own_class = argmax_assign, target_own_class
         self.domain_entropy_weight = domain_entropy_weight
+        for key, value, allowed in (
+            ("DOMAIN_WEIGHTING", domain_weighting, DOMAIN_WEIGHTINGS),
+            ("CPS_WEIGHTING", cps_weighting, CPS_WEIGHTINGS),
+            ("CPS_DISTRIBUTION", cps_distribution, CPS_DISTRIBUTIONS),
+            ("CPS_AMBIGUITY", cps_ambiguity, CPS_AMBIGUITIES),
+            ("CPS_TARGET_AFFINITY", cps_target_affinity, CPS_TARGET_AFFINITIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"MODEL.PLDA.{key} must be one of {allowed}, got '{value}'")
+        self.domain_weighting, self.cps_weighting = domain_weighting, cps_weighting
+        self.cps_distribution, self.cps_ambiguity = cps_distribution, cps_ambiguity
+        self.cps_bg_alpha, self.cps_target_affinity = cps_bg_alpha, cps_target_affinity
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
         self.target_theta = target_theta
         self.adv_loss_weight = adv_loss_weight
@@ -275,6 +362,7 @@ class PLDA(CAMClassifier):
                 "argmax_assign": p.ARGMAX_ASSIGN,
                 "target_own_class": p.TARGET_OWN_CLASS,
                 "domain_entropy_weight": p.DOMAIN_ENTROPY_WEIGHT,
+                "domain_weighting": p.DOMAIN_WEIGHTING,
                 "simple_high": p.SIMPLE_HIGH,
                 "simple_low": p.SIMPLE_LOW,
                 "adv_loss_weight": p.ADV_LOSS_WEIGHT,
@@ -285,6 +373,11 @@ class PLDA(CAMClassifier):
                 "cps_background": p.CPS_BACKGROUND,
                 "cps_head": p.CPS_HEAD,
                 "cps_upsample": p.CPS_UPSAMPLE,
+                "cps_weighting": p.CPS_WEIGHTING,
+                "cps_distribution": p.CPS_DISTRIBUTION,
+                "cps_ambiguity": p.CPS_AMBIGUITY,
+                "cps_bg_alpha": p.CPS_BG_ALPHA,
+                "cps_target_affinity": p.CPS_TARGET_AFFINITY,
                 "pamr_iters": p.PAMR_ITERS,
                 "pamr_dilations": p.PAMR_DILATIONS,
                 "domain_hidden_dims": p.DOMAIN_HIDDEN_DIMS,
@@ -308,21 +401,29 @@ class PLDA(CAMClassifier):
         ``argmax_assign``, as in the official code)."""
         return strongest_class_only(cam) if self.argmax_assign else cam
 
-    def pseudo_distribution(
-        self, affinity: torch.Tensor, cams: Sequence[torch.Tensor], tags: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """PAMR-refined (N, K+1, h, w) distributions from normalised CAMs (N, K, h, w).
+    def pseudo_scores(self, logits: torch.Tensor | None, cam: torch.Tensor | None) -> torch.Tensor:
+        """(N, K+1, h, w) pseudo-label scores (channel 0 = background) before PAMR, from the
+        detached (N, K, h, w) CAM logits or their normalised CAM:
 
-        Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR with
-        ``affinity`` (``self.pamr.affinity`` of the image resized to the CAM's resolution), then
-        restricted to bg + the image's tags. The CAMs of one image (source and masked) share the
-        affinity and are refined in one PAMR pass (channels are independent in PAMR).
+        - ``CPS_DISTRIBUTION "softmax"`` (the official code): softmax over ``[1, raw logits]``,
+          every class's logit in it (absent classes are dropped after PAMR);
+        - ``"normalized"`` (ours): ``[1 - max_k CAM_k, CAM_1..K]`` divided by its sum.
         """
-        scores = []
-        for cam in cams:
-            s = torch.cat([1.0 - cam.amax(1, keepdim=True), cam], 1)
-            scores.append(s / s.sum(1, keepdim=True).clamp(min=1e-5))
-        refined = self.pamr.refine(torch.cat(scores, 1), affinity)
+        if self.cps_distribution == "softmax":
+            return torch.cat([torch.ones_like(logits[:, :1]), logits], 1).softmax(1)
+        s = torch.cat([1.0 - cam.amax(1, keepdim=True), cam], 1)
+        return s / s.sum(1, keepdim=True).clamp(min=1e-5)
+
+    def pseudo_distribution(
+        self, affinity: torch.Tensor, scores: Sequence[torch.Tensor], tags: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """PAMR-refined (N, K+1, h, w) distributions from :meth:`pseudo_scores` maps.
+
+        The maps are refined by PAMR with ``affinity`` (``self.pamr.affinity`` of the image
+        resized to the maps' resolution), then restricted to bg + the image's tags. Maps that
+        share the affinity are refined in one PAMR pass (channels are independent in PAMR).
+        """
+        refined = self.pamr.refine(torch.cat(list(scores), 1), affinity)
         keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
         return [p * keep for p in refined.split(scores[0].shape[1], dim=1)]
 
@@ -369,7 +470,9 @@ class PLDA(CAMClassifier):
         dom = torch.cat([torch.zeros_like(idx_s[:, 0]), torch.ones_like(idx_t[:, 0])])
         logits = self.domain_classifier(feats, pix, cls)
         groups = (pix // (h * w)) * k + cls  # one group per (image, class)
-        return balanced_domain_loss(logits, dom, groups, n * h * w, self.domain_entropy_weight)
+        return balanced_domain_loss(
+            logits, dom, groups, n * h * w, self.domain_entropy_weight, self.domain_weighting
+        )
 
     def assign_domains(
         self, x: torch.Tensor, logits: torch.Tensor, tags: torch.Tensor, valid: torch.Tensor
@@ -383,9 +486,14 @@ class PLDA(CAMClassifier):
             the normalised CAM, the masked image's normalised CAM (None with SimpleAssign) and
             the (N, K, h, w) bool source and target masks.
         """
+        return self._assign(x, logits, tags, valid)[:4]
+
+    def _assign(self, x, logits, tags, valid):
+        """:meth:`assign_domains` plus the masked image and its CAM logits (None, None with
+        SimpleAssign), which CPS needs for the target's pseudo labels."""
         cam = self.normalized_cam(logits, tags, valid)
         assign_cam = self.assignment_cam(cam)
-        masked_cam = None
+        masked_cam = x_masked = masked_logits = None
         if self.assign == "mask":
             # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
             # pass only assigns domains and makes pseudo labels, so it needs no graph
@@ -407,7 +515,52 @@ class PLDA(CAMClassifier):
             source, target = simple_assign(assign_cam, self.simple_high, self.simple_low)
         if self.target_own_class:
             target = own_class_target(cam, target)
-        return cam, masked_cam, source, target
+        return cam, masked_cam, source, target, x_masked, masked_logits
+
+    @torch.no_grad()
+    def cps_labels(
+        self,
+        parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+        tags: torch.Tensor,
+        valid: torch.Tensor,
+        size: tuple[int, int],
+    ) -> list[torch.Tensor]:
+        """Confident pseudo labels (N, h', w') at the CPS resolution ``size``, one map per part.
+
+        Each part is ``(image, logits, cam, region)``: the (N, 3, H, W) image whose PAMR
+        affinity refines it, the detached (N, K, h, w) CAM logits and normalised CAM that
+        :meth:`pseudo_scores` turns into scores, and the (N, K, h, w) bool region (source or
+        target). Parts with the same image share one affinity and one PAMR pass. With the
+        softmax distribution the refined scores are zeroed in the batch padding, so that its
+        (unnormalised) logits set no image maximum.
+        """
+        probs: list[torch.Tensor | None] = [None] * len(parts)
+        groups: dict[int, list[int]] = {}
+        for i, (image, _, _, _) in enumerate(parts):
+            groups.setdefault(id(image), []).append(i)
+        for idx in groups.values():
+            small = F.interpolate(parts[idx[0]][0], size=size, mode="bilinear", align_corners=False)
+            if self.cps_distribution == "softmax":  # only the logits are read
+                scores = [self.pseudo_scores(self._upsample(parts[i][1]), None) for i in idx]
+            else:  # only the CAM
+                scores = [self.pseudo_scores(None, self._upsample(parts[i][2])) for i in idx]
+            for i, p in zip(idx, self.pseudo_distribution(self.pamr.affinity(small), scores, tags)):
+                probs[i] = p
+        if self.cps_distribution == "softmax":
+            inside = self._upsample(valid, "nearest")
+            probs = [p * inside for p in probs]
+        return [
+            cps_pseudo_labels(
+                p,
+                self._upsample(region, "nearest") > 0.5,
+                self.cps_alpha,
+                self.cps_min_confidence,
+                self.ignore_value,
+                self.cps_ambiguity,
+                self.cps_bg_alpha,
+            )
+            for p, (_, _, _, region) in zip(probs, parts)
+        ]
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
@@ -424,7 +577,9 @@ class PLDA(CAMClassifier):
         if not (self.adv_on or self.cps_on):
             return losses
 
-        cam, masked_cam, source, target = self.assign_domains(x, logits, tags, valid)
+        cam, masked_cam, source, target, x_masked, masked_logits = self._assign(
+            x, logits, tags, valid
+        )
 
         if self.adv_on:
             losses["loss_adv"] = self.adv_loss_weight * self.adversarial_loss(
@@ -434,30 +589,20 @@ class PLDA(CAMClassifier):
         if self.cps_on:
             up_logits = self._upsample(self.cps_logits(features, logits))
             # source pixels get the CAM's pseudo labels; target pixels (symmetric, Eq. 8) the
-            # masked CAM's (SimpleAssign: the CAM's)
-            parts = [("src", cam, source, self.cps_src_loss_weight)]
+            # masked CAM's, refined with the masked image's affinity (CPS_TARGET_AFFINITY
+            # "masked", the official code) or the image's ("image"); SimpleAssign: the CAM's
+            parts = [(x, logits.detach(), cam, source)]
+            names = [("src", self.cps_src_loss_weight)]
             if self.cps_tgt_on:
-                tgt_cam = masked_cam if masked_cam is not None else cam
-                parts.append(("tgt", tgt_cam, target, self.cps_tgt_loss_weight))
-            with torch.no_grad():
-                small = F.interpolate(
-                    x, size=up_logits.shape[-2:], mode="bilinear", align_corners=False
-                )
-                probs = self.pseudo_distribution(
-                    self.pamr.affinity(small), [self._upsample(c) for _, c, _, _ in parts], tags
-                )
-                labels = [
-                    cps_pseudo_labels(
-                        p,
-                        self._upsample(region, "nearest") > 0.5,
-                        self.cps_alpha,
-                        self.cps_min_confidence,
-                        self.ignore_value,
-                    )
-                    for p, (_, _, region, _) in zip(probs, parts)
-                ]
-            for (name, _, _, weight), lab in zip(parts, labels):
+                if masked_cam is None:
+                    parts.append((x, logits.detach(), cam, target))
+                else:
+                    image = x_masked if self.cps_target_affinity == "masked" else x
+                    parts.append((image, masked_logits, masked_cam, target))
+                names.append(("tgt", self.cps_tgt_loss_weight))
+            labels = self.cps_labels(parts, tags, valid, up_logits.shape[-2:])
+            for (name, weight), lab in zip(names, labels):
                 losses[f"loss_cps_{name}"] = weight * balanced_cps_loss(
-                    up_logits, lab, self.ignore_value
+                    up_logits, lab, self.ignore_value, self.cps_weighting
                 )
         return losses
