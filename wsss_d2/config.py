@@ -48,6 +48,9 @@ def add_wsss_config(cfg: CN) -> None:
     _C.SOLVER.HEAD_LR_MULT = 1.0  # lr multiplier of every parameter outside model.backbone
     _C.SOLVER.OPTIMIZER = "SGD"  # "SGD" | "ADAMW"
 
+    # build_resnet_cam_backbone: dilation of res5's 3x3 convs when res5 has stride 1
+    # (RES5_DILATION 2); 1 = IRN's / SIPE's undilated OS16 ResNet-50, 0 = Detectron2's (2)
+    _C.MODEL.RESNETS.RES5_CONV_DILATION = 0
     _C.MODEL.TINY = CN()  # a small CNN backbone for CPU tests and the toy data
     _C.MODEL.TINY.WIDTHS = (16, 32, 64, 128)  # channels of the stem and the three stages
     _C.MODEL.TINY.DILATIONS = (1, 2, 4)  # dilation of each stage's second conv (context)
