@@ -2,7 +2,7 @@
 """Dense CRF: a sequential pydensecrf loop vs our process pool, on the same images.
 
 Default: 100 VOC-size (500x375) synthetic images with 21 labels, 10 mean-field iterations, the
-pool over every core. Both runs call the same :func:`wsss_d2.pseudo.crf.crf_inference_label`;
+pool over every core. Both runs call the same :func:`wsss_d2.ops.crf.crf_inference_label`;
 the outputs are compared pixel for pixel. A last line times the same CRF restricted to the
 image's tags + background (3 labels here), which is what the pseudo-label tools run.
 

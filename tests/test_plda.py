@@ -13,17 +13,17 @@ from detectron2.utils.events import EventStorage
 
 from wsss_d2.engine import HOOK_REGISTRY, GRLScheduleHook
 from wsss_d2.modeling.heads import MultiHeadDomainClassifier, balanced_domain_loss
+from wsss_d2.modeling.heads.cps import balanced_cps_loss, cps_pixel_weights, cps_pseudo_labels
+from wsss_d2.modeling.heads.domain_classifier import domain_pixel_weights
 from wsss_d2.modeling.layers import GradientReversal, grad_reverse, grl_schedule
-from wsss_d2.modeling.meta_arch import PLDA
-from wsss_d2.modeling.meta_arch.plda import (
-    balanced_cps_loss,
-    cps_pseudo_labels,
+from wsss_d2.modeling.layers.domain_assign import (
     erase_mask,
     mask_assign,
     own_class_target,
     simple_assign,
     strongest_class_only,
 )
+from wsss_d2.modeling.meta_arch import PLDA
 from wsss_d2.ops.pamr import PAMR
 
 SMALL = (
@@ -221,6 +221,8 @@ def test_empty_domains_give_exact_zero_losses():
         logits, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 10
     )
     assert only_source.item() == 0.0
+    assert balanced_domain_loss(logits, torch.zeros(3, dtype=torch.long),
+                                torch.zeros(3, dtype=torch.long), 10, weighting="balanced") == 0  # fmt: skip
     only_source.backward()
     assert torch.isfinite(logits.grad).all()
     empty = balanced_domain_loss(
@@ -229,27 +231,62 @@ def test_empty_domains_give_exact_zero_losses():
     assert empty.item() == 0.0
     cps = balanced_cps_loss(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 255))
     assert cps.item() == 0.0
-    # balanced: source and target weigh the same in total (weights average 1 over the group),
-    # divided by all pixels of the map
-    lg = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
-    dom = torch.tensor([0, 0, 0, 1])
+
+
+def test_domain_weights_hand_computed():
+    """1 source + 200 target pixels of one class in image 0 (T = 201), and image 1's class with
+    source pixels only (no target: weight 0 in both schemes)."""
+    dom = torch.tensor([0] + [1] * 200 + [0, 0])
+    groups = torch.tensor([7] * 201 + [3, 3])
+    off = domain_pixel_weights(dom, groups, "official")  # (T - n_d) / (1 + T)
+    assert off[0].item() == pytest.approx(200 / 202)
+    assert torch.allclose(off[1:201], torch.full((200,), 1 / 202))
+    assert off[201:].tolist() == [0.0, 0.0]
+    bal = domain_pixel_weights(dom, groups, "balanced")  # T / (2 n_d)
+    assert bal[0].item() == pytest.approx(100.5)
+    assert torch.allclose(bal[1:201], torch.full((200,), 201 / 400))
+    assert bal[201:].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="DOMAIN_WEIGHTING"):
+        domain_pixel_weights(dom, groups, "mean")
+    # the loss: weighted CE summed and divided by all pixels, x (1 + exp(-H)) with the entropy
+    lg = torch.randn(203, 2)
     ce = torch.nn.functional.cross_entropy(lg, dom, reduction="none")
-    expected = (4 / 6 * ce[:3].sum() + 4 / 2 * ce[3]) / 20
-    assert balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long), 20) == pytest.approx(
-        expected.item()
-    )
-    # with the official entropy weight: each pixel x (1 + exp(-H)), H of its softmax
     pr = lg.softmax(1)
     ew = 1 + torch.exp((pr * pr.log()).sum(1))
-    expected = (4 / 6 * (ew[:3] * ce[:3]).sum() + 4 / 2 * ew[3] * ce[3]) / 20
-    got = balanced_domain_loss(lg, dom, torch.zeros(4, dtype=torch.long), 20, entropy_weight=True)
-    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    # CPS: one image, class 1 on 3 pixels, class 2 on 1 pixel, 8 pixels in all
-    cl = torch.randn(1, 3, 2, 4)
-    lab = torch.tensor([[[1, 1, 1, 2], [255, 255, 255, 255]]])
-    ce = torch.nn.functional.cross_entropy(cl, lab.clamp(max=2), reduction="none")[0, 0]
-    expected = (4 / 6 * ce[:3].sum() + 4 / 2 * ce[3]) / 8
-    assert balanced_cps_loss(cl, lab).item() == pytest.approx(expected.item(), rel=1e-5)
+    for weighting, w in (("official", off), ("balanced", bal)):
+        got = balanced_domain_loss(lg, dom, groups, 1000, weighting=weighting)
+        assert got.item() == pytest.approx((w * ce).sum().item() / 1000, rel=1e-5)
+        got = balanced_domain_loss(lg, dom, groups, 1000, True, weighting)
+        assert got.item() == pytest.approx((w * ew * ce).sum().item() / 1000, rel=1e-5)
+    # official: each domain weighs n_s n_t / (1 + T) = 200 / 202 in total; ours: T / 2 each
+    assert off[0].item() == pytest.approx(off[1:201].sum().item())
+    assert bal[0].item() == pytest.approx(bal[1:201].sum().item())
+
+
+def test_cps_weights_hand_computed_and_single_class_images_give_zero():
+    # image 0: class 1 on 3 pixels, class 2 on 1 (T = 4); image 1: class 1 only, on 2 pixels
+    lab = torch.full((2, 2, 4), 255)
+    lab[0, 0] = torch.tensor([1, 1, 1, 2])
+    lab[1, 1, :2] = 1
+    off = cps_pixel_weights(lab, 3, weighting="official")  # (T - n_c) / (1 + T)
+    assert off[0, 0].tolist() == pytest.approx([1 / 5, 1 / 5, 1 / 5, 3 / 5])
+    assert off[1].abs().sum() == 0 and off[0, 1].abs().sum() == 0
+    bal = cps_pixel_weights(lab, 3, weighting="balanced")  # T / (classes present x n_c)
+    assert bal[0, 0].tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+    assert bal[1, 1, :2].tolist() == [1.0, 1.0] and bal[1, 1, 2:].abs().sum() == 0
+    with pytest.raises(ValueError, match="CPS_WEIGHTING"):
+        cps_pixel_weights(lab, 3, weighting="mean")
+    cl = torch.randn(2, 3, 2, 4, requires_grad=True)
+    ce = torch.nn.functional.cross_entropy(cl, lab.clamp(max=2), reduction="none")
+    for weighting, w in (("official", off), ("balanced", bal)):
+        got = balanced_cps_loss(cl, lab, weighting=weighting)
+        assert got.item() == pytest.approx((w * ce).sum().item() / 16, rel=1e-5)
+    # only the single-class image: the official loss is exactly 0 (and attached), ours is not
+    single = torch.full((2, 2, 4), 255)
+    single[1] = lab[1]
+    zero = balanced_cps_loss(cl, single, weighting="official")
+    assert zero.item() == 0.0 and zero.requires_grad
+    assert balanced_cps_loss(cl, single, weighting="balanced").item() > 0
 
 
 def test_cps_pseudo_labels_dynamic_threshold():
@@ -262,6 +299,57 @@ def test_cps_pseudo_labels_dynamic_threshold():
     assert lab.tolist() == [[[1, 255, 255, 2]]]
     region[0, 1, 0, 3] = False
     assert cps_pseudo_labels(probs, region, 0.6, 0.2).tolist() == [[[1, 255, 255, 255]]]
+    with pytest.raises(ValueError, match="CPS_AMBIGUITY"):
+        cps_pseudo_labels(probs, region, 0.6, 0.2, ambiguity="some")
+
+
+def test_cps_pseudo_labels_official_ambiguity_includes_background_and_other_regions():
+    probs = torch.zeros(1, 3, 1, 5)  # bg, class 1, class 2
+    probs[0, 0, 0] = torch.tensor([0.1, 0.8, 0.1, 0.1, 1.0])  # bg confident > 0.7: pixels 1, 4
+    probs[0, 1, 0] = torch.tensor([0.9, 0.9, 0.9, 0.0, 0.0])  # class 1 confident: 0, 1, 2
+    probs[0, 2, 0] = torch.tensor([0.0, 0.0, 0.6, 0.5, 0.0])  # class 2 (> 0.36): 2, 3
+    region = torch.zeros(1, 2, 1, 5, dtype=torch.bool)
+    region[0, 0, 0, :3] = True  # class 1's source: pixels 0-2; class 2's: none
+    # official: 1 is ambiguous with the background, 2 with class 2 (outside its region)
+    off = cps_pseudo_labels(probs, region, 0.6, 0.2, ambiguity="all", bg_alpha=0.7)
+    assert off.tolist() == [[[1, 255, 255, 255, 255]]]
+    # ours: only the classes confident inside their regions are compared
+    ours = cps_pseudo_labels(probs, region, 0.6, 0.2, ambiguity="region")
+    assert ours.tolist() == [[[1, 1, 1, 255, 255]]]
+
+
+def test_cps_scores_softmax_of_one_and_raw_logits_or_normalized_cam(cfg_factory):
+    logits = torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+    cam = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    off = _model(cfg_factory).pseudo_scores(logits, None)  # softmax([1, 2, -1])
+    e = torch.tensor([1.0, 2.0, -1.0]).exp()
+    torch.testing.assert_close(off.flatten(), e / e.sum())
+    ours = _model(cfg_factory, "MODEL.PLDA.CPS_DISTRIBUTION", "normalized").pseudo_scores(
+        None, cam
+    )  # [1 - 1, 1, 0] / 1
+    torch.testing.assert_close(ours.flatten(), torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="CPS_DISTRIBUTION"):
+        _model(cfg_factory, "MODEL.PLDA.CPS_DISTRIBUTION", "cam")
+
+
+@pytest.mark.parametrize("where", ["masked", "image"])
+def test_target_pseudo_labels_use_the_masked_images_affinity(cfg_factory, where):
+    model = _model(cfg_factory, "MODEL.PLDA.ADV_ON", "False", "MODEL.PLDA.CPS_TARGET_AFFINITY",
+                   where)  # fmt: skip
+    images, orig_aff, orig_feat = [], model.pamr.affinity, model.extract_features
+    model.pamr.affinity = lambda img: images.append(img.clone()) or orig_aff(img)
+    model.extract_features = lambda x: images.append(x.clone()) or orig_feat(x)
+    with EventStorage():
+        model(_inputs())
+    x, xm = images[0], images[1]  # the two forward passes come first
+    size = images[2].shape[-2:]
+    small = [torch.nn.functional.interpolate(t, size=size, mode="bilinear") for t in (x, xm)]
+    assert not torch.equal(small[0], small[1])
+    if where == "masked":  # one affinity for the source (image), one for the target (masked)
+        assert len(images) == 4
+        assert torch.equal(images[2], small[0]) and torch.equal(images[3], small[1])
+    else:  # one shared affinity
+        assert len(images) == 3 and torch.equal(images[2], small[0])
 
 
 # ---------------------------------------------------------------------- training steps
@@ -414,7 +502,7 @@ def test_nan_loss_stops_training_naming_iteration_and_term(cfg_factory):
 
 
 def test_masked_pass_leaves_batchnorm_running_stats_alone(cfg_factory):
-    from wsss_d2.modeling.meta_arch.plda import frozen_norm_stats
+    from wsss_d2.modeling.layers.domain_assign import frozen_norm_stats
 
     model = _model(cfg_factory)
     bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))

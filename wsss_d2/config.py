@@ -69,6 +69,9 @@ def add_wsss_config(cfg: CN) -> None:
     _C.SOLVER.HEAD_LR_MULT = 1.0  # lr multiplier of every parameter outside model.backbone
     _C.SOLVER.OPTIMIZER = "SGD"  # "SGD" | "ADAMW"
 
+    # build_resnet_cam_backbone: dilation of res5's 3x3 convs when res5 has stride 1
+    # (RES5_DILATION 2); 1 = IRN's / SIPE's undilated OS16 ResNet-50, 0 = Detectron2's (2)
+    _C.MODEL.RESNETS.RES5_CONV_DILATION = 0
     _C.MODEL.TINY = CN()  # a small CNN backbone for CPU tests and the toy data
     _C.MODEL.TINY.WIDTHS = (16, 32, 64, 128)  # channels of the stem and the three stages
     _C.MODEL.TINY.DILATIONS = (1, 2, 4)  # dilation of each stage's second conv (context)
@@ -208,6 +211,21 @@ def _add_plda_config(_C: CN) -> None:
     _C.MODEL.PLDA.DOMAIN_DROPOUT = 0.5  # dropout after each base layer of the domain classifier
     # weight each pixel's domain loss by 1 + exp(-entropy of its domain prediction) (official code)
     _C.MODEL.PLDA.DOMAIN_ENTROPY_WEIGHT = True
+    # per-pixel weight of the domain loss in each (image, class) with n_s source, n_t target
+    # pixels, T = n_s + n_t: "official" (T - n_d) / (1 + T) | "balanced" T / (2 n_d) (ours)
+    _C.MODEL.PLDA.DOMAIN_WEIGHTING = "official"
+    # per-pixel weight of the CPS cross-entropy, n_c labelled pixels of class c of T in the image:
+    # "official" (T - n_c) / (1 + T) (a single-class image gives 0) | "balanced" T / (P n_c) (ours)
+    _C.MODEL.PLDA.CPS_WEIGHTING = "official"
+    # CPS scores before PAMR: "softmax" of [1, raw CAM logits] (official) | "normalized"
+    # [1 - max CAM, CAM] / sum (ours)
+    _C.MODEL.PLDA.CPS_DISTRIBUTION = "softmax"
+    # CPS ambiguity test: "all" channels incl. background, before the domain masks (official) |
+    # "region": the foreground classes confident inside their region only (ours)
+    _C.MODEL.PLDA.CPS_AMBIGUITY = "all"
+    _C.MODEL.PLDA.CPS_BG_ALPHA = 0.7  # CPS_AMBIGUITY "all": background confident > this x its max
+    # PAMR affinity of the target's pseudo labels: the "masked" image (official) | the "image"
+    _C.MODEL.PLDA.CPS_TARGET_AFFINITY = "masked"
     _C.MODEL.PLDA.GRL_GAMMA = 10.0  # GRLScheduleHook: coeff = 2 / (1 + exp(-GAMMA p)) - 1
     _C.MODEL.PLDA.GRL_COEFF = 1.0  # GRL coefficient used when no GRLScheduleHook runs
 

@@ -16,6 +16,7 @@ from detectron2.utils.file_io import PathManager
 from ..data.build import build_train_loader
 from ..data.mappers import build_mapper
 from ..evaluation.registry import build_evaluators
+from .grad_clip import add_full_model_gradient_clipping
 from .hooks import build_hooks_from_config
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class WSSSTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """SGD whose parameters outside ``model.backbone`` get ``SOLVER.HEAD_LR_MULT`` x lr."""
+        """SGD whose parameters outside ``model.backbone`` get ``SOLVER.HEAD_LR_MULT`` x lr;
+        ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all gradients
+        together (:func:`add_full_model_gradient_clipping`), Detectron2's types per parameter."""
         mult = cfg.SOLVER.HEAD_LR_MULT
         params = get_default_optimizer_params(
             model,
@@ -71,6 +74,9 @@ class WSSSTrainer(DefaultTrainer):
                 nesterov=cfg.SOLVER.NESTEROV,
                 weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             )
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model":  # SIPE's: one norm over all params
+            return add_full_model_gradient_clipping(opt, clip.CLIP_VALUE, clip.NORM_TYPE)
         return maybe_add_gradient_clipping(cfg, opt)
 
     @classmethod

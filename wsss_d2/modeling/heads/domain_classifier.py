@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiHeadDomainClassifier", "balanced_domain_loss"]
+__all__ = ["MultiHeadDomainClassifier", "balanced_domain_loss", "domain_pixel_weights"]
 
 
 class MultiHeadDomainClassifier(nn.Module):
@@ -75,19 +75,60 @@ class MultiHeadDomainClassifier(nn.Module):
         return logits[torch.arange(len(class_index), device=logits.device), class_index]
 
 
+DOMAIN_WEIGHTINGS = ("official", "balanced")
+
+
+def domain_pixel_weights(
+    domains: torch.Tensor, groups: torch.Tensor, weighting: str = "official"
+) -> torch.Tensor:
+    """Per-entry weights of the domain loss, from the source / target counts of each group
+    (one image x one class: n_s source and n_t target pixels, T = n_s + n_t).
+
+    - ``"official"`` (usr922/plda, ``balanced_weighted_multi_adv_domain_loss``): a pixel of
+      domain d weighs (T - n_d) / (1 + T), i.e. a source pixel n_t / (1 + T) and a target pixel
+      n_s / (1 + T). Each domain then weighs n_s n_t / (1 + T) in total, about the smaller
+      count; a group with one domain only gets weight 0. With 1 source and 200 target pixels:
+      source 200/202 ~ 0.99, target 1/202 ~ 0.005.
+    - ``"balanced"`` (ours): T / (2 n_d), so each domain weighs T / 2 in total and the weights
+      average 1 over the group; groups missing a domain are skipped (weight 0). With 1 source
+      and 200 target pixels: source 100.5, target 0.5025.
+
+    Args:
+        domains: (M,) long in {0, 1}; groups: (M,) long group ids (any values).
+    Returns:
+        (M,) float weights.
+    """
+    if weighting not in DOMAIN_WEIGHTINGS:
+        raise ValueError(
+            f"MODEL.PLDA.DOMAIN_WEIGHTING must be one of {DOMAIN_WEIGHTINGS}, got '{weighting}'"
+        )
+    if domains.numel() == 0:
+        return torch.zeros(0, device=domains.device)
+    _, g = torch.unique(groups, return_inverse=True)
+    num_groups = int(g.max()) + 1
+    key = g * 2 + domains  # (group, domain) cells
+    counts = torch.bincount(key, minlength=2 * num_groups).float().view(num_groups, 2)
+    total = counts.sum(1, keepdim=True)
+    if weighting == "official":
+        weight = (total - counts) / (1.0 + total)  # (G, 2); 0 for a group's only domain
+    else:
+        complete = (counts > 0).all(1, keepdim=True).float()
+        weight = complete * total / (2.0 * counts.clamp(min=1))
+    return weight.flatten()[key]
+
+
 def balanced_domain_loss(
     logits: torch.Tensor,
     domains: torch.Tensor,
     groups: torch.Tensor,
     num_pixels: int,
     entropy_weight: bool = False,
+    weighting: str = "official",
 ) -> torch.Tensor:
-    """Cross-entropy where, within each group (one image x one class), source and target pixels
-    are re-weighted to weigh the same in total whatever their counts (weights average 1 over the
-    group); groups missing either domain are skipped. The weighted sum is divided by
-    ``num_pixels`` (all N*h*w pixels, as the official code averages over the whole map), so the
-    per-pixel gradient stays on the scale of the classification loss's; a per-group *mean*
-    would give a lone pixel the weight of a whole image and destabilise training.
+    """Cross-entropy of the domain predictions, each entry weighted by
+    :func:`domain_pixel_weights` (source vs target within its group, one image x one class),
+    the weighted sum divided by ``num_pixels`` (all N*h*w pixels: the official code takes the
+    mean over the whole map for each class and sums the classes, which is the same number).
     Exactly 0 (still attached to the graph) when no group has both domains.
 
     Args:
@@ -96,19 +137,12 @@ def balanced_domain_loss(
         entropy_weight: also weight each pixel by ``1 + exp(-H)``, H the entropy of its
             (detached) domain prediction, as the official code: pixels the classifier is sure
             about (not yet aligned) count up to 2x, undecided ones 1.5x.
+        weighting: ``"official"`` | ``"balanced"`` (see :func:`domain_pixel_weights`).
     """
-    if logits.numel() == 0:
+    w = domain_pixel_weights(domains, groups, weighting)
+    if logits.numel() == 0 or not bool((w > 0).any()):
         return logits.sum() * 0.0
     ce = F.cross_entropy(logits.float(), domains, reduction="none")
-    _, g = torch.unique(groups, return_inverse=True)
-    num_groups = int(g.max()) + 1
-    key = g * 2 + domains  # (group, domain) cells
-    counts = torch.bincount(key, minlength=2 * num_groups).float().view(num_groups, 2)
-    complete = (counts > 0).all(1)
-    if not bool(complete.any()):
-        return logits.sum() * 0.0
-    weight = counts.sum(1, keepdim=True) / (2.0 * counts.clamp(min=1))  # (G, 2)
-    w = weight.flatten()[key] * complete[g].float()
     if entropy_weight:
         p = logits.detach().float().softmax(1)
         w = w * (1.0 + torch.exp((p * torch.log(p + 1e-10)).sum(1)))

@@ -21,8 +21,7 @@ Inference is the CAM classifier's, unchanged (``"cam"`` and ``"sem_seg"``).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,143 +29,41 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...ops.pamr import PAMR
-from ..heads.domain_classifier import MultiHeadDomainClassifier, balanced_domain_loss
+from ..heads.cps import (
+    CPS_AMBIGUITIES,
+    CPS_DISTRIBUTIONS,
+    CPS_TARGET_AFFINITIES,
+    CPS_WEIGHTINGS,
+    balanced_cps_loss,
+    cps_pseudo_labels,
+)
+from ..heads.domain_classifier import (
+    DOMAIN_WEIGHTINGS,
+    MultiHeadDomainClassifier,
+    balanced_domain_loss,
+)
+from ..layers.domain_assign import (
+    erase_mask,
+    frozen_norm_stats,
+    mask_assign,
+    own_class_target,
+    simple_assign,
+    strongest_class_only,
+)
 from ..layers.grl import GradientReversal
 from .cam import CAMClassifier, normalize_cams
 
-__all__ = [
-    "PLDA",
-    "mask_assign",
-    "simple_assign",
-    "strongest_class_only",
-    "own_class_target",
-    "cps_pseudo_labels",
-    "balanced_cps_loss",
-]
+__all__ = ["PLDA"]
 
-
-@contextlib.contextmanager
-def frozen_norm_stats(module: torch.nn.Module) -> Iterator[None]:
-    """Batch norms keep normalising with batch statistics but do not update their running
-    statistics inside the block (momentum 0). The masked images of MaskAssign, half erased to
-    0, would otherwise pull the running mean/var away from real images and spoil inference."""
-    bns = [
-        m
-        for m in module.modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        and m.training
-        and m.track_running_stats
-    ]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (mom, nbt) in zip(bns, saved):
-            m.momentum = mom
-            m.num_batches_tracked.copy_(nbt)
-
-
-def mask_assign(
-    cam: torch.Tensor, masked_cam: torch.Tensor, theta: float, target_theta: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MaskAssign (Sec. III-D).
-
-    Args:
-        cam, masked_cam: (N, K, h, w) max-normalised CAMs of the image and of the image with its
-            source pixels erased, zero for classes not in the tags.
-        theta: source threshold (and the target's, unless ``target_theta`` is given).
-    Returns:
-        source, target: (N, K, h, w) bool; target excludes source pixels (they were erased).
-    """
-    source = cam > theta
-    target = (masked_cam > (theta if target_theta is None else target_theta)) & ~source
-    return source, target
-
-
-def simple_assign(cam: torch.Tensor, high: float, low: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """SimpleAssign: source = CAM > high, target = low < CAM <= high. Shapes as :func:`mask_assign`."""
-    source = cam > high
-    return source, (cam > low) & ~source
-
-
-def strongest_class_only(cam: torch.Tensor) -> torch.Tensor:
-    """(N, K, h, w) CAM with every pixel's non-maximal classes zeroed: a pixel then joins the
-    domains of one class at most (the official code's assignment)."""
-    return cam * (cam >= cam.amax(1, keepdim=True))
-
-
-def own_class_target(cam: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Target pixels of class k that are also class k's in the unmasked image's CAM (k is their
-    arg-max there, with a positive score). Ours, not the paper's: once every class's source is
-    erased, class k's masked CAM can fire on an object of another class that shares its
-    non-discriminative parts (measured on toyparts_cue: 42 % of the target's CPS labels were
-    another object's class), and CPS would then teach the wrong class there.
-
-    cam: (N, K, h, w) normalised CAM; target: (N, K, h, w) bool. Returns the filtered target.
-    """
-    return target & (strongest_class_only(cam) > 0)
-
-
-def erase_mask(source: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixels to erase (Eq. 6): (N, K, h, w) bool source pixels -> (N, 1, H, W) float, 1 where
-    any class's source covers the pixel (nearest upsampling: whole output-stride cells are
-    erased, so no sliver of the discriminative part survives at the cell borders)."""
-    return F.interpolate(source.any(1, keepdim=True).float(), size=size, mode="nearest")
-
-
-def cps_pseudo_labels(
-    probs: torch.Tensor,
-    region: torch.Tensor,
-    alpha: float,
-    min_confidence: float,
-    ignore_value: int = 255,
-) -> torch.Tensor:
-    """Confident pseudo labels of the pixels in ``region`` (Eq. 7-8).
-
-    Args:
-        probs: (N, K+1, h, w) refined pseudo-label distribution (channel 0 = background), zero
-            for absent classes.
-        region: (N, K, h, w) bool, the source (or target) pixels of each class.
-    Returns:
-        (N, h, w) long: class id in 1..K for pixels of ``region`` whose probability for exactly
-        one foreground class exceeds ``max(alpha x that class's image maximum, min_confidence)``,
-        ``ignore_value`` elsewhere.
-    """
-    fg = probs[:, 1:]
-    thr = (alpha * fg.flatten(2).amax(-1)).clamp(min=min_confidence)[..., None, None]
-    confident = (fg > thr) & region
-    unique = confident.sum(1) == 1  # ambiguous pixels (two confident classes) are dropped
-    labels = confident.float().argmax(1) + 1
-    return torch.where(unique, labels, torch.full_like(labels, ignore_value))
-
-
-def balanced_cps_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_value: int = 255
-) -> torch.Tensor:
-    """Class-balanced cross-entropy (the weighted multi-class CE of Eq. 7-8): in every image,
-    the pseudo-labelled pixels of each class are re-weighted to weigh the same in total (weights
-    average 1 over the image's labelled pixels); the weighted sum is divided by all N*h*w
-    pixels, as the official code averages over the whole map (ignored pixels count as 0), which
-    keeps the per-pixel gradient on the scale of the classification loss's.
-    Exactly 0 (attached to the graph) when no pixel is labelled.
-
-    Args:
-        logits: (N, K+1, h, w); labels: (N, h, w) long with ``ignore_value``.
-    """
-    n, c = logits.shape[:2]
-    valid = labels != ignore_value
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    safe = labels.masked_fill(~valid, 0)
-    ce = F.cross_entropy(logits.float(), safe, reduction="none")  # (N, h, w)
-    onehot = F.one_hot(safe, c).permute(0, 3, 1, 2).float() * valid[:, None].float()
-    counts = onehot.flatten(2).sum(-1)  # (N, C)
-    present = (counts > 0).sum(1, keepdim=True).clamp(min=1)  # (N, 1)
-    class_w = counts.sum(1, keepdim=True) / (present * counts.clamp(min=1))  # (N, C)
-    w = (onehot * class_w[:, :, None, None]).sum(1)  # (N, h, w), 0 where ignored
-    return (w * ce).sum() / ce.numel()
+# MODEL.PLDA keys that are PLDA's keyword arguments of the same name, lower-cased
+_CONFIG_KEYS = (
+    "adv_on", "cps_on", "cps_tgt_on", "assign", "theta", "target_norm", "argmax_assign",
+    "target_own_class", "domain_entropy_weight", "domain_weighting", "simple_high", "simple_low",
+    "adv_loss_weight", "cps_src_loss_weight", "cps_tgt_loss_weight", "cps_alpha",
+    "cps_min_confidence", "cps_background", "cps_head", "cps_upsample", "cps_weighting",
+    "cps_distribution", "cps_ambiguity", "cps_bg_alpha", "cps_target_affinity", "pamr_iters",
+    "pamr_dilations", "domain_hidden_dims", "domain_dropout", "grl_coeff",
+)  # fmt: skip
 
 
 @META_ARCH_REGISTRY.register()
@@ -192,6 +89,7 @@ class PLDA(CAMClassifier):
         argmax_assign: bool = True,
         target_own_class: bool = False,
         domain_entropy_weight: bool = True,
+        domain_weighting: str = "official",
         simple_high: float = 0.6,
         simple_low: float = 0.2,
         adv_loss_weight: float = 1.0,
@@ -202,6 +100,11 @@ class PLDA(CAMClassifier):
         cps_background: str = "zero",
         cps_head: str = "cam",
         cps_upsample: int = 1,
+        cps_weighting: str = "official",
+        cps_distribution: str = "softmax",
+        cps_ambiguity: str = "all",
+        cps_bg_alpha: float = 0.7,
+        cps_target_affinity: str = "masked",
         pamr_iters: int = 10,
         pamr_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
         domain_hidden_dims: Sequence[int] = (1024, 512),
@@ -211,17 +114,27 @@ class PLDA(CAMClassifier):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if assign not in ("mask", "simple"):
-            raise ValueError(f"MODEL.PLDA.ASSIGN must be 'mask' or 'simple', got '{assign}'")
         self.adv_on, self.cps_on, self.cps_tgt_on = adv_on, cps_on, cps_tgt_on
         self.assign = assign
-        if target_norm not in ("masked", "original"):
-            raise ValueError(
-                f"MODEL.PLDA.TARGET_NORM must be 'masked' or 'original', got '{target_norm}'"
-            )
         self.target_norm = target_norm
         self.argmax_assign, self.target_own_class = argmax_assign, target_own_class
         self.domain_entropy_weight = domain_entropy_weight
+        for key, value, allowed in (
+            ("ASSIGN", assign, ("mask", "simple")),
+            ("TARGET_NORM", target_norm, ("masked", "original")),
+            ("CPS_BACKGROUND", cps_background, ("zero", "learned")),
+            ("CPS_HEAD", cps_head, ("cam", "pixel")),
+            ("DOMAIN_WEIGHTING", domain_weighting, DOMAIN_WEIGHTINGS),
+            ("CPS_WEIGHTING", cps_weighting, CPS_WEIGHTINGS),
+            ("CPS_DISTRIBUTION", cps_distribution, CPS_DISTRIBUTIONS),
+            ("CPS_AMBIGUITY", cps_ambiguity, CPS_AMBIGUITIES),
+            ("CPS_TARGET_AFFINITY", cps_target_affinity, CPS_TARGET_AFFINITIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"MODEL.PLDA.{key} must be one of {allowed}, got '{value}'")
+        self.domain_weighting, self.cps_weighting = domain_weighting, cps_weighting
+        self.cps_distribution, self.cps_ambiguity = cps_distribution, cps_ambiguity
+        self.cps_bg_alpha, self.cps_target_affinity = cps_bg_alpha, cps_target_affinity
         self.theta, self.simple_high, self.simple_low = theta, simple_high, simple_low
         self.target_theta = target_theta
         self.adv_loss_weight = adv_loss_weight
@@ -233,12 +146,6 @@ class PLDA(CAMClassifier):
         self.pamr = PAMR(pamr_iters, pamr_dilations)
         self.grl = GradientReversal(grl_coeff)
         channels = self.backbone.output_shape()[self.in_feature].channels
-        if cps_background not in ("zero", "learned"):
-            raise ValueError(
-                f"MODEL.PLDA.CPS_BACKGROUND must be 'zero' or 'learned', got '{cps_background}'"
-            )
-        if cps_head not in ("cam", "pixel"):
-            raise ValueError(f"MODEL.PLDA.CPS_HEAD must be 'cam' or 'pixel', got '{cps_head}'")
         # the learned background logit and the pixel classifier exist only with CPS, their only
         # loss (DDP: see below)
         self.cps_background = self.cps_head = None
@@ -263,36 +170,9 @@ class PLDA(CAMClassifier):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         p = cfg.MODEL.PLDA
-        ret.update(
-            {
-                "adv_on": p.ADV_ON,
-                "cps_on": p.CPS_ON,
-                "cps_tgt_on": p.CPS_TGT_ON,
-                "assign": p.ASSIGN,
-                "theta": p.THETA,
-                "target_theta": p.TARGET_THETA if p.TARGET_THETA >= 0 else None,
-                "target_norm": p.TARGET_NORM,
-                "argmax_assign": p.ARGMAX_ASSIGN,
-                "target_own_class": p.TARGET_OWN_CLASS,
-                "domain_entropy_weight": p.DOMAIN_ENTROPY_WEIGHT,
-                "simple_high": p.SIMPLE_HIGH,
-                "simple_low": p.SIMPLE_LOW,
-                "adv_loss_weight": p.ADV_LOSS_WEIGHT,
-                "cps_src_loss_weight": p.CPS_SRC_LOSS_WEIGHT,
-                "cps_tgt_loss_weight": p.CPS_TGT_LOSS_WEIGHT,
-                "cps_alpha": p.CPS_ALPHA,
-                "cps_min_confidence": p.CPS_MIN_CONFIDENCE,
-                "cps_background": p.CPS_BACKGROUND,
-                "cps_head": p.CPS_HEAD,
-                "cps_upsample": p.CPS_UPSAMPLE,
-                "pamr_iters": p.PAMR_ITERS,
-                "pamr_dilations": p.PAMR_DILATIONS,
-                "domain_hidden_dims": p.DOMAIN_HIDDEN_DIMS,
-                "domain_dropout": p.DOMAIN_DROPOUT,
-                "grl_coeff": p.GRL_COEFF,
-                "ignore_value": cfg.MODEL.IGNORE_VALUE,
-            }
-        )
+        ret.update({k: getattr(p, k.upper()) for k in _CONFIG_KEYS})
+        ret["target_theta"] = p.TARGET_THETA if p.TARGET_THETA >= 0 else None
+        ret["ignore_value"] = cfg.MODEL.IGNORE_VALUE
         return ret
 
     # ------------------------------------------------------------------ pieces
@@ -308,21 +188,29 @@ class PLDA(CAMClassifier):
         ``argmax_assign``, as in the official code)."""
         return strongest_class_only(cam) if self.argmax_assign else cam
 
-    def pseudo_distribution(
-        self, affinity: torch.Tensor, cams: Sequence[torch.Tensor], tags: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """PAMR-refined (N, K+1, h, w) distributions from normalised CAMs (N, K, h, w).
+    def pseudo_scores(self, logits: torch.Tensor | None, cam: torch.Tensor | None) -> torch.Tensor:
+        """(N, K+1, h, w) pseudo-label scores (channel 0 = background) before PAMR, from the
+        detached (N, K, h, w) CAM logits or their normalised CAM:
 
-        Background score = 1 - max_k CAM_k; scores normalised to sum to 1, refined by PAMR with
-        ``affinity`` (``self.pamr.affinity`` of the image resized to the CAM's resolution), then
-        restricted to bg + the image's tags. The CAMs of one image (source and masked) share the
-        affinity and are refined in one PAMR pass (channels are independent in PAMR).
+        - ``CPS_DISTRIBUTION "softmax"`` (the official code): softmax over ``[1, raw logits]``,
+          every class's logit in it (absent classes are dropped after PAMR);
+        - ``"normalized"`` (ours): ``[1 - max_k CAM_k, CAM_1..K]`` divided by its sum.
         """
-        scores = []
-        for cam in cams:
-            s = torch.cat([1.0 - cam.amax(1, keepdim=True), cam], 1)
-            scores.append(s / s.sum(1, keepdim=True).clamp(min=1e-5))
-        refined = self.pamr.refine(torch.cat(scores, 1), affinity)
+        if self.cps_distribution == "softmax":
+            return torch.cat([torch.ones_like(logits[:, :1]), logits], 1).softmax(1)
+        s = torch.cat([1.0 - cam.amax(1, keepdim=True), cam], 1)
+        return s / s.sum(1, keepdim=True).clamp(min=1e-5)
+
+    def pseudo_distribution(
+        self, affinity: torch.Tensor, scores: Sequence[torch.Tensor], tags: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """PAMR-refined (N, K+1, h, w) distributions from :meth:`pseudo_scores` maps.
+
+        The maps are refined by PAMR with ``affinity`` (``self.pamr.affinity`` of the image
+        resized to the maps' resolution), then restricted to bg + the image's tags. Maps that
+        share the affinity are refined in one PAMR pass (channels are independent in PAMR).
+        """
+        refined = self.pamr.refine(torch.cat(list(scores), 1), affinity)
         keep = torch.cat([torch.ones_like(tags[:, :1]), tags], 1)[:, :, None, None]
         return [p * keep for p in refined.split(scores[0].shape[1], dim=1)]
 
@@ -369,7 +257,9 @@ class PLDA(CAMClassifier):
         dom = torch.cat([torch.zeros_like(idx_s[:, 0]), torch.ones_like(idx_t[:, 0])])
         logits = self.domain_classifier(feats, pix, cls)
         groups = (pix // (h * w)) * k + cls  # one group per (image, class)
-        return balanced_domain_loss(logits, dom, groups, n * h * w, self.domain_entropy_weight)
+        return balanced_domain_loss(
+            logits, dom, groups, n * h * w, self.domain_entropy_weight, self.domain_weighting
+        )
 
     def assign_domains(
         self, x: torch.Tensor, logits: torch.Tensor, tags: torch.Tensor, valid: torch.Tensor
@@ -383,9 +273,14 @@ class PLDA(CAMClassifier):
             the normalised CAM, the masked image's normalised CAM (None with SimpleAssign) and
             the (N, K, h, w) bool source and target masks.
         """
+        return self._assign(x, logits, tags, valid)[:4]
+
+    def _assign(self, x, logits, tags, valid):
+        """:meth:`assign_domains` plus the masked image and its CAM logits (None, None with
+        SimpleAssign), which CPS needs for the target's pseudo labels."""
         cam = self.normalized_cam(logits, tags, valid)
         assign_cam = self.assignment_cam(cam)
-        masked_cam = None
+        masked_cam = x_masked = masked_logits = None
         if self.assign == "mask":
             # erased pixels take the pixel mean, i.e. 0 after normalisation (Eq. 6); the second
             # pass only assigns domains and makes pseudo labels, so it needs no graph
@@ -407,7 +302,52 @@ class PLDA(CAMClassifier):
             source, target = simple_assign(assign_cam, self.simple_high, self.simple_low)
         if self.target_own_class:
             target = own_class_target(cam, target)
-        return cam, masked_cam, source, target
+        return cam, masked_cam, source, target, x_masked, masked_logits
+
+    @torch.no_grad()
+    def cps_labels(
+        self,
+        parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+        tags: torch.Tensor,
+        valid: torch.Tensor,
+        size: tuple[int, int],
+    ) -> list[torch.Tensor]:
+        """Confident pseudo labels (N, h', w') at the CPS resolution ``size``, one map per part.
+
+        Each part is ``(image, logits, cam, region)``: the (N, 3, H, W) image whose PAMR
+        affinity refines it, the detached (N, K, h, w) CAM logits and normalised CAM that
+        :meth:`pseudo_scores` turns into scores, and the (N, K, h, w) bool region (source or
+        target). Parts with the same image share one affinity and one PAMR pass. With the
+        softmax distribution the refined scores are zeroed in the batch padding, so that its
+        (unnormalised) logits set no image maximum.
+        """
+        probs: list[torch.Tensor | None] = [None] * len(parts)
+        groups: dict[int, list[int]] = {}
+        for i, (image, _, _, _) in enumerate(parts):
+            groups.setdefault(id(image), []).append(i)
+        for idx in groups.values():
+            small = F.interpolate(parts[idx[0]][0], size=size, mode="bilinear", align_corners=False)
+            if self.cps_distribution == "softmax":  # only the logits are read
+                scores = [self.pseudo_scores(self._upsample(parts[i][1]), None) for i in idx]
+            else:  # only the CAM
+                scores = [self.pseudo_scores(None, self._upsample(parts[i][2])) for i in idx]
+            for i, p in zip(idx, self.pseudo_distribution(self.pamr.affinity(small), scores, tags)):
+                probs[i] = p
+        if self.cps_distribution == "softmax":
+            inside = self._upsample(valid, "nearest")
+            probs = [p * inside for p in probs]
+        return [
+            cps_pseudo_labels(
+                p,
+                self._upsample(region, "nearest") > 0.5,
+                self.cps_alpha,
+                self.cps_min_confidence,
+                self.ignore_value,
+                self.cps_ambiguity,
+                self.cps_bg_alpha,
+            )
+            for p, (_, _, _, region) in zip(probs, parts)
+        ]
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
@@ -424,7 +364,9 @@ class PLDA(CAMClassifier):
         if not (self.adv_on or self.cps_on):
             return losses
 
-        cam, masked_cam, source, target = self.assign_domains(x, logits, tags, valid)
+        cam, masked_cam, source, target, x_masked, masked_logits = self._assign(
+            x, logits, tags, valid
+        )
 
         if self.adv_on:
             losses["loss_adv"] = self.adv_loss_weight * self.adversarial_loss(
@@ -434,30 +376,20 @@ class PLDA(CAMClassifier):
         if self.cps_on:
             up_logits = self._upsample(self.cps_logits(features, logits))
             # source pixels get the CAM's pseudo labels; target pixels (symmetric, Eq. 8) the
-            # masked CAM's (SimpleAssign: the CAM's)
-            parts = [("src", cam, source, self.cps_src_loss_weight)]
+            # masked CAM's, refined with the masked image's affinity (CPS_TARGET_AFFINITY
+            # "masked", the official code) or the image's ("image"); SimpleAssign: the CAM's
+            parts = [(x, logits.detach(), cam, source)]
+            names = [("src", self.cps_src_loss_weight)]
             if self.cps_tgt_on:
-                tgt_cam = masked_cam if masked_cam is not None else cam
-                parts.append(("tgt", tgt_cam, target, self.cps_tgt_loss_weight))
-            with torch.no_grad():
-                small = F.interpolate(
-                    x, size=up_logits.shape[-2:], mode="bilinear", align_corners=False
-                )
-                probs = self.pseudo_distribution(
-                    self.pamr.affinity(small), [self._upsample(c) for _, c, _, _ in parts], tags
-                )
-                labels = [
-                    cps_pseudo_labels(
-                        p,
-                        self._upsample(region, "nearest") > 0.5,
-                        self.cps_alpha,
-                        self.cps_min_confidence,
-                        self.ignore_value,
-                    )
-                    for p, (_, _, region, _) in zip(probs, parts)
-                ]
-            for (name, _, _, weight), lab in zip(parts, labels):
+                if masked_cam is None:
+                    parts.append((x, logits.detach(), cam, target))
+                else:
+                    image = x_masked if self.cps_target_affinity == "masked" else x
+                    parts.append((image, masked_logits, masked_cam, target))
+                names.append(("tgt", self.cps_tgt_loss_weight))
+            labels = self.cps_labels(parts, tags, valid, up_logits.shape[-2:])
+            for (name, weight), lab in zip(names, labels):
                 losses[f"loss_cps_{name}"] = weight * balanced_cps_loss(
-                    up_logits, lab, self.ignore_value
+                    up_logits, lab, self.ignore_value, self.cps_weighting
                 )
         return losses
