@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 
 CONFIGS = sorted(
     p.relative_to(REPO).as_posix()
-    for p in (REPO / "configs").rglob("*.yaml")
+    for p in [*(REPO / "configs").rglob("*.yaml"), *(REPO / "projects").glob("*/configs/*.yaml")]
     if "pipelines" not in p.parts
 )
 

@@ -519,12 +519,12 @@ def test_masked_pass_leaves_batchnorm_running_stats_alone(cfg_factory):
 
 
 def test_assign_stats_counts_domains_against_the_ground_truth(cfg_factory, tmp_path):
-    """benchmarks/plda_assign_stats.py: precision, background share and object coverage of
+    """projects/PLDA/assign_stats.py: precision, background share and object coverage of
     hand-made source / target masks on a hand-made ground truth (at the image's size, sampled on
     the CAM's grid); a mask of another size than its image is an error naming it."""
     from wsss_d2.io.files import save_label_png
 
-    stats_mod = load_script("benchmarks/plda_assign_stats.py")
+    stats_mod = load_script("projects/PLDA/assign_stats.py")
 
     model = _model(cfg_factory).eval()
     x = _inputs(n=1)[0]  # 64 px, tags 0 and 2; CAM grid 8x8 (output stride 8)

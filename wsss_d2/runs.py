@@ -240,7 +240,7 @@ STAGE_RUNNERS = {
 }
 
 
-def _stage_executor(args):
+def stage_executor(args):
     """``fn(stage, opts, resume) -> results``: the stage's run through ``launch``."""
 
     def execute(stage, opts, resume):
@@ -291,7 +291,7 @@ def run_pipeline(args, repo_root: str | None = None):
         if key != "OUTPUT_DIR" or value is None:
             raise SystemExit(f"run_pipeline: only 'OUTPUT_DIR <folder>' may follow, got {key}")
         pipe.output_dir = value
-    execute = _stage_executor(args)
+    execute = stage_executor(args)
     t0 = time.time()
     summaries = pipe.run({kind: execute for kind in STAGE_RUNNERS}, resume=args.resume)
     rows = summary_rows(summaries)

@@ -1,137 +1,90 @@
 #!/usr/bin/env python
 """Reproduce the CIAN toy ablation table (projects/CIAN/README.md).
 
-    python projects/CIAN/toy_ablation.py --out output/cian_toy_ablation
+    OMP_NUM_THREADS=1 python projects/CIAN/toy_ablation.py --out output/cian_toy_ablation
     python projects/CIAN/toy_ablation.py --out ... --round1 <complete round_01 folder>
 
-Steps (each skipped when its output already exists, so an interrupted run resumes):
+The runs are the stages of one pipeline (:mod:`wsss_d2.sweep`): finished runs are reused and
+an interrupted run resumes.
 
 1. Round 1 (unless ``--round1`` is given): the toy CAM model (configs/cam_toy.yaml, seed 0)
    and its pseudo labels (configs/pseudo_toy.yaml: multi-scale CAMs + CRF) of toyparts_train.
 2. For every seed: the self-affinity baseline, CIAN "+CE", CIAN "+CE +CP" (common-class pairs),
    and both with random pairs, all on round 1 with the same schedule and seed
-   (configs/ablations/cian_toy_*.yaml), each evaluated on toyparts_val (mIoU, ms+flip as
+   (projects/CIAN/configs/cian_toy_*.yaml), each evaluated on toyparts_val (mIoU, ms+flip as
    configured).
 3. Retraining (+RT) for every seed: the CIAN model predicts toyparts_train with a dense CRF
    (tools/make_pseudo_labels.py, round 2), and CIAN trains again from its weights on round 2.
    ``--retrain-from cian ce`` also retrains the "+CE" models the same way.
 
 Writes ``<out>/results.json`` and ``<out>/table.md`` (mean and standard deviation over the
-seeds, and every run's value). Runs one process at a time with one thread per process
-(``OMP_NUM_THREADS=1``), which is much faster than letting several runs fight over 2 cores.
+seeds, and every run's value). Run it with one thread per process (``OMP_NUM_THREADS=1``), which
+is much faster than letting torch's threads fight over 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
+from wsss_d2.sweep import markdown_table, mean_sd, run_stages, stage_value
+
 REPO = Path(__file__).resolve().parents[2]
-PY = sys.executable
+CONFIGS = "projects/CIAN/configs"
 
 VARIANTS = {  # name -> (config, description)
-    "baseline": ("configs/ablations/cian_toy_baseline.yaml", "self-affinity baseline"),
-    "ce": ("configs/ablations/cian_toy_ce.yaml", "+CE (cross-image, CE only)"),
-    "cian": ("configs/ablations/cian_toy_cp.yaml", "+CE +CP (CIAN, common-class pairs)"),
-    "random": ("configs/ablations/cian_toy_random.yaml", "+CE +CP, random pairs"),
-    "ce_random": ("configs/ablations/cian_toy_ce_random.yaml", "+CE, random pairs"),
+    "baseline": (f"{CONFIGS}/cian_toy_baseline.yaml", "self-affinity baseline"),
+    "ce": (f"{CONFIGS}/cian_toy_ce.yaml", "+CE (cross-image, CE only)"),
+    "cian": (f"{CONFIGS}/cian_toy_cp.yaml", "+CE +CP (CIAN, common-class pairs)"),
+    "random": (f"{CONFIGS}/cian_toy_random.yaml", "+CE +CP, random pairs"),
+    "ce_random": (f"{CONFIGS}/cian_toy_ce_random.yaml", "+CE, random pairs"),
+}
+# retraining: the first model predicts the training set (CRF) -> round 2 -> train again from its
+# weights with the same losses ("retrain" = on top of +CE +CP, as the paper)
+RETRAIN = {"cian": f"{CONFIGS}/cian_toy_retrain.yaml", "ce": VARIANTS["ce"][0]}
+NAMES = {
+    **{k: d for k, (_, d) in VARIANTS.items()},
+    "retrain": "+CE +CP +RT (retraining)",
+    "ce_retrain": "+CE +RT (retraining the +CE model)",
 }
 
 
-def run(cmd: list[str], log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
-    print("+", " ".join(cmd), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise RuntimeError(f"command failed ({r.returncode}), see {log}: {' '.join(cmd)}")
-
-
-def final_miou(out_dir: Path) -> float | None:
-    """The last ``sem_seg/mIoU`` in a finished run's metrics.json (None if not finished)."""
-    m = out_dir / "metrics.json"
-    if not (out_dir / "model_final.pth").is_file() or not m.is_file():
-        return None
-    value = None
-    for line in m.read_text().splitlines():
-        rec = json.loads(line)
-        if "sem_seg/mIoU" in rec:
-            value = rec["sem_seg/mIoU"]
-    return value
-
-
-COLLECT_ONLY = False  # --collect: tabulate finished runs, start nothing
-EXTRA: list[str] = []  # KEY VALUE overrides given after --, for every command
-
-
-def train(config: str, out_dir: Path, opts: list[str]) -> float | None:
-    miou = final_miou(out_dir)
-    if miou is None and COLLECT_ONLY:
-        return None
-    if miou is None:
-        run(
-            [
-                PY,
-                "tools/train_net.py",
-                "--config-file",
-                config,
-                "OUTPUT_DIR",
-                str(out_dir),
-                "DATALOADER.NUM_WORKERS",
-                "0",
-                *opts,
-                *EXTRA,
-            ],
-            out_dir.with_suffix(".log"),
-        )
-        miou = final_miou(out_dir)
-        if miou is None:
-            raise RuntimeError(f"{out_dir} finished without a sem_seg/mIoU")
-    print(f"  {out_dir.name}: mIoU {miou:.2f}", flush=True)
-    return miou
-
-
-def make_round(
-    config: str, weights: Path, root: Path, k: int, out_dir: Path, opts: list[str] = ()
-) -> tuple[Path, dict | None]:
-    folder = root / f"round_{k:02d}"
-    if not (folder / "manifest.json").is_file() and not COLLECT_ONLY:
-        run(
-            [
-                PY,
-                "tools/make_pseudo_labels.py",
-                "--config-file",
-                config,
-                "MODEL.WEIGHTS",
-                str(weights),
-                "WSSS.PSEUDO.ROOT",
-                str(root),
-                "WSSS.PSEUDO.ROUND",
-                str(k),
-                "OUTPUT_DIR",
-                str(out_dir),
-                *opts,
-                *EXTRA,
-            ],
-            out_dir.with_suffix(".log"),
-        )
-    ev = out_dir / "pseudo_label_evaluation.json"
-    return folder, (json.loads(ev.read_text()) if ev.is_file() else None)
-
-
-def summarize(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = statistics.mean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {sd:.2f}"
+def stages_of(a) -> list[dict]:
+    """The sweep's runs, in the order they run (the must-show variants first, seed by seed)."""
+    extra = ["DATALOADER.NUM_WORKERS", "0", *a.opts]
+    stages = []
+    round1 = {"round_from": "round1"}
+    if a.round1:
+        round1 = {}
+        extra_round = ["WSSS.PSEUDO.TRAIN_ROUND", str(Path(a.round1).resolve())]
+    else:
+        extra_round = []
+        stages += [
+            {"name": "cam_toy", "kind": "train", "config": "configs/cam_toy.yaml", "opts": extra},
+            {"name": "round1", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
+             "weights_from": "cam_toy", "opts": extra},
+        ]  # fmt: skip
+    for seed in a.seeds:
+        for v in a.variants:
+            stages.append({
+                "name": f"{v}_s{seed}", "kind": "train", "config": VARIANTS[v][0], **round1,
+                "opts": ["SEED", str(seed), *extra_round, *extra],
+            })  # fmt: skip
+    for src in [] if a.no_retrain else a.retrain_from:
+        tag = "" if src == "cian" else f"{src}_"
+        for seed in a.seeds:
+            first = f"{src}_s{seed}"
+            stages += [
+                {"name": f"round2_{tag}s{seed}", "kind": "pseudo_labels",
+                 "config": VARIANTS[src][0], "weights_from": first,
+                 "opts": ["WSSS.PSEUDO.ROUND", "2", *extra]},
+                {"name": f"retrain_{tag}s{seed}", "kind": "train", "config": RETRAIN[src],
+                 "weights_from": first, "round_from": f"round2_{tag}s{seed}",
+                 "opts": ["SEED", str(seed), *extra]},
+            ]  # fmt: skip
+    return stages
 
 
 def main(argv=None) -> int:
@@ -161,118 +114,42 @@ def main(argv=None) -> int:
         "DATASETS.TRAIN \"('toyparts_cue_train',)\" DATASETS.TEST \"('toyparts_cue_val',)\")",
     )
     a = p.parse_args(argv)
-    global COLLECT_ONLY
-    COLLECT_ONLY = a.collect
-    EXTRA[:] = a.opts
+    if a.round1 and not (Path(a.round1) / "manifest.json").is_file():
+        raise FileNotFoundError(f"round 1 is not a complete round: {a.round1}")
     out = Path(a.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"seeds": a.seeds, "runs": {}, "rounds": {}}
+    done = run_stages(str(out), stages_of(a), str(REPO), collect_only=a.collect)
 
-    def save():
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-
-    if a.round1:
-        round1 = Path(a.round1).resolve()
-    else:
-        cam_dir = out / "cam_toy"
-        if not (cam_dir / "model_final.pth").is_file():
-            run(
-                [
-                    PY,
-                    "tools/train_net.py",
-                    "--config-file",
-                    "configs/cam_toy.yaml",
-                    "OUTPUT_DIR",
-                    str(cam_dir),
-                    "DATALOADER.NUM_WORKERS",
-                    "0",
-                    *EXTRA,
-                ],
-                cam_dir.with_suffix(".log"),
-            )
-        round1, ev = make_round(
-            "configs/pseudo_toy.yaml",
-            cam_dir / "model_final.pth",
-            out / "round1",
-            1,
-            out / "round1_make",
-        )
-        results["rounds"]["round1"] = ev
-    if not (round1 / "manifest.json").is_file():
-        raise FileNotFoundError(f"round 1 is not a complete round: {round1}")
-    ev1 = round1.parent / "round_01_eval.json"
-    if ev1.is_file():
-        results["rounds"]["round1"] = json.loads(ev1.read_text())
-    results["round1"] = str(round1)
-
-    # the must-show variants first, seed by seed, so a partial run already compares them
-    for seed in a.seeds:
-        for v in a.variants:
-            config = VARIANTS[v][0]
-            miou = train(
-                config,
-                out / f"{v}_s{seed}",
-                ["SEED", str(seed), "WSSS.PSEUDO.TRAIN_ROUND", str(round1)],
-            )
-            if miou is not None:
-                results["runs"].setdefault(v, {})[str(seed)] = miou
-            save()
-    # retraining: the first model predicts the training set (CRF) -> round 2 -> train again
-    # from its weights with the same losses ("retrain" = on top of +CE +CP, as the paper)
-    retrain_cfg = {"cian": "configs/ablations/cian_toy_retrain.yaml", "ce": VARIANTS["ce"][0]}
+    runs: dict[str, dict[str, float]] = {}
+    for v in a.variants:
+        for seed in a.seeds:
+            value = stage_value(done, f"{v}_s{seed}", "sem_seg/mIoU")
+            if value is not None:
+                runs.setdefault(v, {})[str(seed)] = value
+    rounds = {n: s["results"] for n, s in done.items() if s["kind"] == "pseudo_labels"}
     for src in [] if a.no_retrain else a.retrain_from:
         tag = "" if src == "cian" else f"{src}_"
         for seed in a.seeds:
-            first = out / f"{src}_s{seed}"
-            if not (first / "model_final.pth").is_file():
-                continue
-            r2, ev = make_round(
-                VARIANTS[src][0],
-                first / "model_final.pth",
-                out / f"round2_{tag}s{seed}",
-                2,
-                out / f"round2_{tag}s{seed}_make",
-            )
-            results["rounds"][f"round2_{tag}s{seed}"] = ev
-            if not (r2 / "manifest.json").is_file():
-                continue
-            miou = train(
-                retrain_cfg[src],
-                out / f"retrain_{tag}s{seed}",
-                [
-                    "SEED",
-                    str(seed),
-                    "WSSS.PSEUDO.TRAIN_ROUND",
-                    str(r2),
-                    "MODEL.WEIGHTS",
-                    str(first / "model_final.pth"),
-                ],
-            )
-            if miou is not None:
-                results["runs"].setdefault(f"{tag}retrain", {})[str(seed)] = miou
-            save()
+            value = stage_value(done, f"retrain_{tag}s{seed}", "sem_seg/mIoU")
+            if value is not None:
+                runs.setdefault(f"{tag}retrain", {})[str(seed)] = value
+    results = {"seeds": a.seeds, "runs": runs, "rounds": rounds}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    names = {
-        **{k: d for k, (_, d) in VARIANTS.items()},
-        "retrain": "+CE +CP +RT (retraining)",
-        "ce_retrain": "+CE +RT (retraining the +CE model)",
-    }
-    lines = ["| variant | toyparts_val mIoU (mean ± sd) | per seed |", "|---|---|---|"]
+    rows = []
     for v in ["baseline", "ce", "ce_random", "cian", "random", "retrain", "ce_retrain"]:
-        if v in results["runs"]:
-            got = [s for s in a.seeds if str(s) in results["runs"][v]]
-            vals = [results["runs"][v][str(s)] for s in got]
+        if v in runs:
+            got = [s for s in a.seeds if str(s) in runs[v]]
+            vals = [runs[v][str(s)] for s in got]
             per = ", ".join(f"{x:.2f} (seed {s})" for x, s in zip(vals, got))
-            lines.append(f"| {names[v]} | {summarize(vals)} | {per} |")
-    for name, ev in results["rounds"].items():
-        if ev:
-            lines.append(
-                f"| pseudo labels {name} (toyparts_train) | {ev['mIoU']:.2f} | "
-                f"ignored {100 * ev['ignored_fraction']:.1f} % |"
-            )
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    save()
-    print("\n".join(lines))
+            rows.append([NAMES[v], mean_sd(vals), per])
+    for name, ev in rounds.items():
+        if "mIoU" in ev:
+            ignored = 100 * ev.get("ignored_fraction", 0.0)
+            rows.append([f"pseudo labels {name} (toyparts_train)", f"{ev['mIoU']:.2f}",
+                         f"ignored {ignored:.1f} %"])  # fmt: skip
+    table = markdown_table(["variant", "toyparts_val mIoU (mean ± sd)", "per seed"], rows)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
     return 0
 
 

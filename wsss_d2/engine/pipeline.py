@@ -48,6 +48,7 @@ __all__ = [
     "Stage",
     "Pipeline",
     "load_pipeline",
+    "parse_pipeline",
     "STAGE_KINDS",
     "DONE_FILE",
     "primary_metric",
@@ -73,6 +74,12 @@ def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
     """Read and validate a pipeline YAML; config paths are relative to ``repo_root``."""
     with PathManager.open(path) as f:
         spec = yaml.safe_load(f) or {}
+    return parse_pipeline(spec, path, repo_root)
+
+
+def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> "Pipeline":
+    """Validate a pipeline spec (``{"OUTPUT_DIR": ..., "STAGES": [...]}``, as in the YAML files;
+    ``path`` names it in errors) and build the :class:`Pipeline`."""
     if not isinstance(spec.get("STAGES"), list) or not spec["STAGES"]:
         raise ValueError(f"{path}: needs a non-empty STAGES list")
     stages, seen = [], set()

@@ -4,7 +4,7 @@ ground truth: how many source and target pixels each image gets, how many of the
 object of their class (precision) or on background, and how much of the objects the source
 covers. It answers the issue's question "is the CAM really part-only?" with numbers.
 
-    DETECTRON2_DATASETS=datasets python benchmarks/plda_assign_stats.py \
+    DETECTRON2_DATASETS=datasets python projects/PLDA/assign_stats.py \
         --run output/plda_stripe/cam_toy_s0 --split toyparts_stripe_val \
         [--num-images 100] [-- MODEL.PLDA.TARGET_OWN_CLASS True]
 
