@@ -96,13 +96,13 @@ def load_data(n_images: int, boxes_per_image: int, seed: int = 0):
     return out, f"random images and boxes ({n_images} images; coco_tiny not found)"
 
 
-def reference_label(predictor: SamPredictor, rgb, boxes, classes):
+def reference_label(predictor: SamPredictor, rgb, boxes, classes, multimask: bool = False):
     """The per-box loop: returns the label and each box's mask (for the identity check)."""
     predictor.set_image(rgb)
     label = np.zeros(rgb.shape[:2], np.uint8)
     masks = []
     for box, cls in zip(boxes, classes):
-        m, scores, _ = predictor.predict(box=box, multimask_output=True)
+        m, scores, _ = predictor.predict(box=box, multimask_output=multimask)
         best = m[int(np.argmax(scores))]
         label[best] = cls  # detection order: a later box overwrites
         masks.append(best)
@@ -148,6 +148,11 @@ def main():
     ap.add_argument("--checkpoint", default="")
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
+        "--multimask",
+        action="store_true",
+        help="SAM's 3 masks per box, best predicted IoU (default: one mask, as the study)",
+    )
+    ap.add_argument(
         "--threads", type=int, default=0, help="torch and OpenCV CPU threads (0: default)"
     )
     args = ap.parse_args()
@@ -160,7 +165,12 @@ def main():
     sam = load_sam(args.model_type, args.checkpoint, args.device)
     predictor = SamPredictor(sam)
     labeler = SamBoxLabeler(
-        sam=sam, box_source=None, num_classes=81, save_masks=False, images_per_batch=1
+        sam=sam,
+        box_source=None,
+        num_classes=81,
+        save_masks=False,
+        images_per_batch=1,
+        multimask=args.multimask,
     )
     n_boxes = sum(len(b) for _, b, _ in data)
     print(
@@ -171,7 +181,7 @@ def main():
     # correctness: same masks box by box; same labels wherever masks do not overlap
     mask_px_diff, boxes_identical, outside_diff, inside_diff, overlap_px = 0, 0, 0, 0, 0
     for rgb, boxes, classes in data:
-        ref_label, ref_masks = reference_label(predictor, rgb, boxes, classes)
+        ref_label, ref_masks = reference_label(predictor, rgb, boxes, classes, args.multimask)
         feats, sizes = labeler.encode([rgb])
         masks, _ = labeler.predict(feats, torch.from_numpy(boxes), sizes[0], rgb.shape[:2])
         masks = masks.cpu().numpy()
@@ -209,7 +219,7 @@ def main():
             predictor.features, predictor.input_size = feats, sizes[0]
             predictor.original_size, predictor.is_image_set = rgb.shape[:2], True
             for box in boxes:
-                m, s, _ = predictor.predict(box=box, multimask_output=True)
+                m, s, _ = predictor.predict(box=box, multimask_output=args.multimask)
 
     def ours_boxes_only():
         for (rgb, boxes, _), (feats, sizes) in zip(data, embeds):

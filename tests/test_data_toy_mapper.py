@@ -174,3 +174,32 @@ def test_toyparts_body_scale_enlarges_bodies_not_heads(tmp_path):
     assert toyparts_dir(10, 0, 96, 5, "r", 1.0) != toyparts_dir(
         10, 0, 96, 5, "r", 1.0, body_scale=1.6
     )
+
+
+def test_resize_scales_draw_from_the_list():
+    """INPUT.TAGS.RESIZE_SCALES (CIAN's scale pool) resizes by one of the listed factors."""
+    from wsss_d2.data.mappers import RandomScaleChoice
+
+    aug = RandomScaleChoice((0.5, 1.5))
+    img = np.zeros((40, 60, 3), np.uint8)
+    seen = set()
+    np.random.seed(0)
+    for _ in range(20):
+        t = aug.get_transform(img)
+        seen.add(t.apply_image(img).shape[:2] if hasattr(t, "new_h") else img.shape[:2])
+    assert seen == {(20, 30), (60, 90)}
+    with pytest.raises(ValueError, match="RESIZE_SCALES"):
+        RandomScaleChoice((0.0, 1.0))
+
+
+def test_mapper_uses_resize_scales_when_set():
+    from conftest import make_cfg
+
+    from wsss_d2.data.mappers import RandomScaleChoice, ResizeLongestEdgeRange
+
+    cfg = make_cfg("configs/cam_toy.yaml")
+    first = build_mapper(cfg, True).augmentations.augs[0]
+    assert isinstance(first, ResizeLongestEdgeRange)
+    cfg.INPUT.TAGS.RESIZE_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+    first = build_mapper(cfg, True).augmentations.augs[0]
+    assert isinstance(first, RandomScaleChoice) and first.scales[-1] == 1.5

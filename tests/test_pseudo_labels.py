@@ -531,3 +531,42 @@ def test_cam_fingerprint_ignores_label_settings(cfg_factory):
     assert cam_fingerprint(cfg2, model, CAMInferenceEngine(cfg2)) != base
     cfg3 = cfg_factory("configs/pseudo_toy.yaml", "MODEL.TINY.WIDTHS", (8, 8, 8, 16))
     assert cam_fingerprint(cfg3, build_model(cfg3), CAMInferenceEngine(cfg3)) != base
+
+
+def test_segmentor_round_runs_one_crf_not_the_test_crf_too(tmp_path):
+    """CIAN's retraining labels are refined by one CRF (the label CRF); the model's own test-time
+    CRF is off while it labels, and back on afterwards."""
+    dicts, _ = _toy_set(tmp_path, n=2)
+    calls = []
+
+    class SegmentorWithTestCRF(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.test_crf = lambda image, probs: calls.append("test") or probs
+
+        def forward(self, inputs):
+            h, w = inputs[0]["height"], inputs[0]["width"]
+            if self.test_crf is not None:
+                self.test_crf(None, None)
+            return [{"sem_seg": torch.rand(4, h, w)}]
+
+    net = SegmentorWithTestCRF()
+    write_segmentation_round(
+        net,
+        dicts,
+        lambda d: dict(d),
+        rounds.RoundWriter(str(tmp_path / "seg"), 1, 4),
+        crf=CRFParams(iterations=2),
+        num_workers=1,
+        progress=False,
+    )
+    assert calls == [] and net.test_crf is not None
+
+
+def test_test_crf_iterations_key(cfg_factory):
+    from wsss_d2.modeling.meta_arch.segmentor import build_test_crf
+
+    cfg = cfg_factory("configs/cian_toy.yaml", "MODEL.SEG_HEAD.TEST_CRF", True)
+    assert build_test_crf(cfg).keywords["params"].iterations == cfg.WSSS.PSEUDO.CRF.ITERATIONS
+    cfg.MODEL.SEG_HEAD.TEST_CRF_ITERATIONS = 5
+    assert build_test_crf(cfg).keywords["params"].iterations == 5

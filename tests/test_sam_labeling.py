@@ -203,19 +203,20 @@ def test_file_boxes_with_assist_words_and_formats(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------------------- SAM
-def test_batched_prediction_matches_predict_torch(sam):
+@pytest.mark.parametrize("multimask", [False, True])
+def test_batched_prediction_matches_predict_torch(sam, multimask):
     img = (np.random.RandomState(1).rand(48, 64, 3) * 255).astype(np.uint8)
     boxes = np.array(
         [[2, 3, 30, 40], [10, 10, 60, 45], [0, 0, 64, 48], [40, 5, 55, 20], [5, 30, 25, 47]],
         np.float32,
     )
-    lab = _labeler(sam, None, boxes_per_batch=2)  # several decoder chunks
+    lab = _labeler(sam, None, boxes_per_batch=2, multimask=multimask)  # several decoder chunks
     feats, sizes = lab.encode([img])
     masks, scores = lab.predict(feats, torch.from_numpy(boxes), sizes[0], img.shape[:2])
     pred = SamPredictor(sam)
     pred.set_image(img)
     tb = pred.transform.apply_boxes_torch(torch.from_numpy(boxes), img.shape[:2])
-    ref, iou, _ = pred.predict_torch(None, None, tb, multimask_output=True)
+    ref, iou, _ = pred.predict_torch(None, None, tb, multimask_output=multimask)
     best = iou.argmax(1)
     assert torch.equal(masks, ref[torch.arange(5), best])
     assert torch.allclose(scores, iou.max(1).values)
@@ -454,3 +455,44 @@ def test_tool_on_coco_tiny_end_to_end(coco_tiny_root, tmp_path):
     )
     assert again["sem_seg"]["mIoU"] == pytest.approx(res["sem_seg"]["mIoU"])
     assert again["sam_boxes"] == pytest.approx(res["sam_boxes"], nan_ok=True)
+
+
+def test_cam_boxes_from_the_pseudo_label_tool_cams_end_to_end(tmp_path):
+    """CAM model -> make_pseudo_labels (CAM files .npz) -> CamBoxSource -> SAM round: the CAM
+    files our own CAM inference writes are the box source's input."""
+    from conftest import MINI_TOY_OPTS, load_script, make_cfg
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from wsss_d2.runs import label_argument_parser
+
+    cfg = make_cfg("configs/cam_toy.yaml", *MINI_TOY_OPTS)
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("cam")
+    pseudo = load_script("tools/make_pseudo_labels.py")
+    args = label_argument_parser().parse_args(
+        ["--config-file", str(REPO / "configs/pseudo_toy.yaml"), *MINI_TOY_OPTS,
+         "MODEL.WEIGHTS", str(tmp_path / "cam.pth"), "WSSS.PSEUDO.METHOD", "threshold",
+         "WSSS.PSEUDO.SCALES", "(1.0,)", "OUTPUT_DIR", str(tmp_path / "pseudo")]
+    )  # fmt: skip
+    pseudo.main(args)
+    cam_dir = tmp_path / "pseudo" / "pseudo_labels" / "cams" / "round_01"
+    assert any(f.endswith(".npz") for f in os.listdir(cam_dir))
+    res = _run_tool(
+        str(REPO / "configs/sam_boxes_coco_tiny.yaml"),
+        tmp_path / "sam",
+        "INPUT.TAGS.NUM_CLASSES", "5",
+        "DATASETS.TRAIN", "('toyparts_mini_train',)",
+        "DATASETS.TEST", "('toyparts_mini_train',)",
+        "WSSS.SAM.BOX_SOURCE", "CamBoxSource",
+        "WSSS.SAM.CAM_DIR", str(cam_dir),
+        "WSSS.SAM.CAM_THRESHOLD", "0.2",
+    )  # fmt: skip
+    n = len(DatasetCatalog.get("toyparts_mini_train"))
+    assert res["sam_boxes"]["images"] == n and res["sam_boxes"]["boxes"] > 0
+    assert read_manifest(str(tmp_path / "sam" / "pseudo_labels" / "round_01"))["num_images"] == n
+    # a CAM file of another image size is refused, naming the file
+    d = DatasetCatalog.get("toyparts_mini_train")[0]
+    src = CamBoxSource([str(i) for i in range(5)], cam_dir=str(cam_dir))
+    with pytest.raises(ValueError, match=r"\.npz"):
+        src.load_cam({**d, "height": d["height"] + 1})

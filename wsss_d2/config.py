@@ -45,6 +45,8 @@ def add_wsss_config(cfg: CN) -> None:
     _C.INPUT.TAGS = CN()
     _C.INPUT.TAGS.NUM_CLASSES = 20  # K foreground classes (background is id 0, not counted)
     _C.INPUT.TAGS.RESIZE_LONG = (320, 640)  # training: longest edge resized into [min, max]
+    # training: resize by a factor drawn from these instead (CIAN: 0.5 .. 1.5); () = RESIZE_LONG
+    _C.INPUT.TAGS.RESIZE_SCALES = ()
     _C.INPUT.TAGS.CROP_SIZE = 512  # training: random square crop (padded if the image is smaller)
     _C.INPUT.TAGS.FLIP = True  # training: random horizontal flip
     _C.INPUT.TAGS.COLOR_JITTER = 0.0  # training: brightness/contrast/saturation jitter strength
@@ -92,6 +94,9 @@ def add_wsss_config(cfg: CN) -> None:
     _C.MODEL.SEG_HEAD.TEST_SCALES = (1.0,)  # inference: multi-scale scales
     _C.MODEL.SEG_HEAD.TEST_FLIP = False  # inference: add flipped predictions
     _C.MODEL.SEG_HEAD.TEST_CRF = False  # inference: dense-CRF post-processing
+    # its mean-field iterations (-1: WSSS.PSEUDO.CRF.ITERATIONS; the other CRF parameters are
+    # always WSSS.PSEUDO.CRF's); label rounds of a segmentor never run it (one CRF: SEG_METHOD)
+    _C.MODEL.SEG_HEAD.TEST_CRF_ITERATIONS = -1
 
     # ---------------------------------------------------------------- WSSS-wide
     _C.WSSS = CN()
@@ -114,7 +119,9 @@ def _add_sam_config(_C: CN) -> None:
     _C.WSSS.SAM.ONLY_TAGGED = True  # drop boxes whose class is not among the image's tags
     _C.WSSS.SAM.GT_ANNOTATIONS = ""  # GTBoxSource: COCO JSON or VOC XML folder (if no annotations)
     _C.WSSS.SAM.GT_INCLUDE_CROWD = False  # GTBoxSource: also prompt COCO crowd regions
-    _C.WSSS.SAM.CAM_DIR = ""  # CamBoxSource: folder of <stem>.npy (K, H, W) max-normalised CAMs
+    # CamBoxSource: the CAM folder of tools/make_pseudo_labels.py (<stem>.npz), or of <stem>.npy
+    # (K, H, W) max-normalised CAMs
+    _C.WSSS.SAM.CAM_DIR = ""
     _C.WSSS.SAM.CAM_THRESHOLD = 0.3  # CamBoxSource: CAM value that makes a pixel foreground
     _C.WSSS.SAM.CAM_MIN_AREA = 0.001  # CamBoxSource: drop components below this image fraction
     _C.WSSS.SAM.CAM_MAX_BOXES_PER_CLASS = 3  # CamBoxSource: highest-peak components kept (0: all)
@@ -122,7 +129,9 @@ def _add_sam_config(_C: CN) -> None:
     _C.WSSS.SAM.BOX_MIN_SCORE = 0.0  # boxes scored below this are not prompted
     _C.WSSS.SAM.CLASS_TEXT = ()  # "class:text": how a class is written in text prompts/labels
     _C.WSSS.SAM.ASSIST_WORDS = ()  # "class:word,word": extra words whose boxes count as the class
-    _C.WSSS.SAM.MULTIMASK = True  # ask SAM for 3 masks per box, keep the best predicted IoU
+    # ask SAM for 3 masks per box and keep the best predicted IoU (False: SAM's single-mask
+    # output, as the study's code calls predict_torch with multimask_output=False)
+    _C.WSSS.SAM.MULTIMASK = False
     _C.WSSS.SAM.MASK_MIN_SCORE = 0.0  # masks whose predicted IoU is below this are dropped
     _C.WSSS.SAM.IGNORE_LOW_SCORE = False  # dropped masks' unexplained pixels -> 255, not background
     _C.WSSS.SAM.SCORE_BY_BOX = True  # overlap score = mask predicted IoU x box score

@@ -23,6 +23,7 @@ __all__ = [
     "MAPPER_REGISTRY",
     "TagDatasetMapper",
     "ResizeLongestEdgeRange",
+    "RandomScaleChoice",
     "build_mapper",
     "tags_to_multi_hot",
 ]
@@ -54,6 +55,26 @@ class ResizeLongestEdgeRange(T.Augmentation):
             return NoOpTransform()
         target = np.random.randint(self.min_long, self.max_long + 1)
         scale = target / max(h, w)
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        if (nh, nw) == (h, w):
+            return NoOpTransform()
+        return T.ResizeTransform(h, w, nh, nw, self.interp)
+
+
+class RandomScaleChoice(T.Augmentation):
+    """Resize by a factor drawn uniformly from ``scales`` (CIAN's 0.5, 0.75, 1, 1.25, 1.5 of the
+    original size, its official loader's ``scale_pool``)."""
+
+    def __init__(self, scales: Sequence[float], interp=None):
+        super().__init__()
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"INPUT.TAGS.RESIZE_SCALES must be positive factors, got {scales}")
+        self.scales = tuple(float(s) for s in scales)
+        self.interp = Image.BILINEAR if interp is None else interp
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        scale = self.scales[np.random.randint(len(self.scales))]
         nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
         if (nh, nw) == (h, w):
             return NoOpTransform()
@@ -104,7 +125,13 @@ class TagDatasetMapper:
     def from_config(cls, cfg, is_train: bool = True):
         tc = cfg.INPUT.TAGS
         if is_train:
-            augs = [ResizeLongestEdgeRange(*tc.RESIZE_LONG)]
+            augs = [
+                (
+                    RandomScaleChoice(tc.RESIZE_SCALES)
+                    if tc.RESIZE_SCALES
+                    else ResizeLongestEdgeRange(*tc.RESIZE_LONG)
+                )
+            ]
             if tc.COLOR_JITTER > 0:
                 j = tc.COLOR_JITTER
                 augs += [

@@ -8,6 +8,7 @@ the image (its tags plus background, as IRN does); callers spread images over
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import asdict, dataclass
@@ -111,10 +112,14 @@ def crf_inference_prob(
     return _run_crf(image, unary_from_softmax(probs), probs.shape[0], params)
 
 
-def crf_from_config(cfg) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def crf_from_config(cfg, iterations: int = -1) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``fn(image (H, W, 3) RGB uint8, probs (C, H, W)) -> (C, H, W)`` refined marginals, with the
-    ``WSSS.PSEUDO.CRF`` parameters (picklable: usable in a process pool)."""
-    return functools.partial(crf_inference_prob, params=CRFParams.from_config(cfg))
+    ``WSSS.PSEUDO.CRF`` parameters (``iterations`` >= 0 replaces theirs; picklable: usable in a
+    process pool)."""
+    params = CRFParams.from_config(cfg)
+    if iterations >= 0:
+        params = dataclasses.replace(params, iterations=int(iterations))
+    return functools.partial(crf_inference_prob, params=params)
 
 
 def local_ids(keys: Sequence[int]) -> np.ndarray:

@@ -143,14 +143,19 @@ def write_segmentation_round(
 ) -> str | None:
     """Predict labels for ``dicts`` with a segmentor (``[{"sem_seg": (K+1, H, W)}]`` outputs).
 
-    Resumable and sharded like :func:`write_cam_round`; the CRF (optional) runs in a pool.
+    Resumable and sharded like :func:`write_cam_round`; the CRF (optional) runs in a pool. The
+    labels get one dense CRF, ``crf``: a segmentor's own test-time CRF (``test_crf``, used for
+    evaluation) is switched off meanwhile, as CIAN's official retraining labels are refined once.
     """
     dicts = list(dicts)
     shard = dicts[comm.get_rank() :: comm.get_world_size()]
     todo = [d for d in shard if not writer.is_done(d)]
     net = unwrap_model(model)
     was_training = net.training
+    test_crf = getattr(net, "test_crf", None)
     net.eval()
+    if test_crf is not None:
+        net.test_crf = None
     bar = tqdm(
         total=len(todo),
         desc="segment",
@@ -176,6 +181,8 @@ def write_segmentation_round(
                 writer.write(d, label)
     finally:
         net.train(was_training)
+        if test_crf is not None:
+            net.test_crf = test_crf
         bar.close()
     return _finish(writer, dicts, meta, finalize)
 

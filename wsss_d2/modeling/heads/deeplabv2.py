@@ -15,9 +15,10 @@ Two heads, registered in ``SEM_SEG_HEADS_REGISTRY`` (``MODEL.SEM_SEG_HEAD.NAME``
   logits are summed; each branch is a 3x3 dilated classifier (``CONV_DIMS == 0``, DeepLab-v2
   ResNet-101) or fc6/fc7/classifier (``CONV_DIMS > 0``, DeepLab-v2 VGG-16).
 
-Both share :class:`DeepLabV2Head`, split into :meth:`embed` (features right before the classifier; identity for ASPP and
-for the ResNet LargeFOV), :meth:`predict` (the classifier), :meth:`layers` (both) and
-:meth:`losses`, so heads that insert a module before the classifier (CIAN) reuse every piece.
+Both share :class:`DeepLabV2Head`, split into :meth:`embed` (features right before the
+classifier; identity for ASPP and for the ResNet LargeFOV), :meth:`predict` (the classifier),
+:meth:`layers` (both) and :meth:`losses`, so heads that insert a module before the classifier
+(CIAN) reuse every piece.
 """
 
 from __future__ import annotations

@@ -32,11 +32,13 @@ def build_test_crf(cfg) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     """The dense-CRF post-processing of :mod:`wsss_d2.ops.crf` when ``MODEL.SEG_HEAD.TEST_CRF``.
 
     Returns ``fn(image_rgb (H, W, 3) uint8, probs (C, H, W) float32) -> probs (C, H, W)`` or
-    None. The CRF's parameters are the pseudo-label stage's (its config group).
+    None. The CRF's parameters are the pseudo-label stage's (``WSSS.PSEUDO.CRF``), its iterations
+    ``MODEL.SEG_HEAD.TEST_CRF_ITERATIONS`` when set (CIAN's official test CRF runs 5, its
+    retraining labels' CRF 10).
     """
     if not cfg.MODEL.SEG_HEAD.TEST_CRF:
         return None
-    return crf_from_config(cfg)
+    return crf_from_config(cfg, cfg.MODEL.SEG_HEAD.TEST_CRF_ITERATIONS)
 
 
 @META_ARCH_REGISTRY.register()

@@ -20,6 +20,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from pycocotools.coco import COCO
 
+from ...io.cam_files import cam_file_path, load_cam_file
 from .boxes import BOX_SOURCE_REGISTRY, BoxSource, ImageBoxes
 
 __all__ = ["GTBoxSource", "CamBoxSource", "boxes_from_cam"]
@@ -185,7 +186,10 @@ class CamBoxSource(BoxSource):
     """Boxes from CAMs: connected components of each tagged class's thresholded CAM.
 
     The CAM of an image is the dict's ``"cam"`` entry when present (an in-memory (K, h, w)
-    array), else ``<cam_dir>/<stem>.npy``. CAMs smaller than the image are fine: boxes are
+    array), else its file in ``cam_dir``: the CAM file our CAM inference writes
+    (``tools/make_pseudo_labels.py``: ``<cam_dir>/<stem>.npz``, the tagged classes only, read by
+    :func:`wsss_d2.io.cam_files.load_cam_file` and checked against the image's size), or a
+    (K, H, W) array ``<cam_dir>/<stem>.npy``. CAMs smaller than the image are fine: boxes are
     rescaled to the image size.
     """
 
@@ -222,20 +226,31 @@ class CamBoxSource(BoxSource):
         }
 
     def load_cam(self, d: dict) -> np.ndarray:
+        """(K, H, W) CAMs of ``d``, zero for the classes its CAM file does not hold."""
         if "cam" in d:
             return np.asarray(d["cam"])
-        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
-        path = os.path.join(self.cam_dir, stem + ".npy")
-        if not self.cam_dir or not PathManager.exists(path):
+        npz = cam_file_path(self.cam_dir, d)
+        npy = os.path.splitext(npz)[0] + ".npy"
+        if self.cam_dir and PathManager.exists(npz):
+            cams, keys = load_cam_file(npz, (int(d["height"]), int(d["width"])), d["file_name"])
+            if len(keys) and (keys.min() < 1 or keys.max() > self.num_classes):
+                raise ValueError(
+                    f"CAM file {npz} holds classes {keys.tolist()}, outside 1..{self.num_classes}"
+                )
+            cam = np.zeros((self.num_classes, *cams.shape[1:]), np.float32)
+            cam[keys - 1] = cams
+            return cam
+        if not self.cam_dir or not PathManager.exists(npy):
             raise FileNotFoundError(
-                f"CamBoxSource: no CAM for image {d['file_name']} (looked for {path}; set "
-                "WSSS.SAM.CAM_DIR to the folder of (K, H, W) .npy CAMs)"
+                f"CamBoxSource: no CAM for image {d['file_name']} (looked for {npz} and {npy}; set "
+                "WSSS.SAM.CAM_DIR to the CAM folder of tools/make_pseudo_labels.py, or to a "
+                "folder of (K, H, W) .npy CAMs)"
             )
-        with PathManager.open(path, "rb") as f:
+        with PathManager.open(npy, "rb") as f:
             cam = np.load(f)
         if cam.ndim != 3 or cam.shape[0] != self.num_classes:
             raise ValueError(
-                f"CAM {path} has shape {cam.shape}; expected ({self.num_classes}, H, W)"
+                f"CAM {npy} has shape {cam.shape}; expected ({self.num_classes}, H, W)"
             )
         return cam
 

@@ -62,7 +62,7 @@ class SamBoxLabeler:
         sam: Sam,
         box_source: BoxSource | Callable[[dict], ImageBoxes],
         num_classes: int,
-        multimask: bool = True,
+        multimask: bool = False,
         mask_min_score: float = 0.0,
         ignore_low_score: bool = False,
         score_by_box: bool = True,
@@ -76,7 +76,7 @@ class SamBoxLabeler:
             box_source: ``d -> ImageBoxes``.
             num_classes: K + 1 (background included).
             multimask: ask for SAM's 3 masks per box and keep the best predicted IoU; else
-                SAM's single-mask output.
+                SAM's single-mask output (the default, as the study's code).
             mask_min_score, ignore_low_score, score_by_box: see the module docstring.
             boxes_per_batch: boxes per mask-decoder call; images_per_batch: images per
                 image-encoder call (both bound memory, not results).
