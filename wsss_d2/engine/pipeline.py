@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,6 +39,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..config import get_wsss_cfg
 from ..io.files import atomic_write_bytes
+from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round
 
 logger = logging.getLogger(__name__)
@@ -196,9 +196,10 @@ class Pipeline:
             return json.load(f).get("hash") == self._hashes[stage.name]
 
     def _set_aside(self, folder: str) -> None:
-        stale = folder + ".stale"
-        if os.path.exists(stale):
-            shutil.rmtree(stale)
+        stale, n = folder + ".stale", 1
+        while os.path.exists(stale):  # keep every older run: the first free numbered name
+            n += 1
+            stale = f"{folder}.stale.{n}"
         os.rename(folder, stale)
         logger.info("moved %s (an older configuration) to %s", folder, stale)
 
@@ -212,6 +213,10 @@ class Pipeline:
         results (flattened metrics), folder.
         """
         os.makedirs(self.output_dir, exist_ok=True)
+        with FolderLock(self.output_dir, "running a pipeline"):
+            return self._run(executors, resume)
+
+    def _run(self, executors, resume: bool) -> list[dict]:
         if not resume:
             existing = [s.name for s in self.stages if os.path.exists(self.stage_dir(s.name))]
             if existing:
