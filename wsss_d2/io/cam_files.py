@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from detectron2.utils.file_io import PathManager
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, safe_join
 from .rounds import fingerprint_diff, label_stem
 
 __all__ = [
@@ -41,7 +41,7 @@ CAM_DIR_MANIFEST = "cams.json"
 
 def cam_file_path(cam_dir: str, d: dict) -> str:
     """Where the CAM file of dataset dict ``d`` lives in ``cam_dir``."""
-    return os.path.join(cam_dir, label_stem(d) + ".npz")
+    return safe_join(cam_dir, label_stem(d) + ".npz", "CAM file")
 
 
 def save_cam_file(path: str, cams: np.ndarray, keys: Sequence[int], hw: tuple[int, int]) -> None:

@@ -38,7 +38,14 @@ import numpy as np
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .files import IGNORE_LABEL, atomic_write_bytes, read_label_png, safe_stem, save_label_png
+from .files import (
+    IGNORE_LABEL,
+    atomic_write_bytes,
+    read_label_png,
+    safe_join,
+    safe_stem,
+    save_label_png,
+)
 from .locks import FolderLock
 
 logger = logging.getLogger(__name__)
@@ -193,7 +200,7 @@ def attach_round(dataset_dicts: Iterable[dict], folder: str) -> list[dict]:
     check_unique_stems(dataset_dicts)
     out = []
     for d in dataset_dicts:
-        path = os.path.join(folder, label_stem(d) + ".png")
+        path = safe_join(folder, label_stem(d) + ".png", "label file")
         if not PathManager.isfile(path):
             raise FileNotFoundError(
                 f"pseudo-label round {folder} has no label for image {d['file_name']} "
@@ -280,7 +287,7 @@ class RoundWriter:
         self.lock.release()
 
     def label_path(self, d: dict) -> str:
-        return os.path.join(self.partial_dir, label_stem(d) + ".png")
+        return safe_join(self.partial_dir, label_stem(d) + ".png", "label file")
 
     def is_done(self, d: dict) -> bool:
         """True when this image's label was already written in an earlier (interrupted) run."""
