@@ -194,8 +194,13 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
         yaml.safe_dump(spec, f)
     stage = tmp_path / "out" / "cam"
     _SigintAt.at = 12
-    with pytest.raises(KeyboardInterrupt):
-        _tool().main(["--config-file", pipe_file, "--no-report"])
+    # Python's own Ctrl-C handler: a shell's background job starts with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _tool().main(["--config-file", pipe_file, "--no-report"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not (stage / DONE_FILE).exists() and not (stage / "model_final.pth").exists()
     assert (stage / "last_checkpoint").read_text().strip() == "model_0000009.pth"
     assert not [f for f in os.listdir(stage) if f.startswith(".tmp_")]  # no half-written file
