@@ -219,3 +219,34 @@ def test_a_corrupt_image_mid_dataset_is_named_and_resumes_after_the_fix(tmp_path
     assert sorted(f for f in os.listdir(folder) if f.endswith(".png")) == [
         f"im{i}.png" for i in range(4)
     ]
+
+
+def test_sam_cam_and_box_files_of_same_named_images_are_their_own(tmp_path):
+    from wsss_d2.pseudo.sam.box_sources import CamBoxSource
+    from wsss_d2.pseudo.sam.file_boxes import FileBoxSource
+
+    dicts = [
+        {"file_name": f"/data/{s}/000.png", "label_stem": f"{s}/000", "height": 8, "width": 8,
+         "tags": [1]}
+        for s in ("a", "b")
+    ]  # fmt: skip
+    for i, s in enumerate(("a", "b")):
+        cam = np.zeros((2, 8, 8), np.float32)
+        cam[0, 4 * i : 4 * i + 4, :4] = 1.0  # a: top rows, b: bottom rows
+        os.makedirs(tmp_path / "cams" / s)
+        np.save(tmp_path / "cams" / s / "000.npy", cam)
+        os.makedirs(tmp_path / "boxes" / s)
+        (tmp_path / "boxes" / s / "000.json").write_text(
+            json.dumps([{"box": [0, 4 * i, 4, 4 * i + 4], "label": "a", "score": 1.0}])
+        )
+    cams = CamBoxSource(["a", "b"], cam_dir=str(tmp_path / "cams"), min_area=0.0)
+    files = FileBoxSource(["a", "b"], box_dir=str(tmp_path / "boxes"))
+    for source in (cams, files):
+        tops = [float(source(d).boxes[0][1]) for d in dicts]
+        assert tops[0] < 2 <= tops[1], (type(source).__name__, tops)
+
+
+def test_a_tags_file_that_is_not_utf8_is_a_clear_error(tmp_path):
+    (tmp_path / "tags.csv").write_bytes("file_name,tags\ncaf\xe9.png,a\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"tags\.csv is not UTF-8 text"):
+        read_tags_file(str(tmp_path / "tags.csv"), CLASSES)

@@ -162,3 +162,16 @@ def test_one_pipeline_per_output_dir(tmp_path):
     with pytest.raises(RuntimeError, match="in use by another process"):
         _run(pipe)
     assert sorted(os.listdir(tmp_path / "out")) == [".wsss_d2.lock"]
+
+
+def test_a_stage_without_a_model_is_refused_before_any_stage_runs(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    stages = [
+        {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml",
+         "opts": TOY + ["SOLVER.MAX_ITER", "2"]},
+        {"name": "val", "kind": "evaluate", "config": "configs/cam_toy.yaml", "opts": MINI_TOY_OPTS},
+    ]  # fmt: skip
+    path.write_text(yaml.safe_dump({"OUTPUT_DIR": str(tmp_path / "out"), "STAGES": stages}))
+    with pytest.raises(ValueError, match=r"stage 'val' \(evaluate\) has no model"):
+        _run(str(path))
+    assert not (tmp_path / "out" / "cam").exists()

@@ -136,3 +136,11 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         _train("--config-file", CAM, *TOY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD",
                "2", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out))  # fmt: skip
     assert not any(f.endswith(".pth") for f in os.listdir(out))
+
+
+def test_eval_only_resume_when_last_checkpoint_names_a_missing_file(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_0000004.pth")
+    with pytest.raises(FileNotFoundError, match=r"last_checkpoint names .*model_0000004\.pth"):
+        _train("--config-file", CAM, "--eval-only", "--resume", *TOY, "OUTPUT_DIR", str(out))

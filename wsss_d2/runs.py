@@ -90,7 +90,13 @@ def _eval_weights(cfg, resume: bool) -> str:
     Detectron2), else ``MODEL.WEIGHTS``, which must then be given."""
     ckpt = WSSSCheckpointer(None, save_dir=cfg.OUTPUT_DIR)
     if resume and ckpt.has_checkpoint():
-        return ckpt.get_checkpoint_file()
+        path = ckpt.get_checkpoint_file()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"--resume: {os.path.join(cfg.OUTPUT_DIR, 'last_checkpoint')} names {path}, "
+                "which does not exist"
+            )
+        return path
     require_weights(cfg.MODEL.WEIGHTS, purpose="--eval-only")
     return cfg.MODEL.WEIGHTS
 

@@ -216,7 +216,26 @@ class Pipeline:
         with FolderLock(self.output_dir, "running a pipeline"):
             return self._run(executors, resume)
 
+    def check_models(self) -> None:
+        """A stage that consumes a model (evaluate, pseudo labels, SAM labels) must be given
+        one: checked for every stage before the first runs, not hours later."""
+        for stage in self.stages:
+            if stage.kind not in ("evaluate", "pseudo_labels", "sam_labels") or stage.weights_from:
+                continue
+            cfg = get_wsss_cfg(stage.config, stage.opts)
+            if stage.kind == "sam_labels":
+                missing = not cfg.WSSS.SAM.CHECKPOINT and cfg.WSSS.SAM.MODEL_TYPE != "tiny"
+                what = "WSSS.SAM.CHECKPOINT"
+            else:
+                missing, what = not cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
+            if missing:
+                raise ValueError(
+                    f"{self.source}: stage '{stage.name}' ({stage.kind}) has no model: give it "
+                    f"weights_from: <an earlier train stage> or {what} in its opts"
+                )
+
     def _run(self, executors, resume: bool) -> list[dict]:
+        self.check_models()
         if not resume:
             existing = [s.name for s in self.stages if os.path.exists(self.stage_dir(s.name))]
             if existing:

@@ -76,8 +76,14 @@ def read_tags_file(tags_file: str, class_names: Sequence[str]) -> list[tuple[str
             out.add(to_id[n])
         return sorted(out)
 
-    with PathManager.open(tags_file, "r", encoding="utf-8") as f:
-        text = f.read().lstrip("\ufeff")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    try:
+        with PathManager.open(tags_file, "r", encoding="utf-8") as f:
+            text = f.read().lstrip("\ufeff")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"tags file {tags_file} is not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+            "UTF-8 (Excel: 'CSV UTF-8')"
+        ) from None
     rows: list[tuple[str, list[int], int]] = []
     if tags_file.lower().endswith(".json"):
         try:

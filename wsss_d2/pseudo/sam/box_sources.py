@@ -20,6 +20,8 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from pycocotools.coco import COCO
 
+from ...io.files import safe_join
+from ...io.rounds import label_stem
 from .boxes import BOX_SOURCE_REGISTRY, BoxSource, ImageBoxes
 
 __all__ = ["GTBoxSource", "CamBoxSource", "boxes_from_cam"]
@@ -185,7 +187,7 @@ class CamBoxSource(BoxSource):
     """Boxes from CAMs: connected components of each tagged class's thresholded CAM.
 
     The CAM of an image is the dict's ``"cam"`` entry when present (an in-memory (K, h, w)
-    array), else ``<cam_dir>/<stem>.npy``. CAMs smaller than the image are fine: boxes are
+    array), else ``<cam_dir>/<label stem>.npy`` (:func:`~wsss_d2.io.rounds.label_stem`). CAMs smaller than the image are fine: boxes are
     rescaled to the image size.
     """
 
@@ -224,8 +226,8 @@ class CamBoxSource(BoxSource):
     def load_cam(self, d: dict) -> np.ndarray:
         if "cam" in d:
             return np.asarray(d["cam"])
-        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
-        path = os.path.join(self.cam_dir, stem + ".npy")
+        # named like the image's label file: sub-folder images of the same name get their own
+        path = safe_join(self.cam_dir or ".", label_stem(d) + ".npy", "CAM file")
         if not self.cam_dir or not PathManager.exists(path):
             raise FileNotFoundError(
                 f"CamBoxSource: no CAM for image {d['file_name']} (looked for {path}; set "
