@@ -233,25 +233,28 @@ def make_sam_labels(args):
         if done:
             return _score_sam_round(evaluator, shard)
         writer = open_round(root, k, len(classes), args.overwrite, fingerprint)
-        n = label_dataset(labeler, shard, writer, evaluator, progress=comm.is_main_process())
-        logger.info("rank %d labelled %d images (%d in its shard)", rank, n, len(shard))
-        # every rank's labels are in the partial folder before the main process finalizes it
-        comm.synchronize()
-        res = evaluator.evaluate()
-        if comm.is_main_process():
-            writer.finalize(
-                dicts,
-                meta={
-                    "source": "sam_boxes",
-                    "dataset": list(cfg.DATASETS.TRAIN),
-                    "sam_model_type": cfg.WSSS.SAM.MODEL_TYPE,
-                    "sam_checkpoint": os.path.basename(cfg.WSSS.SAM.CHECKPOINT),
-                    "box_source": cfg.WSSS.SAM.BOX_SOURCE,
-                    "config_hash": config_hash(cfg),
-                    "scores": res,
-                },
-            )
-            logger.info("SAM-box labels: %s", writer.final_dir)
+        try:
+            n = label_dataset(labeler, shard, writer, evaluator, progress=comm.is_main_process())
+            logger.info("rank %d labelled %d images (%d in its shard)", rank, n, len(shard))
+            # every rank's labels are in the partial folder before the main process finalizes it
+            comm.synchronize()
+            res = evaluator.evaluate()
+            if comm.is_main_process():
+                writer.finalize(
+                    dicts,
+                    meta={
+                        "source": "sam_boxes",
+                        "dataset": list(cfg.DATASETS.TRAIN),
+                        "sam_model_type": cfg.WSSS.SAM.MODEL_TYPE,
+                        "sam_checkpoint": os.path.basename(cfg.WSSS.SAM.CHECKPOINT),
+                        "box_source": cfg.WSSS.SAM.BOX_SOURCE,
+                        "config_hash": config_hash(cfg),
+                        "scores": res,
+                    },
+                )
+                logger.info("SAM-box labels: %s", writer.final_dir)
+        finally:
+            writer.close()  # finalize gave the lock up; an error gives it up here
         # no rank returns before the round is renamed into place
         comm.synchronize()
     return res

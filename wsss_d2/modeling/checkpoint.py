@@ -212,6 +212,19 @@ class WSSSCheckpointer(DetectionCheckpointer):
             raise
         self.tag_last_checkpoint(basename)
 
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """``last_checkpoint``, written atomically (a kill leaves the previous name, not none)."""
+        fd, tmp = tempfile.mkstemp(dir=self.save_dir, prefix=".tmp_last_checkpoint_")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(last_filename_basename)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, os.path.join(self.save_dir, "last_checkpoint"))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
 
 def load_model_weights(model, path: str, strict: bool = True, what: str = "MODEL.WEIGHTS") -> None:
     """Load ``path`` into ``model`` for inference: refuses an empty path, a missing or unreadable

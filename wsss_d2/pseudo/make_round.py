@@ -326,7 +326,17 @@ def make_round(
     done = complete_round(root, k, fingerprint, reuse, overwrite)
     if done is not None:
         return done
+    if source == "segmentor" and p.SEG_METHOD not in ("argmax", "crf"):
+        raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
     writer = open_round(root, k, cfg.INPUT.TAGS.NUM_CLASSES + 1, overwrite, fingerprint)
+    try:
+        return _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, progress)
+    finally:
+        writer.close()  # finalize gave the round's lock up; an error gives it up here
+
+
+def _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, progress) -> str:
+    p, root, k = cfg.WSSS.PSEUDO, writer.root, writer.k
     info = {
         "weights": cfg.MODEL.WEIGHTS,
         "config_hash": config_hash(cfg),
@@ -352,8 +362,6 @@ def make_round(
         return write_cam_round(
             dicts, cam_dir, writer, refiner, p.NUM_WORKERS, meta=info, progress=progress
         )
-    if p.SEG_METHOD not in ("argmax", "crf"):
-        raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
     crf = CRFParams.from_config(cfg) if p.SEG_METHOD == "crf" else None
     info.update(source="segmentor", seg_method=p.SEG_METHOD, crf=crf.to_dict() if crf else None)
     return write_segmentation_round(
