@@ -8,9 +8,12 @@
 
 Multi-scale + flip CAMs go to ``WSSS.PSEUDO.CAM_DIR`` (one ``.npz`` per image), labels to
 ``WSSS.PSEUDO.ROOT/round_KK`` (default ``OUTPUT_DIR/pseudo_labels``). An interrupted run is
-resumed by running the same command again (finished CAMs and labels are kept); a complete round
-is never overwritten unless ``--overwrite`` is given. The round is scored against the ground
-truth when the dataset has some (``OUTPUT_DIR/pseudo_label_evaluation.json``).
+resumed by running the same command again (finished CAMs and labels are kept) — with the same
+settings, weights and dataset only: otherwise the error names what differs, and ``--overwrite``
+restarts the round from empty. A complete round is never overwritten unless ``--overwrite`` is
+given; ``--resume`` reuses it when it was made the same way. ``MODEL.WEIGHTS`` must be given and
+fit the model. The round is scored against the ground truth when the dataset has some
+(``OUTPUT_DIR/pseudo_label_evaluation.json``).
 """
 
 from detectron2.engine import default_argument_parser, launch  # noqa: F401  (tests use it)

@@ -8,8 +8,10 @@
 
 Images are sharded by rank; each rank writes its labels into the round's partial folder, and
 the main process finalizes the round (manifest + rename) after all ranks meet. An interrupted
-run resumes where it stopped (images with a label are skipped), with or without ``--resume``;
-a complete round is only written again with ``--overwrite``. ``--eval-only`` scores an existing
+run resumes where it stopped (images with a label are skipped), with or without ``--resume``, if
+its SAM settings, SAM checkpoint and dataset are the same (else the error names what differs);
+a complete round is only written again with ``--overwrite`` (``--resume`` reuses it when it was
+made the same way). ``--eval-only`` scores an existing
 round. Scores (mIoU against the ground truth where the dataset has it, box statistics) go to the
 log and to ``OUTPUT_DIR/sam_box_labeling.json``.
 """

@@ -4,9 +4,12 @@
 python tools/train_net.py --config-file configs/cam_toy.yaml
 python tools/train_net.py --config-file configs/plda_r101.yaml --num-gpus 8
 python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
+
+A new run into an OUTPUT_DIR that holds a finished one (model_final.pth) is refused unless
+--resume (continue it) or --overwrite (train anew over it); one training process per OUTPUT_DIR.
 """
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 
 from wsss_d2 import runs
 
@@ -16,7 +19,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = runs.train_argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

@@ -103,6 +103,8 @@ def add_wsss_config(cfg: CN) -> None:
     _C.WSSS.EVALUATORS = ("SemSegEvaluator",)  # names in wsss_d2.evaluation.EVALUATOR_REGISTRY
     _C.WSSS.HOOKS = ()  # names in wsss_d2.engine.HOOK_REGISTRY added to the trainer
     _C.WSSS.CAM_SWEEP = (0.0, 0.95, 0.05)  # background thresholds swept by the CAM evaluator
+    # ground-truth ids outside 0..K other than 255: "error" (names the mask) | "ignore" (skipped)
+    _C.WSSS.GT_INVALID_IDS = "error"
 
     _add_sam_config(_C)
     _add_pseudo_config(_C)

@@ -22,7 +22,6 @@ import os
 import time
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
@@ -30,15 +29,24 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-from .engine.defaults import default_wsss_setup
+from .engine.defaults import default_wsss_setup, output_dir_lock, wsss_cfg_from_args
 from .engine.pipeline import load_pipeline, summary_rows
 from .engine.report import write_pipeline_report
-from .engine.trainer import WSSSTrainer, check_weights_exist
+from .engine.trainer import WSSSTrainer, refuse_overwriting_a_run
 from .evaluation.pseudo_eval import evaluate_round
 from .evaluation.sam_eval import SamBoxLabelingEvaluator, sam_round_root
 from .io.files import atomic_write_bytes
-from .io.rounds import MANIFEST, RoundWriter, config_hash, round_dir
-from .pseudo.make_round import default_round_root, label_datasets, make_round
+from .io.rounds import MANIFEST, check_unique_stems, config_hash, round_dir
+from .modeling.checkpoint import WSSSCheckpointer, load_model_weights, require_weights
+from .pseudo.fingerprint import label_fingerprint, weights_fingerprint
+from .pseudo.make_round import (
+    check_round,
+    default_round_root,
+    label_datasets,
+    make_round,
+    open_round,
+    round_source,
+)
 from .pseudo.sam.labeler import SamBoxLabeler, label_dataset
 
 logger = logging.getLogger(__name__)
@@ -49,8 +57,20 @@ __all__ = [
     "make_sam_labels",
     "run_pipeline",
     "label_argument_parser",
+    "train_argument_parser",
     "pipeline_argument_parser",
 ]
+
+
+def train_argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's argument parser plus ``--overwrite`` (``tools/train_net.py``'s)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train anew into an OUTPUT_DIR that holds a finished run (model_final.pth)",
+    )
+    return parser
 
 
 def label_argument_parser() -> argparse.ArgumentParser:
@@ -59,77 +79,107 @@ def label_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="write a complete round (and its CAMs) again instead of stopping",
+        help="write a complete round (and its CAMs) again, restart a partial one from empty",
     )
     return parser
 
 
-def _load_weights(cfg, model) -> None:
-    check_weights_exist(cfg.MODEL.WEIGHTS)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=False
-    )
-
-
 # ---------------------------------------------------------------------- train / evaluate
+def _eval_weights(cfg, resume: bool) -> str:
+    """What ``--eval-only`` evaluates: the last checkpoint of OUTPUT_DIR with ``--resume`` (as
+    Detectron2), else ``MODEL.WEIGHTS``, which must then be given."""
+    ckpt = WSSSCheckpointer(None, save_dir=cfg.OUTPUT_DIR)
+    if resume and ckpt.has_checkpoint():
+        path = ckpt.get_checkpoint_file()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"--resume: {os.path.join(cfg.OUTPUT_DIR, 'last_checkpoint')} names {path}, "
+                "which does not exist"
+            )
+        return path
+    require_weights(cfg.MODEL.WEIGHTS, purpose="--eval-only")
+    return cfg.MODEL.WEIGHTS
+
+
 def train(args):
-    """Train ``args.config_file`` (``--resume`` continues), or evaluate it with ``--eval-only``."""
-    cfg = default_wsss_setup(args)
+    """Train ``args.config_file`` (``--resume`` continues), or evaluate it with ``--eval-only``.
+
+    Refused before ``OUTPUT_DIR/config.yaml`` is written: ``--eval-only`` without weights or with
+    weights that do not fit the model, a new run into a folder holding a finished one (without
+    ``--resume`` or ``--overwrite``), a folder another training process is writing into.
+    """
+    cfg = wsss_cfg_from_args(args)
     if args.eval_only:
         model = WSSSTrainer.build_model(cfg)
-        check_weights_exist(cfg.MODEL.WEIGHTS)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        load_model_weights(model, _eval_weights(cfg, args.resume))
+        default_wsss_setup(args, cfg)
         res = WSSSTrainer.test(cfg, model)
         verify_results(cfg, res)
         return res
-    trainer = WSSSTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    refuse_overwriting_a_run(cfg.OUTPUT_DIR, args.resume, getattr(args, "overwrite", False))
+    with output_dir_lock(cfg.OUTPUT_DIR, "training"):
+        default_wsss_setup(args, cfg)
+        trainer = WSSSTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 # ---------------------------------------------------------------------- pseudo labels
 def make_pseudo_labels(args):
-    """Write round ``WSSS.PSEUDO.ROUND`` of ``WSSS.PSEUDO.DATASETS`` with ``MODEL.WEIGHTS``."""
-    cfg = default_wsss_setup(args)
+    """Write round ``WSSS.PSEUDO.ROUND`` of ``WSSS.PSEUDO.DATASETS`` with ``MODEL.WEIGHTS``.
+
+    Before anything is written (``config.yaml`` included): a complete round is refused unless
+    ``--overwrite`` (write it again) or ``--resume`` with the same fingerprint (reuse it); the
+    weights must be given and fit the model; a partial round must have this round's fingerprint
+    (settings, weights, dataset); two images must not share a label file.
+    """
+    cfg = wsss_cfg_from_args(args)
     root = default_round_root(cfg)
     k = cfg.WSSS.PSEUDO.ROUND
     final = round_dir(root, k)
     # fail before any model work when the round is already complete
-    if os.path.isfile(os.path.join(final, MANIFEST)) and not args.overwrite:
+    if os.path.isfile(os.path.join(final, MANIFEST)) and not (args.overwrite or args.resume):
         raise FileExistsError(
-            f"pseudo-label round {final} is already complete; pass --overwrite to write it again"
+            f"pseudo-label round {final} is already complete; pass --overwrite to write it again "
+            "(or --resume to reuse it if it was made with these settings)"
         )
-    model = WSSSTrainer.build_model(cfg)
-    _load_weights(cfg, model)
+    require_weights(cfg.MODEL.WEIGHTS, purpose="writing pseudo labels")
     names = label_datasets(cfg)
     # no consistency check: its class histogram assumes 0-based COCO-style category ids
     dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
-    folder = make_round(
-        cfg, model, dicts, k, root=root, overwrite=args.overwrite, meta={"datasets": list(names)}
-    )
-    res = evaluate_round(
-        dicts,
-        folder,
-        cfg.INPUT.TAGS.NUM_CLASSES + 1,
-        dataset_name=names[0] if len(names) == 1 else "",
-        output_dir=cfg.OUTPUT_DIR,
-    )
-    if comm.is_main_process():
-        summary = {"round": k, "folder": folder, "metrics": res}
-        atomic_write_bytes(
-            os.path.join(cfg.OUTPUT_DIR, f"pseudo_round_{k:02d}.json"),
-            json.dumps(summary, indent=2).encode(),
-        )
-        if res:
-            logger.info(
-                "round %d: mIoU %.2f, labeled-pixel mIoU %.2f, %.1f%% unsure",
-                k,
-                res["mIoU"],
-                res["mIoU_labeled"],
-                100 * res["ignored_fraction"],
+    check_unique_stems(dicts)
+    model = WSSSTrainer.build_model(cfg)
+    load_model_weights(model, cfg.MODEL.WEIGHTS)
+    fingerprint = label_fingerprint(cfg, dicts, round_source(model), names=names)
+    folder = check_round(root, k, fingerprint, reuse=args.resume, overwrite=args.overwrite)
+    with output_dir_lock(cfg.OUTPUT_DIR, "writing pseudo labels"):
+        default_wsss_setup(args, cfg)
+        if folder is None:
+            meta = {"datasets": list(names)}
+            folder = make_round(
+                cfg, model, dicts, k, root=root, overwrite=args.overwrite, meta=meta, names=names
             )
+        res = evaluate_round(
+            dicts,
+            folder,
+            cfg.INPUT.TAGS.NUM_CLASSES + 1,
+            dataset_name=names[0] if len(names) == 1 else "",
+            output_dir=cfg.OUTPUT_DIR,
+        )
+        if comm.is_main_process():
+            summary = {"round": k, "folder": folder, "metrics": res}
+            atomic_write_bytes(
+                os.path.join(cfg.OUTPUT_DIR, f"pseudo_round_{k:02d}.json"),
+                json.dumps(summary, indent=2).encode(),
+            )
+            if res:
+                logger.info(
+                    "round %d: mIoU %.2f, labeled-pixel mIoU %.2f, %.1f%% unsure",
+                    k,
+                    res["mIoU"],
+                    res["mIoU_labeled"],
+                    100 * res["ignored_fraction"],
+                )
     return res
 
 
@@ -145,54 +195,68 @@ def _sam_dicts(cfg) -> tuple[str, list[dict], list[str]]:
     return name, dicts, list(classes)
 
 
+def _score_sam_round(evaluator, shard: list[dict]) -> dict:
+    evaluator.reset()
+    evaluator.process(shard, [{}] * len(shard))  # read the labels back from the round
+    return evaluator.evaluate()
+
+
 def make_sam_labels(args):
     """Write SAM-box round ``WSSS.SAM.ROUND`` of ``DATASETS.TRAIN`` (or score it, ``--eval-only``).
 
     Images are sharded by rank; each rank writes its labels into the round's partial folder and
     the main process finalizes the round after all ranks meet. An interrupted run resumes where it
-    stopped; a complete round is only written again with ``--overwrite``.
+    stopped when its fingerprint (SAM settings and checkpoint, dataset) matches; a complete round
+    is only written again with ``--overwrite`` (``--resume`` reuses one of the same fingerprint).
+    The checks, and loading SAM, come before ``OUTPUT_DIR/config.yaml`` is written.
     """
-    cfg = default_wsss_setup(args)
+    cfg = wsss_cfg_from_args(args)
     name, dicts, classes = _sam_dicts(cfg)
-    evaluator = SamBoxLabelingEvaluator(cfg, dataset_name=name, output_dir=cfg.OUTPUT_DIR)
     root = sam_round_root(cfg)
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = dicts[rank::world]
     if args.eval_only:
-        evaluator.reset()
-        evaluator.process(shard, [{}] * len(shard))  # read the labels back from the round
-        return evaluator.evaluate()
-
-    if comm.is_main_process():
-        # the main process checks (and, with --overwrite, accepts) a complete round first, so
-        # that no rank starts writing into a round that will be refused
-        RoundWriter(root, cfg.WSSS.SAM.ROUND, len(classes), overwrite=args.overwrite)
-    comm.synchronize()
-    writer = RoundWriter(root, cfg.WSSS.SAM.ROUND, len(classes), overwrite=args.overwrite)
+        default_wsss_setup(args, cfg)
+        evaluator = SamBoxLabelingEvaluator(cfg, dataset_name=name, output_dir=cfg.OUTPUT_DIR)
+        return _score_sam_round(evaluator, shard)
+    k = cfg.WSSS.SAM.ROUND
+    check_unique_stems(dicts)
+    weights = weights_fingerprint(cfg.WSSS.SAM.CHECKPOINT)
+    fingerprint = label_fingerprint(cfg, dicts, "sam_boxes", weights, cfg.DATASETS.TRAIN)
+    done = check_round(root, k, fingerprint, reuse=args.resume, overwrite=args.overwrite)
     if torch.device(cfg.MODEL.DEVICE).type == "cuda" and world > 1:
         torch.cuda.set_device(comm.get_local_rank())
-    labeler = SamBoxLabeler(cfg, classes[1:])
-    n = label_dataset(labeler, shard, writer, evaluator, progress=comm.is_main_process())
-    logger.info("rank %d labelled %d images (%d in its shard)", rank, n, len(shard))
-    # every rank's labels are in the partial folder before the main process finalizes it
-    comm.synchronize()
-    res = evaluator.evaluate()
-    if comm.is_main_process():
-        writer.finalize(
-            dicts,
-            meta={
-                "source": "sam_boxes",
-                "dataset": list(cfg.DATASETS.TRAIN),
-                "sam_model_type": cfg.WSSS.SAM.MODEL_TYPE,
-                "sam_checkpoint": os.path.basename(cfg.WSSS.SAM.CHECKPOINT),
-                "box_source": cfg.WSSS.SAM.BOX_SOURCE,
-                "config_hash": config_hash(cfg),
-                "scores": res,
-            },
-        )
-        logger.info("SAM-box labels: %s", writer.final_dir)
-    # no rank returns before the round is renamed into place
-    comm.synchronize()
+    labeler = None if done else SamBoxLabeler(cfg, classes[1:])  # loads (and checks) SAM
+    with output_dir_lock(cfg.OUTPUT_DIR, "writing SAM labels"):
+        default_wsss_setup(args, cfg)
+        evaluator = SamBoxLabelingEvaluator(cfg, dataset_name=name, output_dir=cfg.OUTPUT_DIR)
+        if done:
+            return _score_sam_round(evaluator, shard)
+        writer = open_round(root, k, len(classes), args.overwrite, fingerprint)
+        try:
+            n = label_dataset(labeler, shard, writer, evaluator, progress=comm.is_main_process())
+            logger.info("rank %d labelled %d images (%d in its shard)", rank, n, len(shard))
+            # every rank's labels are in the partial folder before the main process finalizes it
+            comm.synchronize()
+            res = evaluator.evaluate()
+            if comm.is_main_process():
+                writer.finalize(
+                    dicts,
+                    meta={
+                        "source": "sam_boxes",
+                        "dataset": list(cfg.DATASETS.TRAIN),
+                        "sam_model_type": cfg.WSSS.SAM.MODEL_TYPE,
+                        "sam_checkpoint": os.path.basename(cfg.WSSS.SAM.CHECKPOINT),
+                        "box_source": cfg.WSSS.SAM.BOX_SOURCE,
+                        "config_hash": config_hash(cfg),
+                        "scores": res,
+                    },
+                )
+                logger.info("SAM-box labels: %s", writer.final_dir)
+        finally:
+            writer.close()  # finalize gave the lock up; an error gives it up here
+        # no rank returns before the round is renamed into place
+        comm.synchronize()
     return res
 
 
@@ -235,8 +299,10 @@ def _stage_logging():
 STAGE_RUNNERS = {
     "train": (train, ("{resume}",)),
     "evaluate": (train, ("--eval-only",)),
-    "pseudo_labels": (make_pseudo_labels, ()),
-    "sam_labels": (make_sam_labels, ()),
+    # label stages get --resume too: a complete round of the same fingerprint (a kill between
+    # the round's rename and stage_done.json) is reused, not refused
+    "pseudo_labels": (make_pseudo_labels, ("{resume}",)),
+    "sam_labels": (make_sam_labels, ("{resume}",)),
 }
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,6 +39,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..config import get_wsss_cfg
 from ..io.files import atomic_write_bytes
+from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round
 
 logger = logging.getLogger(__name__)
@@ -203,9 +203,10 @@ class Pipeline:
             return json.load(f).get("hash") == self._hashes[stage.name]
 
     def _set_aside(self, folder: str) -> None:
-        stale = folder + ".stale"
-        if os.path.exists(stale):
-            shutil.rmtree(stale)
+        stale, n = folder + ".stale", 1
+        while os.path.exists(stale):  # keep every older run: the first free numbered name
+            n += 1
+            stale = f"{folder}.stale.{n}"
         os.rename(folder, stale)
         logger.info("moved %s (an older configuration) to %s", folder, stale)
 
@@ -219,6 +220,29 @@ class Pipeline:
         results (flattened metrics), folder.
         """
         os.makedirs(self.output_dir, exist_ok=True)
+        with FolderLock(self.output_dir, "running a pipeline"):
+            return self._run(executors, resume)
+
+    def check_models(self) -> None:
+        """A stage that consumes a model (evaluate, pseudo labels, SAM labels) must be given
+        one: checked for every stage before the first runs, not hours later."""
+        for stage in self.stages:
+            if stage.kind not in ("evaluate", "pseudo_labels", "sam_labels") or stage.weights_from:
+                continue
+            cfg = get_wsss_cfg(stage.config, stage.opts)
+            if stage.kind == "sam_labels":
+                missing = not cfg.WSSS.SAM.CHECKPOINT and cfg.WSSS.SAM.MODEL_TYPE != "tiny"
+                what = "WSSS.SAM.CHECKPOINT"
+            else:
+                missing, what = not cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
+            if missing:
+                raise ValueError(
+                    f"{self.source}: stage '{stage.name}' ({stage.kind}) has no model: give it "
+                    f"weights_from: <an earlier train stage> or {what} in its opts"
+                )
+
+    def _run(self, executors, resume: bool) -> list[dict]:
+        self.check_models()
         if not resume:
             existing = [s.name for s in self.stages if os.path.exists(self.stage_dir(s.name))]
             if existing:

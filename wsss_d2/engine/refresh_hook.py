@@ -8,8 +8,15 @@ new round and the trainer's data loader is rebuilt through ``trainer.reset_train
 every loader (plain or pair-sampling) picks the new labels up.
 
 With several processes every rank labels its shard, only the main process finalizes (renames)
-the round, and all ranks wait at a barrier before switching. A round interrupted by a crash is
-resumed by the next run (its finished images are kept).
+the round, and all ranks wait at a barrier before switching.
+
+Across ``--resume``: the round training is on and the last round the hook wrote are part of the
+checkpoint (:meth:`state_dict`, saved with the trainer's state), so a resumed run trains on the
+round it was on at that checkpoint — not on a round a later, interrupted part of the run wrote —
+and its next refresh writes the same round number again: a round the interrupted run left
+partial is resumed (its fingerprint — the training iteration and config, the labeling settings,
+the dataset — matches), a round it completed is reused, and a round of another fingerprint is an
+error, never a new round on top.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..data.build import train_round_dir
 from ..evaluation.pseudo_eval import evaluate_round
 from ..io.rounds import latest_complete_round
+from ..pseudo.fingerprint import training_weights
 from ..pseudo.make_round import default_round_root, label_datasets, make_round
 from .hooks import HOOK_REGISTRY
 
@@ -49,11 +58,15 @@ class PseudoLabelRefreshHook(HookBase):
             evaluate: score each new round against the ground truth when it exists.
         """
         self.cfg = cfg.clone()
+        self._initial_cfg = cfg.clone()  # the training config, before any switch
         self.root = root
         self.period = int(period)
         self.at_end = bool(at_end)
         self.evaluate = bool(evaluate)
         self.history: list[dict] = []  # one entry per round written: {round, folder, metrics}
+        latest = latest_complete_round(root)
+        self.round = latest[0] if latest else 0  # the last round in ``root``; the next is + 1
+        self.train_round = train_round_dir(self.cfg)  # the round the loader trains on
 
     @classmethod
     def from_config(cls, cfg):
@@ -65,6 +78,23 @@ class PseudoLabelRefreshHook(HookBase):
             "at_end": r.AT_END,
             "evaluate": r.EVALUATE,
         }
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        return {"round": int(self.round), "train_round": self.train_round}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Back to the round the checkpoint trained on (called by ``--resume``)."""
+        self.round = int(state.get("round", self.round))
+        folder = state.get("train_round", self.train_round)
+        if folder and folder != self.train_round:
+            logger.info("resume: back to pseudo-label round %s, the checkpoint's", folder)
+            self.switch_to(folder)
+        elif not folder and self.train_round:
+            logger.warning(
+                "resume: the checkpoint trained on no pseudo-label round; the loader uses %s",
+                self.train_round,
+            )
 
     # ------------------------------------------------------------------ hook points
     def after_step(self):
@@ -81,8 +111,7 @@ class PseudoLabelRefreshHook(HookBase):
     def refresh(self, switch: bool = True, iteration: int | None = None) -> str:
         """Write the next round with the trainer's model; optionally train on it from now on."""
         it = self.trainer.iter + 1 if iteration is None else iteration
-        latest = latest_complete_round(self.root)
-        k = (latest[0] if latest else 0) + 1
+        k = self.round + 1
         # no consistency check: its class histogram assumes 0-based COCO-style category ids
         dicts = get_detection_dataset_dicts(
             label_datasets(self.cfg), filter_empty=False, check_consistency=False
@@ -97,7 +126,11 @@ class PseudoLabelRefreshHook(HookBase):
             k,
             root=self.root,
             meta={"iteration": it, "weights": f"training iteration {it}"},
+            weights=training_weights(self._initial_cfg, it),
+            names=label_datasets(self.cfg),
+            reuse=True,  # written by this run before it was interrupted, same fingerprint
         )
+        self.round = k
         metrics = {}
         if self.evaluate:
             metrics = evaluate_round(
@@ -124,6 +157,7 @@ class PseudoLabelRefreshHook(HookBase):
         self.cfg.defrost()
         self.cfg.WSSS.PSEUDO.TRAIN_ROUND = folder
         self.cfg.freeze()
+        self.train_round = folder
         self.trainer.reset_train_loader(self.cfg)
         # every rank switches before any trains on: the next step reads from the new loader
         comm.synchronize()

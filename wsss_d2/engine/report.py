@@ -17,7 +17,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from matplotlib.figure import Figure
@@ -26,6 +25,7 @@ from ..config import get_wsss_cfg
 from ..data.mappers import build_mapper
 from ..io.files import atomic_write_bytes, read_image_checked, read_label_png, voc_palette
 from ..io.rounds import label_stem
+from ..modeling.checkpoint import load_model_weights
 from ..modeling.meta_arch.cam import CAMClassifier
 from .pipeline import summary_rows
 
@@ -103,10 +103,11 @@ def loss_plot_base64(metrics_json: str, title: str = "") -> str | None:
 
 
 def load_model(config_file: str, opts: Sequence[str], weights: str):
-    """Build a model from a wsss_d2 config and load ``weights``; returns (cfg, model in eval)."""
+    """Build a model from a wsss_d2 config and load ``weights`` (strictly, safely: the keys must
+    fit); returns (cfg, model in eval)."""
     cfg = get_wsss_cfg(config_file, opts)
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    load_model_weights(model, weights)
     return cfg, model.eval()
 
 

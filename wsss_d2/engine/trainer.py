@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import torch
 from detectron2.data import build_detection_test_loader
@@ -16,18 +17,30 @@ from detectron2.utils.file_io import PathManager
 from ..data.build import build_train_loader
 from ..data.mappers import build_mapper
 from ..evaluation.registry import build_evaluators
+from ..modeling.checkpoint import WSSSCheckpointer
 from .grad_clip import add_full_model_gradient_clipping
 from .hooks import build_hooks_from_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSSSTrainer", "check_weights_exist"]
+__all__ = ["WSSSTrainer", "check_weights_exist", "refuse_overwriting_a_run"]
 
 
 def check_weights_exist(path: str) -> None:
     """A clear error for a ``MODEL.WEIGHTS`` file that does not exist (URLs are left alone)."""
     if path and "://" not in path and not PathManager.exists(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS file not found: '{path}'")
+
+
+def refuse_overwriting_a_run(output_dir: str, resume: bool, overwrite: bool) -> None:
+    """A new training run (no ``--resume``) into a folder that holds a finished one
+    (``model_final.pth``) would overwrite its checkpoints: refused unless ``overwrite``."""
+    final = os.path.join(output_dir, "model_final.pth")
+    if not resume and not overwrite and PathManager.exists(final):
+        raise FileExistsError(
+            f"{output_dir} already holds a finished training run ({final}); pass --resume to "
+            "continue it, --overwrite to train anew over it, or choose another OUTPUT_DIR"
+        )
 
 
 class WSSSTrainer(DefaultTrainer):
@@ -85,6 +98,11 @@ class WSSSTrainer(DefaultTrainer):
         return build_deeplab_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
+        # Detectron2's checkpointer, reading files safely and writing them atomically (built
+        # here, before the checkpointing hook that saves through it)
+        self.checkpointer = WSSSCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         ret = super().build_hooks()
         extra = build_hooks_from_config(self.cfg)
         # after the LR scheduler, before checkpointing/eval, so their state is in both
@@ -103,6 +121,19 @@ class WSSSTrainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", None)
 
     def resume_or_load(self, resume: bool = True):
-        if not (resume and self.checkpointer.has_checkpoint()):
+        """Detectron2's, with the run's own checkpoint loaded strictly on ``--resume`` (every key
+        must fit: a checkpoint of another architecture is an error naming it, as is a missing,
+        truncated or non-checkpoint file) and ``MODEL.WEIGHTS`` tolerantly otherwise (ImageNet
+        weights have no heads)."""
+        if resume and self.checkpointer.has_checkpoint():
+            path = self.checkpointer.get_checkpoint_file()
+            if not PathManager.isfile(path):
+                raise FileNotFoundError(
+                    f"--resume: {os.path.join(self.cfg.OUTPUT_DIR, 'last_checkpoint')} names "
+                    f"{path}, which does not exist"
+                )
+            self.checkpointer.strict = True
+        else:
             check_weights_exist(self.cfg.MODEL.WEIGHTS)
+            self.checkpointer.strict = False
         super().resume_or_load(resume=resume)

@@ -9,7 +9,10 @@ not once per evaluator.
 
 Ground truth is read from each input's ``sem_seg_file_name`` (ids 0 background, 1..K, 255
 ignore) by :func:`read_gt` — with the refiners' and mappers' promise that training code never
-reads it, this is the only place in the package where ground-truth masks are read.
+reads it, this is the only place in the package where ground-truth masks are read. Ids outside
+0..K other than 255 are an error naming the mask and the ids (``WSSS.GT_INVALID_IDS "ignore"``
+counts them as ignored instead), and so is a 0/255 mask of a tagged image that has no class pixel
+at all (objects stored as 255, which means ignore); 16-bit masks are read without wrap-around.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..io.files import IGNORE_LABEL, atomic_write_bytes, read_label_png
+from ..io.files import IGNORE_LABEL, atomic_write_bytes, check_label_ids, read_label_png
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +42,51 @@ def tag_evaluator_args(cfg, dataset_name: str, output_dir: str | None = None) ->
         "num_classes": cfg.INPUT.TAGS.NUM_CLASSES + 1,  # background included
         "ignore_label": cfg.MODEL.IGNORE_VALUE,
         "output_dir": output_dir,
+        "invalid_gt": cfg.WSSS.GT_INVALID_IDS,
     }
 
 
-def read_gt(inp: dict, hw: Sequence[int]) -> np.ndarray:
-    """The (H, W) uint8 ground truth of an input, checked against the prediction's size ``hw``."""
+def _objects_as_ignore(inp: dict, gt: np.ndarray, num_classes: int) -> bool:
+    """A tagged image whose mask has no class pixel but a large 255 area: objects saved as 255
+    (a binary 0/255 mask). Crowd regions (COCO: 255 by design) are not suspected."""
+    tags = inp.get("tags")
+    tagged = tags is not None and bool(np.asarray(tags).astype(bool).any())
+    if not tagged or any(a.get("iscrowd") for a in inp.get("annotations", ())):
+        return False
+    has_class = ((gt > 0) & (gt < num_classes)).any()
+    return not has_class and float((gt == IGNORE_LABEL).mean()) >= 0.25
+
+
+def read_gt(
+    inp: dict, hw: Sequence[int], num_classes: int | None = None, invalid: str = "error"
+) -> np.ndarray:
+    """The (H, W) uint8 ground truth of an input, checked against the prediction's size ``hw``
+    and, given ``num_classes`` (K + 1), its ids (module docstring; ``invalid``: "error" |
+    "ignore")."""
     if "sem_seg_file_name" not in inp:
         raise KeyError(
             f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': this dataset has no "
             "ground truth to evaluate against"
         )
-    return read_label_png(inp["sem_seg_file_name"], tuple(hw), inp.get("file_name"))
+    path = inp["sem_seg_file_name"]
+    gt = read_label_png(path, tuple(hw), inp.get("file_name"))
+    if num_classes is None:
+        return gt
+    if invalid == "ignore":
+        return np.where((gt >= num_classes) & (gt != IGNORE_LABEL), IGNORE_LABEL, gt).astype(
+            np.uint8
+        )
+    if invalid != "error":
+        raise ValueError(f"WSSS.GT_INVALID_IDS must be 'error' or 'ignore', got '{invalid}'")
+    check_label_ids(gt, num_classes, path)
+    if _objects_as_ignore(inp, gt, num_classes):
+        raise ValueError(
+            f"ground-truth mask {path} of tagged image {inp.get('file_name')} has no pixel of any "
+            f"class but {100 * (gt == 255).mean():.0f}% "
+            "255: a binary 0/255 mask? 255 means ignore; store class ids (1..K) for objects, or "
+            "set WSSS.GT_INVALID_IDS 'ignore' if this mask is right"
+        )
+    return gt
 
 
 def _merge(values: list):
@@ -73,6 +110,7 @@ class WSSSEvaluator(DatasetEvaluator):
         ignore_label: int = IGNORE_LABEL,
         output_dir: str | None = None,
         distributed: bool = True,
+        invalid_gt: str = "error",
     ):
         """
         Args:
@@ -81,6 +119,7 @@ class WSSSEvaluator(DatasetEvaluator):
             num_classes: K + 1, background included (default: the number of class names).
             class_names: K + 1 names (default: ``stuff_classes``); explicit names that disagree
                 with ``num_classes`` are an error, metadata that disagree are not used.
+            invalid_gt: ground-truth ids outside 0..K (not 255): "error" | "ignore".
         """
         self.dataset_name = dataset_name
         meta = MetadataCatalog.get(dataset_name) if dataset_name else None
@@ -103,7 +142,12 @@ class WSSSEvaluator(DatasetEvaluator):
         self.ignore_label = meta.get("ignore_label", ignore_label) if meta else ignore_label
         self.output_dir = output_dir
         self.distributed = distributed
+        self.invalid_gt = invalid_gt
         self.reset()
+
+    def read_gt(self, inp: dict, hw: Sequence[int]) -> np.ndarray:
+        """:func:`read_gt` with this evaluator's classes and ``invalid_gt``."""
+        return read_gt(inp, hw, self.num_classes, self.invalid_gt)
 
     def empty_state(self) -> dict:
         raise NotImplementedError

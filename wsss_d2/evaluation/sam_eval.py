@@ -155,7 +155,7 @@ class SamBoxLabelingEvaluator(WSSSEvaluator):
         ignored = label == self.ignore_label
         c["ignored_pixels"] += int(ignored.sum())
         if "sem_seg_file_name" in inp:
-            gt = read_label_png(inp["sem_seg_file_name"], (h, w), inp.get("file_name"))
+            gt = self.read_gt(inp, (h, w))
             pred = np.where(ignored, 0, label)  # see the module docstring
             st["conf"] += confusion_matrix(
                 torch.from_numpy(pred), torch.from_numpy(gt), self.num_classes, self.ignore_label

@@ -7,7 +7,8 @@ A CAM file ``<stem>.npz`` (compressed) holds:
 - ``hw``: (2,) int64 the image size (H, W); ``version``: file format version.
 
 A folder of CAM files carries ``cams.json``, the fingerprint of the model and settings that made
-them (:func:`check_cam_dir`), so that files of another model are never mixed in.
+them (:func:`check_cam_dir`), so that files of another model are never mixed in. Files are named
+by :func:`~wsss_d2.io.rounds.label_stem` (a relative path may put them in sub-folders).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Sequence
 import numpy as np
 from detectron2.utils.file_io import PathManager
 
-from .files import atomic_write_bytes
-from .rounds import label_stem
+from .files import atomic_write_bytes, safe_join
+from .rounds import fingerprint_diff, label_stem
 
 __all__ = [
     "CAM_FILE_VERSION",
@@ -40,7 +41,7 @@ CAM_DIR_MANIFEST = "cams.json"
 
 def cam_file_path(cam_dir: str, d: dict) -> str:
     """Where the CAM file of dataset dict ``d`` lives in ``cam_dir``."""
-    return os.path.join(cam_dir, label_stem(d) + ".npz")
+    return safe_join(cam_dir, label_stem(d) + ".npz", "CAM file")
 
 
 def save_cam_file(path: str, cams: np.ndarray, keys: Sequence[int], hw: tuple[int, int]) -> None:
@@ -101,30 +102,40 @@ def cam_file_ok(path: str) -> bool:
         return False
 
 
+def _cam_files(cam_dir: str) -> list[str]:
+    return [
+        os.path.join(r, n) for r, _, names in os.walk(cam_dir) for n in names if n.endswith(".npz")
+    ]
+
+
 def check_cam_dir(cam_dir: str, fingerprint: dict, overwrite: bool = False) -> None:
     """Make sure ``cam_dir`` holds CAMs of *this* model and settings before reusing its files.
 
     The first call writes ``cams.json`` with ``fingerprint``; a later call with a different
-    fingerprint raises (naming the folder) unless ``overwrite``, which empties the folder.
-    Call it from the main process only.
+    fingerprint raises (naming the folder and the differing keys) unless ``overwrite``, which
+    empties the folder. CAM files without a ``cams.json`` (of unknown origin) are refused the
+    same way. Call it from the main process only.
     """
     os.makedirs(cam_dir, exist_ok=True)
     path = os.path.join(cam_dir, CAM_DIR_MANIFEST)
     fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    old = None
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
-        if old != fingerprint:
-            if not overwrite:
-                raise FileExistsError(
-                    f"CAM folder {cam_dir} holds CAMs of another model or setting "
-                    f"({path}: {old} != {fingerprint}); pass --overwrite or another CAM_DIR"
-                )
-            for name in os.listdir(cam_dir):
-                if name.endswith(".npz"):
-                    os.remove(os.path.join(cam_dir, name))
-        elif overwrite:
-            for name in os.listdir(cam_dir):
-                if name.endswith(".npz"):
-                    os.remove(os.path.join(cam_dir, name))
+    files = _cam_files(cam_dir)
+    if not overwrite and old is None and files:
+        raise FileExistsError(
+            f"CAM folder {cam_dir} holds {len(files)} CAM files of unknown origin (no "
+            f"{CAM_DIR_MANIFEST}); pass --overwrite or another CAM_DIR"
+        )
+    if not overwrite and old is not None and old != fingerprint:
+        keys = fingerprint_diff(old, fingerprint)
+        raise FileExistsError(
+            f"CAM folder {cam_dir} holds CAMs of another model or setting (differing: "
+            f"{', '.join(keys)}; {path}); pass --overwrite or another CAM_DIR"
+        )
+    if overwrite:
+        for name in files:
+            os.remove(name)
     atomic_write_bytes(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())

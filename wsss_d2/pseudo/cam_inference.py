@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_ok, cam_file_path, save_cam_file
+from ..io.rounds import check_unique_stems
 from ..modeling.meta_arch.cam import normalize_cams
 from ..modeling.utils import fold_batchnorm, unwrap_model
 
@@ -142,6 +143,7 @@ class CAMInferenceEngine:
         file paths after a barrier. The model is run in eval mode and restored afterwards.
         """
         dicts = list(dataset_dicts)
+        check_unique_stems(dicts)  # two images must not share a CAM file
         os.makedirs(cam_dir, exist_ok=True)
         rank, world = comm.get_rank(), comm.get_world_size()
         shard = dicts[rank::world]

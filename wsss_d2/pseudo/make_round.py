@@ -25,12 +25,22 @@ from tqdm import tqdm
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_path, check_cam_dir, load_cam_file
 from ..io.files import read_image_checked
-from ..io.rounds import RoundWriter, config_hash
+from ..io.rounds import (
+    MANIFEST,
+    RoundWriter,
+    check_unique_stems,
+    complete_round_fingerprint,
+    config_hash,
+    fingerprint_diff,
+    partial_round_problem,
+    round_dir,
+)
 from ..modeling.meta_arch.cam import CAMClassifier
 from ..modeling.utils import unwrap_model
 from ..ops.crf import CRFParams, crf_inference_label, local_ids
 from ..ops.pool import map_in_pool
 from .cam_inference import CAMInferenceEngine
+from .fingerprint import label_fingerprint, weights_fingerprint
 from .refine import Refiner, build_refiner
 
 logger = logging.getLogger(__name__)
@@ -43,6 +53,10 @@ __all__ = [
     "label_datasets",
     "default_round_root",
     "cam_fingerprint",
+    "open_round",
+    "check_round",
+    "complete_round",
+    "round_source",
 ]
 
 
@@ -194,23 +208,92 @@ def default_round_root(cfg) -> str:
 
 def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = None) -> dict:
     """What a folder of CAMs depends on: the network (class and parameter shapes), its weights
-    (file, size, mtime; the training iteration for a refresh), input normalisation and size, and
+    (the file's SHA-256; the training iteration for a refresh), input normalisation and size, and
     the inference protocol. Config keys that do not change the CAMs (new defaults elsewhere,
     label thresholds) are left out, so adding a key to the config does not invalidate caches."""
-    w = cfg.MODEL.WEIGHTS
-    stamp = [os.path.getsize(w), int(os.path.getmtime(w))] if os.path.isfile(w) else None
     shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
     return {
         **engine.fingerprint(),
         "model": type(model).__name__,
         "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
-        "weights": w,
-        "weights_stamp": stamp,
+        "weights": weights_fingerprint(cfg.MODEL.WEIGHTS),
         "iteration": (meta or {}).get("iteration"),
         "pixel_mean_std": [list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)],
         "input_format": cfg.INPUT.FORMAT,
         "test_long": cfg.INPUT.TAGS.TEST_LONG,
     }
+
+
+def round_source(model: torch.nn.Module) -> str:
+    """ "cam" for a CAM model, "segmentor" for a segmentor; ``TypeError`` for anything else."""
+    net = unwrap_model(model)
+    if isinstance(net, CAMClassifier):
+        return "cam"
+    if isinstance(net, SemanticSegmentor):
+        return "segmentor"
+    raise TypeError(
+        f"cannot write pseudo labels with a {type(net).__name__}: expected a CAM model "
+        "(CAMClassifier or a subclass) or a segmentor (SemanticSegmentor or a subclass)"
+    )
+
+
+def open_round(
+    root: str, k: int, num_classes: int, overwrite: bool, fingerprint: dict | None
+) -> RoundWriter:
+    """Open round ``k`` on every rank: the main process checks it (complete? another
+    fingerprint?), takes its lock and, with ``overwrite``, empties it; the others wait for that
+    and only get the paths."""
+    writer = None
+    if comm.is_main_process():
+        writer = RoundWriter(root, k, num_classes, overwrite, fingerprint=fingerprint)
+    # no rank writes into the round before the main process has checked (or emptied) it
+    comm.synchronize()
+    if writer is None:
+        writer = RoundWriter(
+            root, k, num_classes, overwrite, fingerprint=fingerprint, prepare=False
+        )
+    return writer
+
+
+def complete_round(
+    root: str, k: int, fingerprint: dict, reuse: bool = False, overwrite: bool = False
+) -> str | None:
+    """The folder of complete round ``k`` when it may be reused as it is, None when it is to be
+    written (absent, or ``overwrite``). A complete round of the same ``fingerprint`` is reused
+    with ``reuse`` and refused without; one of another fingerprint is refused naming the keys."""
+    folder = round_dir(root, k)
+    if overwrite or not os.path.isfile(os.path.join(folder, MANIFEST)):
+        return None
+    old = complete_round_fingerprint(root, k)
+    if not fingerprint_diff(old, fingerprint):
+        if reuse:
+            logger.info(
+                "pseudo-label round %s is already complete with this fingerprint: reused", folder
+            )
+            return folder
+        raise FileExistsError(
+            f"pseudo-label round {folder} is already complete (same settings, weights and "
+            "dataset); pass --resume to reuse it or --overwrite to write it again"
+        )
+    what = ", ".join(fingerprint_diff(old, fingerprint)) if old else "no fingerprint"
+    raise FileExistsError(
+        f"pseudo-label round {folder} is already complete but was made otherwise (differing: "
+        f"{what}); pass --overwrite to write it again, or choose another WSSS.PSEUDO.ROUND"
+    )
+
+
+def check_round(
+    root: str, k: int, fingerprint: dict, reuse: bool = False, overwrite: bool = False
+) -> str | None:
+    """Everything :func:`make_round` would refuse about round ``k``, checked before any work and
+    without writing: a complete round (see :func:`complete_round`, whose result this returns) or
+    a partial round of another fingerprint."""
+    done = complete_round(root, k, fingerprint, reuse, overwrite)
+    if done is None and not overwrite:
+        problem = partial_round_problem(root, k, fingerprint)
+        if problem:
+            raise FileExistsError(problem)
+    return done
 
 
 def make_round(
@@ -223,6 +306,9 @@ def make_round(
     overwrite: bool = False,
     meta: dict | None = None,
     progress: bool = True,
+    weights: dict | None = None,
+    names: tuple = (),
+    reuse: bool = False,
 ) -> str:
     """Write pseudo-label round ``k`` of ``dicts`` with ``model``, the way ``cfg`` says.
 
@@ -232,11 +318,32 @@ def make_round(
     (``SemanticSegmentor``) has its ``sem_seg`` scores turned into labels over the tags (+ CRF if
     ``SEG_METHOD`` is "crf"). Resumes an interrupted round; raises ``FileExistsError`` for a
     complete one unless ``overwrite``. Runs on every rank (sharded); returns the round folder.
+
+    The round carries the fingerprint of :func:`~wsss_d2.pseudo.fingerprint.label_fingerprint`
+    (``weights``: what the model's weights are, default the hash of ``MODEL.WEIGHTS``; ``names``:
+    the datasets): a partial round of another fingerprint is refused, not resumed; a complete
+    round of the same fingerprint is returned as it is with ``reuse`` (see :func:`complete_round`).
     """
     dicts = list(dicts)
+    check_unique_stems(dicts)  # before any work: two images must not share a label file
     root = root or default_round_root(cfg)
     p = cfg.WSSS.PSEUDO
-    writer = RoundWriter(root, k, cfg.INPUT.TAGS.NUM_CLASSES + 1, overwrite=overwrite)
+    source = round_source(model)
+    fingerprint = label_fingerprint(cfg, dicts, source, weights, names)
+    done = complete_round(root, k, fingerprint, reuse, overwrite)
+    if done is not None:
+        return done
+    if source == "segmentor" and p.SEG_METHOD not in ("argmax", "crf"):
+        raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
+    writer = open_round(root, k, cfg.INPUT.TAGS.NUM_CLASSES + 1, overwrite, fingerprint)
+    try:
+        return _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, progress)
+    finally:
+        writer.close()  # finalize gave the round's lock up; an error gives it up here
+
+
+def _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, progress) -> str:
+    p, root, k = cfg.WSSS.PSEUDO, writer.root, writer.k
     info = {
         "weights": cfg.MODEL.WEIGHTS,
         "config_hash": config_hash(cfg),
@@ -244,7 +351,7 @@ def make_round(
         **(meta or {}),
     }
     net = unwrap_model(model)
-    if isinstance(net, CAMClassifier):
+    if source == "cam":
         engine = CAMInferenceEngine(cfg)
         cam_dir = cam_dir or p.CAM_DIR or os.path.join(root, "cams", f"round_{k:02d}")
         if comm.is_main_process():
@@ -262,13 +369,6 @@ def make_round(
         return write_cam_round(
             dicts, cam_dir, writer, refiner, p.NUM_WORKERS, meta=info, progress=progress
         )
-    if not isinstance(net, SemanticSegmentor):
-        raise TypeError(
-            f"cannot write pseudo labels with a {type(net).__name__}: expected a CAM model "
-            "(CAMClassifier or a subclass) or a segmentor (SemanticSegmentor or a subclass)"
-        )
-    if p.SEG_METHOD not in ("argmax", "crf"):
-        raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
     crf = CRFParams.from_config(cfg) if p.SEG_METHOD == "crf" else None
     info.update(source="segmentor", seg_method=p.SEG_METHOD, crf=crf.to_dict() if crf else None)
     return write_segmentation_round(

@@ -7,10 +7,17 @@ ids equal the VOC ids); instances of other categories are dropped, and a name th
 category of the JSON is an error.
 
 Each dataset dict has ``file_name``, ``image_id``, ``height``, ``width``, ``tags`` (sorted unique
-class ids of the image's instances, crowd ones included), ``annotations`` (``bbox`` in
-``BoxMode.XYWH_ABS``, ``category_id`` mapped to 1..K, ``iscrowd``, ``segmentation``; used only for
-ground-truth-box upper bounds) and ``sem_seg_file_name`` (ground truth, for evaluators only).
-Images with no tag are excluded, with a logged count.
+class ids of the image's instances, crowd ones included), ``label_stem`` (the JSON's
+``file_name`` without extension, made safe: a ``..`` or absolute ``file_name`` never makes a label
+or mask file land outside its folder), ``annotations`` (``bbox`` in ``BoxMode.XYWH_ABS``,
+``category_id`` mapped to 1..K, ``iscrowd``, ``segmentation``; used only for ground-truth-box
+upper bounds) and ``sem_seg_file_name`` (ground truth, for evaluators only). Images with no tag
+are excluded, with a logged count.
+
+Any COCO JSON loads: annotations without ``segmentation`` (boxes only) or without ``bbox``
+(image-level categories only, ``{"image_id", "category_id"}``, even without an ``id``) give tags;
+an image gets ground truth only when every one of its annotations has a ``segmentation`` (not
+``[]``).
 
 Semantic ground truth is painted from the instances and cached: see
 :mod:`wsss_d2.data.datasets.coco_sem_seg`.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 from typing import Sequence
@@ -29,6 +37,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from pycocotools.coco import COCO
 
+from ...io.files import safe_stem
 from .coco_sem_seg import default_sem_seg_root, ensure_sem_seg
 from .common import COCO_CLASSES, VOC_CLASSES, keep_images_with_tags, require_dir, set_tag_metadata
 
@@ -83,8 +92,7 @@ def load_coco_tags(
     if not PathManager.isfile(json_file):
         raise FileNotFoundError(f"{name}: COCO annotation file not found: {json_file}")
     require_dir(image_root, f"{name}: image folder")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco = COCO(PathManager.get_local_path(json_file))
+    coco = _read_coco(json_file)
     cat_map, names = category_map(coco, json_file, class_names)
     if sem_seg_root is None:
         sem_seg_root = default_sem_seg_root(json_file, image_root, len(names), class_names)
@@ -93,31 +101,37 @@ def load_coco_tags(
     dropped = 0
     for img_id in sorted(coco.getImgIds()):
         img = coco.imgs[img_id]
-        anns_out, raw = [], []
+        anns_out, raw, tags = [], [], set()
         for a in coco.imgToAnns.get(img_id, []):
             if a["category_id"] not in cat_map:
                 dropped += 1
                 continue
             cid = cat_map[a["category_id"]]
             raw.append({**a, "category_id": cid})
-            anns_out.append({
-                "bbox": list(a["bbox"]),
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": cid,
-                "iscrowd": int(a.get("iscrowd", 0)),
-                "segmentation": a["segmentation"],
-            })  # fmt: skip
-        stem = os.path.splitext(img["file_name"])[0]
-        dicts.append({
+            tags.add(cid)
+            if a.get("bbox") is not None:
+                out = {"bbox": list(a["bbox"]), "bbox_mode": BoxMode.XYWH_ABS, "category_id": cid,
+                       "iscrowd": int(a.get("iscrowd", 0))}  # fmt: skip
+                if _has_mask(a):
+                    out["segmentation"] = a["segmentation"]
+                anns_out.append(out)
+        for key in ("file_name", "height", "width"):
+            if key not in img:
+                raise KeyError(f"{name}: image {img_id} in {json_file} has no '{key}'")
+        stem = safe_stem(img["file_name"])
+        rec = {
             "file_name": os.path.join(image_root, img["file_name"]),
             "image_id": img_id,
             "height": int(img["height"]),
             "width": int(img["width"]),
-            "tags": sorted({a["category_id"] for a in anns_out}),
+            "tags": sorted(tags),
+            "label_stem": stem,
             "annotations": anns_out,
-            "sem_seg_file_name": os.path.join(sem_seg_root, stem + ".png"),
-        })  # fmt: skip
-        raw_anns[img_id] = raw
+        }
+        if raw and all(_has_mask(a) for a in raw):
+            rec["sem_seg_file_name"] = os.path.join(sem_seg_root, stem + ".png")
+            raw_anns[img_id] = raw
+        dicts.append(rec)
     meta = MetadataCatalog.get(name)
     if meta.get("stuff_classes") is None:
         set_tag_metadata(name, names)
@@ -129,8 +143,47 @@ def load_coco_tags(
     if dropped:
         logger.info("%s: dropped %d instances of categories outside the class list", name, dropped)
     dicts = keep_images_with_tags(dicts, name)
-    ensure_sem_seg(dicts, raw_anns, json_file, name, num_workers)
+    with_gt = [d for d in dicts if "sem_seg_file_name" in d]
+    if len(with_gt) < len(dicts):
+        logger.info(
+            "%s: %d of %d images have annotations without 'segmentation': no ground truth for them",
+            name,
+            len(dicts) - len(with_gt),
+            len(dicts),
+        )
+    ensure_sem_seg(with_gt, raw_anns, json_file, name, num_workers)
     return dicts
+
+
+def _has_mask(ann: dict) -> bool:
+    """Whether an annotation has a mask (box-only exports leave ``segmentation`` out or [])."""
+    seg = ann.get("segmentation")
+    return seg is not None and seg != []
+
+
+def _read_coco(json_file: str) -> COCO:
+    """pycocotools' index of a COCO JSON; annotations without an ``id`` (image-level ones) get
+    one, and a JSON without ``annotations`` is an image list."""
+    with PathManager.open(json_file) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"cannot parse COCO JSON {json_file}: {e}") from e
+    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
+        raise ValueError(f"{json_file} is not a COCO JSON (needs 'images' and 'categories')")
+    anns = data.setdefault("annotations", [])
+    used = {a["id"] for a in anns if "id" in a}
+    next_id = max(used, default=0) + 1
+    for a in anns:
+        if "image_id" not in a or "category_id" not in a:
+            raise KeyError(f"{json_file}: an annotation without image_id / category_id: {a}")
+        if "id" not in a:
+            a["id"], next_id = next_id, next_id + 1
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
 
 
 def register_coco_tags(

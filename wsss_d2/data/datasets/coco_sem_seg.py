@@ -25,7 +25,7 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from ...io.files import IGNORE_LABEL, save_label_png
+from ...io.files import IGNORE_LABEL, image_size, save_label_png
 from ...ops.pool import map_in_pool
 
 logger = logging.getLogger(__name__)
@@ -188,10 +188,11 @@ def _paint_one(job: tuple) -> None:
     file_name, png, height, width, anns, json_file, name = job
     if not PathManager.isfile(file_name):
         raise FileNotFoundError(f"{name}: image {file_name} listed in {json_file} is missing")
-    hw = _image_size(file_name)
+    hw = image_size(file_name)  # as its pixels are read: EXIF orientation applied
     if hw != (height, width):
+        turned = " (its EXIF orientation turns it)" if _image_size(file_name) != hw else ""
         raise ValueError(
-            f"{name}: image {file_name} is {hw[1]}x{hw[0]} (WxH) but {json_file} says "
+            f"{name}: image {file_name} is {hw[1]}x{hw[0]} (WxH){turned} but {json_file} says "
             f"{width}x{height}"
         )
     save_label_png(png, instances_to_label(anns, height, width, where=file_name))

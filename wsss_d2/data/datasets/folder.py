@@ -11,13 +11,17 @@ The tags file is either
 
 - or JSON ``{"<file_name>": ["cat", "dog"], ...}``.
 
-``file_name`` is relative to ``image_root``. Class ids are 1..K in ``class_names`` order (0 is
-background). Optional ground-truth masks (for evaluation only) are ``<sem_seg_root>/<file_name
+``file_name`` is relative to ``image_root`` (sub-folders allowed: ``a/000.png`` and ``b/000.png``
+are two images with two label files, as each dict's ``label_stem`` keeps the relative path; a
+``..`` or absolute ``file_name`` is read where it points, but its label files still go inside the
+round's folder). Class ids are 1..K in ``class_names`` order (0 is background). A UTF-8 byte-order
+mark (Excel's "CSV UTF-8") is accepted; image sizes are read as the pixels will be (EXIF
+orientation applied). Optional ground-truth masks (for evaluation only) are ``<sem_seg_root>/<file_name
 without extension>.png`` holding class ids; an image without a mask simply has no
 ``sem_seg_file_name``. Images with no tag are excluded, with a logged count.
 
-Errors name the file: an unknown class (with the tags file and its line number), a listed image
-that is missing, a mask whose size differs from its image's.
+Errors name the file: an unknown class or a tag that is not a class name (with the tags file
+and its line number), a listed image that is missing, a mask whose size differs from its image's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from ...io.files import image_size, safe_stem
 from .common import keep_images_with_tags, require_dir, set_tag_metadata
 
 logger = logging.getLogger(__name__)
@@ -55,6 +60,11 @@ def read_tags_file(tags_file: str, class_names: Sequence[str]) -> list[tuple[str
     def ids(names: Sequence[str], line: int, file_name: str) -> list[int]:
         out = set()
         for n in names:
+            if not isinstance(n, str):
+                raise ValueError(
+                    f"tag {n!r} of image '{file_name}' in {tags_file} line {line} is a "
+                    f"{type(n).__name__}, not a class name; known classes: {', '.join(class_names)}"
+                )
             n = n.strip()
             if not n:
                 continue
@@ -66,8 +76,14 @@ def read_tags_file(tags_file: str, class_names: Sequence[str]) -> list[tuple[str
             out.add(to_id[n])
         return sorted(out)
 
-    with PathManager.open(tags_file, "r") as f:
-        text = f.read()
+    try:
+        with PathManager.open(tags_file, "r", encoding="utf-8") as f:
+            text = f.read().lstrip("\ufeff")  # Excel's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"tags file {tags_file} is not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+            "UTF-8 (Excel: 'CSV UTF-8')"
+        ) from None
     rows: list[tuple[str, list[int], int]] = []
     if tags_file.lower().endswith(".json"):
         try:
@@ -78,6 +94,8 @@ def read_tags_file(tags_file: str, class_names: Sequence[str]) -> list[tuple[str
             raise ValueError(f"tags file {tags_file} must hold an object {{file_name: [names]}}")
         for file_name, names in data.items():
             line = _json_line(text, file_name)
+            if not file_name.strip():
+                raise ValueError(f"{tags_file} line {line}: an empty file name")
             if isinstance(names, str):
                 names = names.split(";")
             if not isinstance(names, list):
@@ -140,18 +158,20 @@ def load_folder_tags(
                 f"{name}: image {path} (listed in {tags_file} line {line}) does not exist"
             )
         try:
-            h, w = _size(path)
+            h, w = image_size(path)  # EXIF orientation applied, as the pixels will be read
         except Exception as e:  # PIL raises several types for non-images
             raise OSError(f"{name}: cannot read image {path}: {e}") from e
+        stem = safe_stem(file_name)
         rec = {
             "file_name": path,
             "image_id": os.path.splitext(file_name)[0],
             "height": h,
             "width": w,
             "tags": tags,
+            "label_stem": stem,
         }
         if sem_seg_root is not None:
-            mask = os.path.join(sem_seg_root, os.path.splitext(file_name)[0] + ".png")
+            mask = os.path.join(sem_seg_root, stem + ".png")
             if PathManager.isfile(mask):
                 mh, mw = _size(mask)
                 if (mh, mw) != (h, w):

@@ -40,10 +40,9 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
-from PIL import Image
 from tqdm import tqdm
 
-from ...io.files import read_label_png
+from ...io.files import check_label_ids, image_size, read_label_png
 from .common import VOC_CLASSES, keep_images_with_tags, require_dir, set_tag_metadata
 
 logger = logging.getLogger(__name__)
@@ -172,7 +171,9 @@ def _parse_xml(path: str) -> tuple[tuple[int, int] | None, list[dict]]:
 
 
 def _tags_from_mask(path: str) -> list[int]:
-    ids = np.unique(read_label_png(path))
+    label = read_label_png(path)
+    check_label_ids(label, len(VOC_CLASSES) + 1, path, "VOC mask")  # no id silently dropped
+    ids = np.unique(label)
     return sorted(int(i) for i in ids if 0 < i <= len(VOC_CLASSES))
 
 
@@ -219,9 +220,7 @@ def load_voc_tags(
         if hw is None:
             if not PathManager.isfile(file_name):
                 raise FileNotFoundError(f"{name}: image {file_name} of split '{split}' is missing")
-            with PathManager.open(file_name, "rb") as f:
-                w, h = Image.open(f).size  # header only, no decoding
-            hw = (h, w)
+            hw = image_size(file_name)  # header only; EXIF orientation as the pixels are read
         rec = {
             "file_name": file_name,
             "image_id": img_id,

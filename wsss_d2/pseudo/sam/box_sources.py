@@ -186,11 +186,12 @@ class CamBoxSource(BoxSource):
     """Boxes from CAMs: connected components of each tagged class's thresholded CAM.
 
     The CAM of an image is the dict's ``"cam"`` entry when present (an in-memory (K, h, w)
-    array), else its file in ``cam_dir``: the CAM file our CAM inference writes
-    (``tools/make_pseudo_labels.py``: ``<cam_dir>/<stem>.npz``, the tagged classes only, read by
-    :func:`wsss_d2.io.cam_files.load_cam_file` and checked against the image's size), or a
-    (K, H, W) array ``<cam_dir>/<stem>.npy``. CAMs smaller than the image are fine: boxes are
-    rescaled to the image size.
+    array), else its file in ``cam_dir``, named like the image's label file
+    (:func:`~wsss_d2.io.rounds.label_stem`: sub-folder images of the same name get their own):
+    the CAM file our CAM inference writes (``tools/make_pseudo_labels.py``: ``<stem>.npz``, the
+    tagged classes only, read by :func:`wsss_d2.io.cam_files.load_cam_file` and checked against
+    the image's size), or a (K, H, W) array ``<stem>.npy``. CAMs smaller than the image are fine:
+    boxes are rescaled to the image size.
     """
 
     @configurable
@@ -229,7 +230,7 @@ class CamBoxSource(BoxSource):
         """(K, H, W) CAMs of ``d``, zero for the classes its CAM file does not hold."""
         if "cam" in d:
             return np.asarray(d["cam"])
-        npz = cam_file_path(self.cam_dir, d)
+        npz = cam_file_path(self.cam_dir or ".", d)
         npy = os.path.splitext(npz)[0] + ".npy"
         if self.cam_dir and PathManager.exists(npz):
             cams, keys = load_cam_file(npz, (int(d["height"]), int(d["width"])), d["file_name"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from typing import Sequence
 
@@ -25,6 +24,8 @@ import numpy as np
 from detectron2.config import configurable
 from detectron2.utils.file_io import PathManager
 
+from ...io.files import safe_join
+from ...io.rounds import label_stem
 from .boxes import BOX_SOURCE_REGISTRY, BoxSource, ImageBoxes
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,8 @@ class FileBoxSource(BoxSource):
         }
 
     def get_boxes(self, d: dict) -> ImageBoxes:
-        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
-        path = os.path.join(self.box_dir, stem + ".json")
+        # named like the image's label file: sub-folder images of the same name get their own
+        path = safe_join(self.box_dir, label_stem(d) + ".json", "box file")
         try:
             with PathManager.open(path) as f:
                 data = json.load(f)

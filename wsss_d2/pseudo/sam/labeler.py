@@ -29,12 +29,11 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from ...io.files import atomic_write_bytes, read_label_png
+from ...io.files import atomic_write_bytes, read_image_checked, read_label_png
 from ...io.rounds import RoundWriter, label_stem
 from .boxes import BoxSource, ImageBoxes, build_box_source
 from .model import load_sam
@@ -249,7 +248,7 @@ class SamBoxLabeler:
         )
 
     def read_image(self, d: dict) -> np.ndarray:
-        img = utils.read_image(d["file_name"], format="RGB")
+        img = read_image_checked(d["file_name"], "RGB")
         if (img.shape[0], img.shape[1]) != (int(d["height"]), int(d["width"])):
             raise ValueError(
                 f"image {d['file_name']} is {img.shape[1]}x{img.shape[0]} but its dataset dict "
