@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 
-from .base import WSSSEvaluator, read_gt, tag_evaluator_args
+from .base import WSSSEvaluator, tag_evaluator_args
 from .metrics import confusion_matrix, metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 
@@ -51,13 +51,15 @@ class WSSSSemSegEvaluator(WSSSEvaluator):
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
-            if "sem_seg" not in out:
-                continue
-            pred = out["sem_seg"].argmax(dim=0).cpu()
-            gt = read_gt(inp, pred.shape)
-            self._state["conf"] += confusion_matrix(
-                pred, torch.from_numpy(gt), self.num_classes, self.ignore_label
-            )
+            if "sem_seg" in out:
+                self.add_prediction(inp, out["sem_seg"].argmax(dim=0).cpu())
+
+    def add_prediction(self, inp: dict, pred: torch.Tensor) -> None:
+        """Count one (H, W) label map against the input's ground truth."""
+        gt = self.read_gt(inp, pred.shape)
+        self._state["conf"] += confusion_matrix(
+            pred, torch.from_numpy(gt), self.num_classes, self.ignore_label
+        )
 
     def summarize(self, state: dict) -> dict:
         conf = state["conf"]
@@ -103,7 +105,7 @@ class CAMEvaluator(WSSSSemSegEvaluator):
             cam = out["cam"].float().cpu()
             peak, arg = cam.max(dim=0)
             fg = arg + 1
-            gt = torch.from_numpy(read_gt(inp, peak.shape).astype(np.int64))
+            gt = torch.from_numpy(self.read_gt(inp, peak.shape).astype(np.int64))
             bins = torch.bucketize(peak, thr, right=False)  # thresholds strictly below peak
             valid = (gt != self.ignore_label) & (gt < c)
             idx = (bins[valid] * c + gt[valid]) * c + fg[valid]
