@@ -9,7 +9,10 @@ not once per evaluator.
 
 Ground truth is read from each input's ``sem_seg_file_name`` (ids 0 background, 1..K, 255
 ignore) by :func:`read_gt` — with the refiners' and mappers' promise that training code never
-reads it, this is the only place in the package where ground-truth masks are read.
+reads it, this is the only place in the package where ground-truth masks are read. An input
+without that key (Detectron2's ``DatasetMapper`` pops it) finds its mask through its
+``file_name`` in the evaluated dataset's ``DatasetCatalog`` dicts (:meth:`WSSSEvaluator.read_gt`),
+as Detectron2's ``SemSegEvaluator`` does.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 from typing import Sequence
 
 import numpy as np
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -42,14 +45,18 @@ def tag_evaluator_args(cfg, dataset_name: str, output_dir: str | None = None) ->
     }
 
 
-def read_gt(inp: dict, hw: Sequence[int]) -> np.ndarray:
-    """The (H, W) uint8 ground truth of an input, checked against the prediction's size ``hw``."""
-    if "sem_seg_file_name" not in inp:
+def read_gt(inp: dict, hw: Sequence[int], gt_files: dict | None = None) -> np.ndarray:
+    """The (H, W) uint8 ground truth of an input, checked against the prediction's size ``hw``.
+
+    ``gt_files``: ``file_name -> sem_seg_file_name`` for inputs without ``sem_seg_file_name``.
+    """
+    path = inp.get("sem_seg_file_name") or (gt_files or {}).get(inp.get("file_name"))
+    if not path:
         raise KeyError(
-            f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': this dataset has no "
-            "ground truth to evaluate against"
+            f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name', and its dataset "
+            "lists no ground truth for this file_name: there is nothing to evaluate against"
         )
-    return read_label_png(inp["sem_seg_file_name"], tuple(hw), inp.get("file_name"))
+    return read_label_png(path, tuple(hw), inp.get("file_name"))
 
 
 def _merge(values: list):
@@ -103,7 +110,19 @@ class WSSSEvaluator(DatasetEvaluator):
         self.ignore_label = meta.get("ignore_label", ignore_label) if meta else ignore_label
         self.output_dir = output_dir
         self.distributed = distributed
+        self._gt_files: dict | None = None
         self.reset()
+
+    def read_gt(self, inp: dict, hw: Sequence[int]) -> np.ndarray:
+        """:func:`read_gt`, looking the mask up by ``file_name`` in the dataset when the input
+        lacks ``sem_seg_file_name``."""
+        if not inp.get("sem_seg_file_name") and self._gt_files is None:
+            registered = self.dataset_name and self.dataset_name in DatasetCatalog.list()
+            dicts = DatasetCatalog.get(self.dataset_name) if registered else []
+            self._gt_files = {
+                d["file_name"]: d["sem_seg_file_name"] for d in dicts if d.get("sem_seg_file_name")
+            }
+        return read_gt(inp, hw, self._gt_files)
 
     def empty_state(self) -> dict:
         raise NotImplementedError

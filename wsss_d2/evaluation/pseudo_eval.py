@@ -23,7 +23,7 @@ from detectron2.utils import comm
 
 from ..io.files import read_label_png
 from ..io.rounds import attach_round
-from .base import WSSSEvaluator, read_gt, tag_evaluator_args
+from .base import WSSSEvaluator, tag_evaluator_args
 from .metrics import metrics_from_confusion
 from .registry import EVALUATOR_REGISTRY
 
@@ -104,7 +104,7 @@ class PseudoLabelEvaluator(WSSSEvaluator):
                 pred = read_label_png(inp["pseudo_seg_file_name"], hw, inp.get("file_name"))
             else:
                 continue
-            gt = read_gt(inp, pred.shape)
+            gt = self.read_gt(inp, pred.shape)
             conf = _confusion_with_unsure(pred, gt, self.num_classes, self.ignore_label)
             self._state["conf"] += conf
             self._state["count"] += 1
