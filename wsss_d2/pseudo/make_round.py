@@ -194,7 +194,7 @@ def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = Non
     stamp = [os.path.getsize(w), int(os.path.getmtime(w))] if os.path.isfile(w) else None
     shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
     return {
-        **engine.fingerprint(),
+        **engine.fingerprint(next(model.parameters()).device),
         "model": type(model).__name__,
         "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
         "weights": w,
