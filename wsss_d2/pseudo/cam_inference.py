@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils import comm
-from tqdm import tqdm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_ok, cam_file_path, save_cam_file
 from ..modeling.meta_arch.cam import normalize_cams
 from ..modeling.utils import fold_batchnorm, unwrap_model
 from ..ops.amp import amp_active, inference_autocast
+from ..ops.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class CAMInferenceEngine:
             num_workers=self.num_loader_workers,
         )
         buckets: dict[tuple, list] = defaultdict(list)
-        bar = tqdm(total=len(dicts), desc="CAM inference", disable=not progress, leave=False)
+        bar = Progress(len(dicts), "CAM inference", enabled=progress)
 
         def flush(key):
             batch = buckets.pop(key)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from detectron2.modeling import SemanticSegmentor
 from detectron2.utils import comm
-from tqdm import tqdm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_path, check_cam_dir, load_cam_file
@@ -30,6 +29,7 @@ from ..modeling.meta_arch.cam import CAMClassifier
 from ..modeling.utils import unwrap_model
 from ..ops.crf import CRFParams, crf_inference_label, local_ids
 from ..ops.pool import map_in_pool
+from ..ops.progress import Progress
 from .cam_inference import CAMInferenceEngine
 from .refine import Refiner, build_refiner
 
@@ -151,12 +151,7 @@ def write_segmentation_round(
     net = unwrap_model(model)
     was_training = net.training
     net.eval()
-    bar = tqdm(
-        total=len(todo),
-        desc="segment",
-        disable=not (progress and comm.is_main_process()),
-        leave=False,
-    )
+    bar = Progress(len(todo), "segmentor labels", enabled=progress and comm.is_main_process())
     chunk = 64  # images predicted before their CRFs go to the pool (bounds memory)
     try:
         for start in range(0, len(todo), chunk):
