@@ -5,7 +5,9 @@
   a segmentor, scored against the ground truth where there is some);
 - :func:`make_sam_labels`: ``tools/make_sam_labels.py`` (a SAM-box label round and its scores);
 - :func:`run_pipeline`: ``tools/run_pipeline.py`` and ``make demo`` (every stage of a pipeline
-  YAML, each an ordinary run of the functions above, then the HTML report).
+  YAML, each an ordinary run of the functions above, then the HTML report);
+- :func:`predict`: ``tools/predict.py`` (label PNGs and overlays of images with a trained model);
+- :func:`visualize`: ``tools/visualize.py`` (HTML panels of a dataset's images).
 
 Each takes the parsed arguments of the tool (Detectron2's ``default_argument_parser``, plus
 ``--overwrite`` for the label tools: :func:`label_argument_parser`) and returns the results
@@ -30,9 +32,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
+from .config import get_wsss_cfg
+from .data.datasets import register_datasets_from_config
+from .data.datasets.folder import read_tags_file
 from .engine.defaults import default_wsss_setup
 from .engine.pipeline import load_pipeline, summary_rows
-from .engine.report import write_pipeline_report
+from .engine.predictor import WSSSPredictor, predict_to_folder
+from .engine.report import write_pipeline_report, write_visualization
 from .engine.trainer import WSSSTrainer, check_weights_exist
 from .evaluation.pseudo_eval import evaluate_round
 from .evaluation.sam_eval import SamBoxLabelingEvaluator, sam_round_root
@@ -48,8 +54,11 @@ __all__ = [
     "make_pseudo_labels",
     "make_sam_labels",
     "run_pipeline",
+    "predict",
+    "visualize",
     "label_argument_parser",
     "pipeline_argument_parser",
+    "tool_config",
 ]
 
 
@@ -194,6 +203,46 @@ def make_sam_labels(args):
     # no rank returns before the round is renamed into place
     comm.synchronize()
     return res
+
+
+# ---------------------------------------------------------------------- predict / visualize
+def tool_config(args):
+    """A single-process tool's config: ``--config-file`` + ``KEY VALUE`` opts (frozen), the
+    config's own datasets registered, wsss_d2's log on the console (no OUTPUT_DIR is made)."""
+    cfg = get_wsss_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    setup_logger(name="wsss_d2")
+    register_datasets_from_config(cfg)
+    return cfg
+
+
+def predict(args):
+    """Label PNGs + overlays of ``args.input`` (files, folders) into ``args.output``."""
+    cfg = tool_config(args)
+    predictor = WSSSPredictor(cfg)
+    tags = [t for t in args.tags.split(";") if t.strip()] if args.tags else None
+    tags_of = None
+    if args.tags_file:
+        rows = read_tags_file(args.tags_file, predictor.class_names or [])
+        tags_of = {name: ids for name, ids, _ in rows}
+    return predict_to_folder(predictor, args.input, args.output, tags, tags_of)
+
+
+def visualize(args):
+    """``tools/visualize.py``: panels of ``args.num`` images of a dataset into one HTML file."""
+    cfg = tool_config(args)
+    seg = None
+    if args.seg_config:
+        seg = get_wsss_cfg(args.seg_config, ["MODEL.DEVICE", cfg.MODEL.DEVICE])
+        seg.MODEL.WEIGHTS = args.seg_weights
+    return write_visualization(
+        args.dataset or cfg.DATASETS.TEST[0],
+        args.output,
+        args.num,
+        model_cfg=cfg if cfg.MODEL.WEIGHTS else None,
+        seg_cfg=seg,
+        round_dir=args.round or None,
+    )
 
 
 # ---------------------------------------------------------------------- pipeline

@@ -147,7 +147,21 @@ class WSSSEvaluator(DatasetEvaluator):
             return None
         return _merge(parts)
 
-    def write_json(self, name: str, res: dict) -> None:
+    def write_confusion(self, prefix: str, conf: np.ndarray, extra_columns=()) -> None:
+        """``output_dir/<prefix>_confusion.json``: ``confusion[gt][pred]`` pixel counts with the
+        class names (rows: ground truth; columns: prediction, then ``extra_columns``), for the
+        report's confusion matrices."""
+        names = self.class_names or [str(i) for i in range(conf.shape[0])]
+        self.write_json(
+            f"{prefix}_confusion.json",
+            {
+                "classes": list(names),
+                "columns": list(names) + list(extra_columns),
+                "confusion": np.asarray(conf).astype(np.int64).tolist(),
+            },
+        )
+
+    def write_json(self, name: str, res) -> None:
         """``res`` as ``output_dir/name`` (atomically), when the evaluator has an output folder."""
         if self.output_dir:
             PathManager.mkdirs(self.output_dir)
