@@ -107,14 +107,16 @@ def test_tag_outside_range_is_an_error(cfg_factory):
         mapper(d)
 
 
-def test_label_png_uses_voc_palette(tmp_path):
+def test_palette_preview_uses_voc_palette(tmp_path):
     from PIL import Image
 
+    from wsss_d2.io.files import save_palette_png
+
     lab = np.array([[0, 1], [15, 255]], np.uint8)
-    save_label_png(str(tmp_path / "l.png"), lab)
+    save_palette_png(str(tmp_path / "l.png"), lab)
     im = Image.open(tmp_path / "l.png")
     assert im.mode == "P"
-    assert np.array_equal(np.array(im), lab)
+    assert np.array_equal(np.array(im), lab) and np.array_equal(read_label_png(im.filename), lab)
     assert tuple(im.convert("RGB").getpixel((0, 1))) == voc_palette()[15] == (192, 128, 128)
 
 

@@ -310,12 +310,30 @@ def test_coco_class_subset_and_unknown_name(coco_tree, tmp_path, logs):
         _get(name)
 
 
-def test_coco_default_sem_seg_root(coco_tree):
+def test_coco_default_sem_seg_root(coco_tree, tmp_path, monkeypatch):
+    """Generated masks go under DETECTRON2_DATASETS (or OUTPUT_DIR), never next to the images."""
+    from wsss_d2.data.datasets.coco_sem_seg import set_generated_fallback
+
     json_file, img_root = coco_tree
+    monkeypatch.delenv("WSSS_D2_CACHE", raising=False)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
     root = default_sem_seg_root(json_file, img_root, 3)
-    assert root == os.path.join(os.path.dirname(img_root), "sem_seg_tags_3", "instances_tiny")
+    assert root.startswith(str(tmp_path / "d2" / "wsss_d2_generated" / "coco_sem_seg"))
+    assert os.path.basename(root).startswith("instances_tiny_")
+    assert not root.startswith(os.path.dirname(img_root))
     sub = default_sem_seg_root(json_file, img_root, 2, ["dog", "car"])
-    assert os.path.basename(os.path.dirname(sub)).startswith("sem_seg_tags_2_")
+    assert os.path.basename(os.path.dirname(sub)).startswith("sem_seg_tags_2_") and sub != root
+    # a read-only datasets root: the running tool's OUTPUT_DIR
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "ro"))
+    set_generated_fallback(str(tmp_path / "out"))
+    try:
+        root = default_sem_seg_root(json_file, img_root, 3)
+    finally:
+        set_generated_fallback(None)
+        os.chmod(tmp_path / "ro", 0o755)
+    assert root.startswith(str(tmp_path / "out" / "wsss_d2_generated"))
 
 
 def test_coco_image_size_differs_from_json(coco_tree, tmp_path):
@@ -432,16 +450,10 @@ def test_coco_tiny_registration(tmp_path):
     assert MetadataCatalog.get("t_coco_tiny_voc_train_tags").stuff_classes[1:] == list(VOC_CLASSES)
 
 
-def test_coco_read_only_dataset_falls_back_to_cache(coco_tree, tmp_path, monkeypatch):
+def test_coco_cache_variable_is_used_when_set(coco_tree, tmp_path, monkeypatch):
     json_file, img_root = coco_tree
-    parent = os.path.dirname(img_root)
     monkeypatch.setenv("WSSS_D2_CACHE", str(tmp_path / "cache"))
-    os.chmod(parent, 0o555)  # a read-only dataset copy (even root must not write there)
-    try:
-        root = default_sem_seg_root(json_file, img_root, 3)
-    finally:
-        os.chmod(parent, 0o755)
-    assert root.startswith(str(tmp_path / "cache"))
+    assert default_sem_seg_root(json_file, img_root, 3).startswith(str(tmp_path / "cache"))
 
 
 def test_coco_tiny_builtin_names_resolve_at_load_time(tmp_path, monkeypatch):
@@ -496,3 +508,39 @@ def test_detectron2_loaders_accept_annotations_of_the_last_class(tmp_path):
     DatasetCatalog.register("t_last_class", lambda: dicts)
     set_tag_metadata("t_last_class", ["a", "b"])
     assert get_detection_dataset_dicts(["t_last_class"], filter_empty=False)[0]["tags"] == [2]
+
+
+def test_config_registers_coco_class_subset_and_folder_masks(coco_tree, folder, tmp_path):
+    """DATASETS.COCO_TAGS with a class subset and a mask folder, DATASETS.FOLDER_TAGS with a
+    mask folder: a user evaluates their own data from the config alone."""
+    from wsss_d2.config import get_wsss_cfg
+    from wsss_d2.data.datasets import register_datasets_from_config
+    from wsss_d2.data.datasets.from_config import coco_class_subset
+
+    json_file, img_root = coco_tree
+    csv_file = tmp_path / "tags.csv"
+    csv_file.write_text("file_name,tags\nx.jpg,dog;cat\nsub/y.jpg,car\n")
+    masks = tmp_path / "masks"
+    save_label_png(str(masks / "x.png"), np.full((12, 16), 2, np.uint8))
+    coco_name, folder_name = _name("cfg_coco"), _name("cfg_folder")
+    cfg = get_wsss_cfg(None, [
+        "DATASETS.COCO_TAGS",
+        f"(('{coco_name}', '{json_file}', '{img_root}', 'dog;car', '{tmp_path / 'gt'}'),)",
+        "DATASETS.FOLDER_TAGS",
+        f"(('{folder_name}', '{folder}', '{csv_file}', 'cat;dog;car', '{masks}'),)",
+        "OUTPUT_DIR", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert sorted(register_datasets_from_config(cfg)) == sorted([coco_name, folder_name])
+    assert MetadataCatalog.get(coco_name).stuff_classes == ["background", "dog", "car"]
+    dicts = _get(coco_name)
+    assert [d["tags"] for d in dicts] == [[1, 2]]
+    assert dicts[0]["sem_seg_file_name"].startswith(str(tmp_path / "gt"))
+    dicts = _get(folder_name)
+    assert dicts[0]["sem_seg_file_name"] == str(masks / "x.png")
+    assert "sem_seg_file_name" not in dicts[1]
+    assert coco_class_subset("voc") == (list(VOC_COCO_NAMES), list(VOC_CLASSES))
+    assert coco_class_subset(" ") == (None, None)
+    with pytest.raises(ValueError, match="FOLDER_TAGS entry"):
+        register_datasets_from_config(
+            get_wsss_cfg(None, ["DATASETS.FOLDER_TAGS", "(('a', 'b', 'c'),)"])
+        )

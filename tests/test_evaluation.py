@@ -110,3 +110,37 @@ def test_registry_builds_from_config(cfg_factory, tmp_path):
     assert names == list(cfg.WSSS.EVALUATORS)
     assert "CAMEvaluator" in EVALUATOR_REGISTRY
     assert MetadataCatalog.get("toyparts_mini_val").evaluator_type == "sem_seg"
+
+
+def test_default_evaluator_is_ours_and_detectron2_names_are_allowed(tmp_path):
+    """A config that names no evaluator (not built on a wsss base) evaluates; a Detectron2 name
+    builds Detectron2's evaluator; an unknown name is an error naming both places."""
+    from wsss_d2.config import get_wsss_cfg
+
+    cfg = get_wsss_cfg()
+    evs = build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))._evaluators
+    assert [type(e) for e in evs] == [WSSSSemSegEvaluator]
+    cfg.WSSS.EVALUATORS = ("SemSegEvaluator", "CAMEvaluator")
+    evs = build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))._evaluators
+    assert [type(e) for e in evs] == [SemSegEvaluator, CAMEvaluator]
+    cfg.WSSS.EVALUATORS = ("NoSuchEvaluator",)
+    with pytest.raises(KeyError, match="NoSuchEvaluator.*detectron2.evaluation"):
+        build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))
+
+
+def test_ground_truth_found_by_file_name_when_the_mapper_dropped_it(tmp_path):
+    """Detectron2's DatasetMapper pops sem_seg_file_name; the evaluator finds the mask in the
+    DatasetCatalog by file_name, as Detectron2's SemSegEvaluator does."""
+    rng = np.random.default_rng(2)
+    gts = [rng.integers(0, 3, (8, 8)).astype(np.uint8) for _ in range(2)]
+    dicts = _register("eval_by_name", tmp_path, gts)
+    outputs = [{"sem_seg": torch.rand(3, 8, 8)} for _ in gts]
+    full = WSSSSemSegEvaluator("eval_by_name", num_classes=3, distributed=False)
+    full.process(dicts, outputs)
+    dropped = WSSSSemSegEvaluator("eval_by_name", num_classes=3, distributed=False)
+    dropped.process(
+        [{k: v for k, v in d.items() if k != "sem_seg_file_name"} for d in dicts], outputs
+    )
+    assert dropped.evaluate()["sem_seg"]["mIoU"] == full.evaluate()["sem_seg"]["mIoU"]
+    with pytest.raises(KeyError, match="nowhere.jpg"):
+        dropped.process([{"file_name": "nowhere.jpg"}], outputs[:1])

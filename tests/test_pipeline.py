@@ -124,9 +124,18 @@ def test_pipeline_crash_resume_and_config_change(tmp_path):
     assert [s["status"] for s in res] == ["skipped", "skipped", "ran"]
     assert {**_mtimes(out / "cam"), **_mtimes(out / "labels")} == before
     assert res[2]["results"]["sem_seg/mIoU"] == pytest.approx(ref_seg["sem_seg/mIoU"], abs=1e-9)
+    # long loops leave their rate in the stage's log.txt, not only a bar on stderr
+    log = (out / "labels" / "log.txt").read_text()
+    assert "CAM inference: 24 img in" in log and "labels (threshold): 24 img in" in log
     assert (out / "report.html").is_file()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per-class IoU" in html
+    for section in ("Stage comparison", "Pseudo-label precision / recall", "CAM background "
+                    "threshold", "Label rounds", "Confusion matrices", "Samples: training set",
+                    "Samples: validation set (toyparts_mini_val", "worst images by mIoU",
+                    "labels round 1", "image mIoU", "ignore / unsure (255)"):  # fmt: skip
+        assert section in html, section
+    assert "labels (pseudo_seg)" in html  # the pseudo-label stage's per-class column
 
     # a complete pipeline resumes to nothing
     again = tool.main(["--config-file", pipe_file, "--resume", "--no-report"])
@@ -211,30 +220,39 @@ def test_ctrl_c_during_a_stage_then_resume(tmp_path):
     assert (stage / "model_final.pth").is_file() and not (tmp_path / "out" / "cam.stale").exists()
 
 
-def test_visualize_tool_writes_panels(tmp_path):
+def test_visualize_tool_on_the_standard_setup(tmp_path):
+    """tools/visualize.py: --config-file + KEY VALUE overrides (weights, device, a dataset
+    registered by DATASETS.FOLDER_TAGS with its mask folder)."""
+    import shutil
+
     from conftest import make_cfg
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
+
+    from wsss_d2.data.datasets.toyparts import TOY_CLASSES
 
     cfg = make_cfg("configs/cam_toy.yaml")
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("cam")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = ["file_name,tags"]
+    for i, d in enumerate(DatasetCatalog.get("toyparts_mini_val")[:2]):
+        shutil.copy(d["file_name"], tmp_path / "imgs" / f"v{i}.png")
+        shutil.copy(d["sem_seg_file_name"], tmp_path / "masks" / f"v{i}.png")
+        rows.append(f"v{i}.png," + ";".join(TOY_CLASSES[t - 1] for t in d["tags"]))
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    folder = (f"(('vis_own', '{tmp_path / 'imgs'}', '{tmp_path / 'tags.csv'}', "
+              f"'{';'.join(TOY_CLASSES)}', '{tmp_path / 'masks'}'),)")  # fmt: skip
     vis = load_script("tools/visualize.py")
-    out = vis.main(
-        [
-            "--dataset",
-            "toyparts_mini_val",
-            "--num",
-            "2",
-            "--cam-config",
-            str(REPO / "configs" / "cam_toy.yaml"),
-            "--cam-weights",
-            str(tmp_path / "cam.pth"),
-            "--output",
-            str(tmp_path / "v.html"),
-        ]
-    )
+    out = vis.main([
+        "--config-file", str(REPO / "configs" / "cam_toy.yaml"), "--dataset", "vis_own",
+        "--output", str(tmp_path / "v.html"), "DATASETS.FOLDER_TAGS", folder,
+        "MODEL.WEIGHTS", str(tmp_path / "cam.pth"), "MODEL.DEVICE", "cpu",
+    ])  # fmt: skip
     html = open(out).read()
-    assert html.count("<img") == 6  # 2 images x (image, CAM, GT)
+    assert html.count("<img") == 8  # 2 images x (image, CAM, prediction, GT)
+    assert "ignore / unsure (255)" in html
     assert sorted(os.listdir(tmp_path / "v_files")) == [
-        f"{i:03d}_{k}.png" for i in range(2) for k in ("cam", "gt", "image")
+        f"{i:03d}_{k}.png" for i in range(2) for k in ("cam", "ground_truth", "image", "prediction")
     ]

@@ -54,8 +54,9 @@ def add_wsss_config(cfg: CN) -> None:
     _C.INPUT.TAGS.LOAD_PSEUDO = True  # training: load pseudo_seg_file_name as "sem_seg" if present
 
     # users' own data, registered by every tool at set-up (names then usable in DATASETS.*):
-    _C.DATASETS.COCO_TAGS = ()  # ((name, json_file, image_root), ...) COCO-format datasets
-    _C.DATASETS.FOLDER_TAGS = ()  # ((name, image_root, tags_file, "cls1;cls2;..."), ...)
+    # ((name, json_file, image_root[, "cls1;cls2;..." | "voc"[, sem_seg_root]]), ...) COCO JSONs
+    _C.DATASETS.COCO_TAGS = ()
+    _C.DATASETS.FOLDER_TAGS = ()  # ((name, image_root, tags_file, "cls1;cls2;..."[, masks]), ...)
     _C.DATALOADER.PAIR_SAMPLING = ""  # "" | "common_class" | "random": batch builder for CIAN
 
     # ---------------------------------------------------------------- models
@@ -100,7 +101,8 @@ def add_wsss_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- WSSS-wide
     _C.WSSS = CN()
-    _C.WSSS.EVALUATORS = ("SemSegEvaluator",)  # names in wsss_d2.evaluation.EVALUATOR_REGISTRY
+    # evaluator names: wsss_d2.evaluation.EVALUATOR_REGISTRY, else detectron2.evaluation's
+    _C.WSSS.EVALUATORS = ("WSSSSemSegEvaluator",)
     _C.WSSS.HOOKS = ()  # names in wsss_d2.engine.HOOK_REGISTRY added to the trainer
     _C.WSSS.CAM_SWEEP = (0.0, 0.95, 0.05)  # background thresholds swept by the CAM evaluator
     # ground-truth ids outside 0..K other than 255: "error" (names the mask) | "ignore" (skipped)
@@ -157,6 +159,7 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.NUM_LOADER_WORKERS = 0  # CAM inference: image-decoding processes
     _C.WSSS.PSEUDO.CHANNELS_LAST = True  # CAM inference: NHWC tensors (CPU convs ~2x faster)
     _C.WSSS.PSEUDO.FOLD_BN = True  # CAM inference: fold BatchNorms into convs (a model copy)
+    _C.WSSS.PSEUDO.AMP = False  # CAM inference (and the random walk) in fp16 autocast on CUDA
     _C.WSSS.PSEUDO.METHOD = "crf"  # "threshold" | "crf" | "pamr": CAM -> label refinement
     _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs
     _C.WSSS.PSEUDO.CONF_FG = 0.30  # "crf"/"pamr": background score giving confident foreground

@@ -162,6 +162,13 @@ class TagDatasetMapper:
         sem_seg = None
         if self.is_train and self.load_pseudo and d.get("pseudo_seg_file_name"):
             sem_seg = read_label_png(d["pseudo_seg_file_name"], image.shape[:2], d["file_name"])
+        return self.map_image(d, image, sem_seg)
+
+    def map_image(self, d: dict, image: np.ndarray, sem_seg: np.ndarray | None = None) -> dict:
+        """The mapping after the files are read: augmentations, tensors, tags (in place on ``d``,
+        a copy the caller owns). ``image``: (H, W, 3) uint8 in ``image_format``. Also the entry
+        of :class:`wsss_d2.engine.predictor.WSSSPredictor`, so that a predicted image goes
+        through exactly the evaluation's test-time preprocessing."""
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
@@ -172,5 +179,5 @@ class TagDatasetMapper:
         d["image"] = image_t
         if sem_seg is not None:
             d["sem_seg"] = sem_seg_t
-        d["tags"] = tags_to_multi_hot(d.get("tags", []), self.num_classes, d["file_name"])
+        d["tags"] = tags_to_multi_hot(d.get("tags", []), self.num_classes, d.get("file_name", ""))
         return d

@@ -165,6 +165,16 @@ class Pipeline:
         self.source = source
         self._hashes: dict[str, str] = {}
 
+    @property
+    def output_dir(self) -> str:
+        """Absolute (a relative OUTPUT_DIR is taken from the working directory when set), so
+        that stage folders in summaries and the report resolve from anywhere."""
+        return self._output_dir
+
+    @output_dir.setter
+    def output_dir(self, value: str) -> None:
+        self._output_dir = os.path.abspath(value)
+
     def stage_dir(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
 

@@ -1,4 +1,11 @@
-"""``WSSSTrainer``: Detectron2's ``DefaultTrainer`` with mapper, evaluators and hooks from config."""
+"""``WSSSTrainer``: Detectron2's ``DefaultTrainer`` with mapper, evaluators and hooks from config.
+
+Two differences in how it is put together: several processes train on CPU (``--num-gpus 2
+MODEL.DEVICE cpu``, gloo), where Detectron2's constructor fails (it always gives
+DistributedDataParallel ``device_ids``, an error for a CPU module: detectron2 issue #5146); and
+``SOLVER.AMP.ENABLED`` (Detectron2's ``AMPTrainer``: fp16 autocast + gradient scaling) is
+refused with a clear error off CUDA instead of failing at the first step.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,14 @@ import weakref
 
 import torch
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_train_loader
 from ..data.mappers import build_mapper
@@ -23,7 +33,13 @@ from .hooks import build_hooks_from_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSSSTrainer", "check_weights_exist", "refuse_overwriting_a_run"]
+__all__ = [
+    "WSSSTrainer",
+    "check_weights_exist",
+    "refuse_overwriting_a_run",
+    "wrap_ddp",
+    "build_step_trainer",
+]
 
 
 def check_weights_exist(path: str) -> None:
@@ -43,8 +59,49 @@ def refuse_overwriting_a_run(output_dir: str, resume: bool, overwrite: bool) -> 
         )
 
 
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """Detectron2's ``create_ddp_model`` (a no-op in one process), with the local rank as device
+    id only for a CUDA module: a CPU module takes none (gloo)."""
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    kwargs = {} if on_cuda else {"device_ids": None}
+    return create_ddp_model(model, broadcast_buffers=False, **kwargs)
+
+
+def build_step_trainer(cfg, model, data_loader, optimizer) -> SimpleTrainer:
+    """``AMPTrainer`` when ``SOLVER.AMP.ENABLED`` (CUDA only), else ``SimpleTrainer``."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if torch.device(cfg.MODEL.DEVICE).type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED needs CUDA (MODEL.DEVICE is '{cfg.MODEL.DEVICE}', CUDA "
+            f"{'available' if torch.cuda.is_available() else 'not available'}); set it to False"
+        )
+    return AMPTrainer(model, data_loader, optimizer)
+
+
 class WSSSTrainer(DefaultTrainer):
     """Only what differs from ``DefaultTrainer``: everything else is Detectron2's own loop."""
+
+    def __init__(self, cfg):
+        """As ``DefaultTrainer.__init__`` (model, optimizer, loader, step trainer, scheduler,
+        checkpointer, hooks), with :func:`wrap_ddp` and :func:`build_step_trainer` (module
+        docstring)."""
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # Detectron2's checkpointer, reading files safely and writing them atomically
+        self.checkpointer = WSSSCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -98,11 +155,6 @@ class WSSSTrainer(DefaultTrainer):
         return build_deeplab_lr_scheduler(cfg, optimizer)
 
     def build_hooks(self):
-        # Detectron2's checkpointer, reading files safely and writing them atomically (built
-        # here, before the checkpointing hook that saves through it)
-        self.checkpointer = WSSSCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
         ret = super().build_hooks()
         extra = build_hooks_from_config(self.cfg)
         # after the LR scheduler, before checkpointing/eval, so their state is in both

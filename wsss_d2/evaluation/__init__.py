@@ -3,12 +3,13 @@
 from .coco_json import COCOSemSegJSONEvaluator, score_coco_semantic_json
 from .metrics import confusion_matrix, metrics_from_confusion
 from .pseudo_eval import PseudoLabelEvaluator, evaluate_round
-from .registry import EVALUATOR_REGISTRY, build_evaluators
+from .registry import EVALUATOR_REGISTRY, build_evaluator, build_evaluators
 from .sam_eval import SamBoxLabelingEvaluator
 from .sem_seg import CAMEvaluator, WSSSSemSegEvaluator, sweep_thresholds
 
 __all__ = [
     "EVALUATOR_REGISTRY",
+    "build_evaluator",
     "build_evaluators",
     "confusion_matrix",
     "metrics_from_confusion",

@@ -13,6 +13,9 @@ reads it, this is the only place in the package where ground-truth masks are rea
 0..K other than 255 are an error naming the mask and the ids (``WSSS.GT_INVALID_IDS "ignore"``
 counts them as ignored instead), and so is a 0/255 mask of a tagged image that has no class pixel
 at all (objects stored as 255, which means ignore); 16-bit masks are read without wrap-around.
+An input without that key (Detectron2's ``DatasetMapper`` pops it) finds its mask through its
+``file_name`` in the evaluated dataset's ``DatasetCatalog`` dicts (:meth:`WSSSEvaluator.read_gt`),
+as Detectron2's ``SemSegEvaluator`` does.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 from typing import Sequence
 
 import numpy as np
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -58,17 +61,22 @@ def _objects_as_ignore(inp: dict, gt: np.ndarray, num_classes: int) -> bool:
 
 
 def read_gt(
-    inp: dict, hw: Sequence[int], num_classes: int | None = None, invalid: str = "error"
+    inp: dict,
+    hw: Sequence[int],
+    num_classes: int | None = None,
+    invalid: str = "error",
+    gt_files: dict | None = None,
 ) -> np.ndarray:
     """The (H, W) uint8 ground truth of an input, checked against the prediction's size ``hw``
     and, given ``num_classes`` (K + 1), its ids (module docstring; ``invalid``: "error" |
-    "ignore")."""
-    if "sem_seg_file_name" not in inp:
+    "ignore"). ``gt_files``: ``file_name -> sem_seg_file_name`` for inputs without
+    ``sem_seg_file_name``."""
+    path = inp.get("sem_seg_file_name") or (gt_files or {}).get(inp.get("file_name"))
+    if not path:
         raise KeyError(
-            f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name': this dataset has no "
-            "ground truth to evaluate against"
+            f"input {inp.get('file_name', '?')} has no 'sem_seg_file_name', and its dataset "
+            "lists no ground truth for this file_name: there is nothing to evaluate against"
         )
-    path = inp["sem_seg_file_name"]
     gt = read_label_png(path, tuple(hw), inp.get("file_name"))
     if num_classes is None:
         return gt
@@ -143,11 +151,19 @@ class WSSSEvaluator(DatasetEvaluator):
         self.output_dir = output_dir
         self.distributed = distributed
         self.invalid_gt = invalid_gt
+        self._gt_files: dict | None = None
         self.reset()
 
     def read_gt(self, inp: dict, hw: Sequence[int]) -> np.ndarray:
-        """:func:`read_gt` with this evaluator's classes and ``invalid_gt``."""
-        return read_gt(inp, hw, self.num_classes, self.invalid_gt)
+        """:func:`read_gt` with this evaluator's classes and ``invalid_gt``, looking the mask up
+        by ``file_name`` in the dataset when the input lacks ``sem_seg_file_name``."""
+        if not inp.get("sem_seg_file_name") and self._gt_files is None:
+            registered = self.dataset_name and self.dataset_name in DatasetCatalog.list()
+            dicts = DatasetCatalog.get(self.dataset_name) if registered else []
+            self._gt_files = {
+                d["file_name"]: d["sem_seg_file_name"] for d in dicts if d.get("sem_seg_file_name")
+            }
+        return read_gt(inp, hw, self.num_classes, self.invalid_gt, self._gt_files)
 
     def empty_state(self) -> dict:
         raise NotImplementedError
@@ -172,7 +188,21 @@ class WSSSEvaluator(DatasetEvaluator):
             return None
         return _merge(parts)
 
-    def write_json(self, name: str, res: dict) -> None:
+    def write_confusion(self, prefix: str, conf: np.ndarray, extra_columns=()) -> None:
+        """``output_dir/<prefix>_confusion.json``: ``confusion[gt][pred]`` pixel counts with the
+        class names (rows: ground truth; columns: prediction, then ``extra_columns``), for the
+        report's confusion matrices."""
+        names = self.class_names or [str(i) for i in range(conf.shape[0])]
+        self.write_json(
+            f"{prefix}_confusion.json",
+            {
+                "classes": list(names),
+                "columns": list(names) + list(extra_columns),
+                "confusion": np.asarray(conf).astype(np.int64).tolist(),
+            },
+        )
+
+    def write_json(self, name: str, res) -> None:
         """``res`` as ``output_dir/name`` (atomically), when the evaluator has an output folder."""
         if self.output_dir:
             PathManager.mkdirs(self.output_dir)

@@ -6,9 +6,11 @@ The results format is the one Detectron2's ``SemSegEvaluator`` writes as
 
     {"image_id": 139, "category_id": 18, "segmentation": {"size": [h, w], "counts": "<RLE>"}}
 
-``category_id`` is the dataset's own category id (the COCO id for COCO-format datasets, else
-our contiguous id 1..K); background and ignored pixels are not written (a pixel no entry covers
-is background).
+``category_id`` is the dataset's own category id (the COCO id for COCO-format datasets, from
+the metadata ``stuff_dataset_id_to_contiguous_id`` that loading a COCO dataset sets; else our
+contiguous id 1..K); background and ignored pixels are not written (a pixel no entry covers is
+background). Detectron2's ``SemSegEvaluator`` writes the same list keyed by ``file_name``
+instead of ``image_id``, with background entries of ``category_id`` 0: the scorer reads both.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 from pycocotools.coco import COCO
 
@@ -94,14 +96,17 @@ def coco_results_to_label(
 
 
 def _contiguous_to_dataset_ids(dataset_name: str) -> dict[int, int] | None:
+    """Our id 1..K -> the dataset's category id, from the metadata (loading the dataset first
+    when they lack it: COCO-format loaders set it); None for datasets without category ids."""
     meta = MetadataCatalog.get(dataset_name)
-    json_file = getattr(meta, "json_file", None)
-    if not json_file or not PathManager.isfile(json_file):
+    if meta.get("stuff_dataset_id_to_contiguous_id") is None:
+        if meta.get("json_file") is None or dataset_name not in DatasetCatalog.list():
+            return None
+        DatasetCatalog.get(dataset_name)  # sets stuff_dataset_id_to_contiguous_id
+    mapping = meta.get("stuff_dataset_id_to_contiguous_id")
+    if mapping is None:
         return None
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(PathManager.get_local_path(json_file))
-    cat_map, _ = category_map(coco, json_file, getattr(meta, "coco_names", None))
-    return {v: k for k, v in cat_map.items()}
+    return {int(v): int(k) for k, v in mapping.items() if int(v) != 0}
 
 
 @EVALUATOR_REGISTRY.register()
@@ -121,12 +126,12 @@ class COCOSemSegJSONEvaluator(WSSSSemSegEvaluator):
         return {**super().empty_state(), "results": []}
 
     def process(self, inputs, outputs):
-        super().process(inputs, outputs)
         for inp, out in zip(inputs, outputs):
             if "sem_seg" in out:
-                label = out["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.uint8)
+                pred = out["sem_seg"].argmax(dim=0).cpu()
+                self.add_prediction(inp, pred)
                 self._state["results"] += label_to_coco_results(
-                    label, inp["image_id"], self._id_map
+                    pred.numpy().astype(np.uint8), inp["image_id"], self._id_map
                 )
 
     def summarize(self, state: dict) -> dict:
@@ -136,6 +141,38 @@ class COCOSemSegJSONEvaluator(WSSSSemSegEvaluator):
             atomic_write_bytes(path, json.dumps(state["results"]).encode())
             logger.info("wrote %d COCO-format semantic results to %s", len(state["results"]), path)
         return res
+
+
+def _image_of_result(coco, results_file: str, instances_json: str):
+    """``fn(result) -> COCO image id``: its ``image_id``, or the image whose ``file_name`` ends
+    the result's ``file_name`` (Detectron2's SemSegEvaluator writes the full image path)."""
+    by_name = defaultdict(list)
+    for img in coco.imgs.values():
+        by_name[os.path.basename(img["file_name"])].append(img)
+
+    def image_id(r: dict):
+        if "image_id" in r:
+            if r["image_id"] not in coco.imgs:
+                raise KeyError(
+                    f"{results_file}: image_id {r['image_id']} is not in {instances_json}"
+                )
+            return r["image_id"]
+        if "file_name" not in r:
+            raise KeyError(f"{results_file}: a result has neither 'image_id' nor 'file_name'")
+        path = r["file_name"].replace(os.sep, "/")
+        found = [
+            img["id"]
+            for img in by_name.get(os.path.basename(path), [])
+            if path == img["file_name"] or path.endswith("/" + img["file_name"])
+        ]
+        if len(found) != 1:
+            what = "no image" if not found else f"{len(found)} images"
+            raise KeyError(
+                f"{results_file}: file_name {r['file_name']} matches {what} of {instances_json}"
+            )
+        return found[0]
+
+    return image_id
 
 
 def score_coco_semantic_json(
@@ -150,7 +187,9 @@ def score_coco_semantic_json(
     (:func:`wsss_d2.data.datasets.coco.instances_to_label`: larger instances first, crowd-only
     pixels ignored). ``class_names`` restricts the evaluation to those COCO categories (others
     count as background), numbered in that order. Images of the annotation file with no result
-    are scored as all background; ``image_ids`` limits the evaluation to those images.
+    are scored as all background; ``image_ids`` limits the evaluation to those images. Results
+    are matched to images by ``image_id``, or by ``file_name`` (Detectron2's SemSegEvaluator
+    JSON: the image's path, whose tail must be the JSON's ``file_name``).
 
     Returns ``{"sem_seg": {...}}`` with the same keys as :class:`WSSSSemSegEvaluator`.
     """
@@ -161,15 +200,14 @@ def score_coco_semantic_json(
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(PathManager.get_local_path(instances_json))
     cat_map, names = category_map(coco, instances_json, class_names)
+    image_of = _image_of_result(coco, results_file, instances_json)
     by_image = defaultdict(list)
     for r in results:
-        by_image[r["image_id"]].append(r)
-    unknown = set(by_image) - set(coco.imgs)
-    if unknown:
-        raise KeyError(
-            f"{results_file}: image_id {sorted(unknown, key=str)[0]} is not in " f"{instances_json}"
-        )
-    bad_cats = {r["category_id"] for r in results} - set(coco.getCatIds())
+        by_image[image_of(r)].append(r)
+    cat_ids = set(coco.getCatIds())
+    # Detectron2's SemSegEvaluator writes background too, as dataset id 0 (not a COCO category)
+    background = {0} - cat_ids
+    bad_cats = {r["category_id"] for r in results} - cat_ids - background
     if bad_cats:
         raise KeyError(
             f"{results_file}: category_id {sorted(bad_cats)[0]} is not a category of "

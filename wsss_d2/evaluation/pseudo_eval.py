@@ -117,6 +117,7 @@ class PseudoLabelEvaluator(WSSSEvaluator):
         res = pseudo_label_metrics(conf, self.class_names)
         res["num_images"] = count
         self.write_json("pseudo_label_evaluation.json", res)
+        self.write_confusion("pseudo_label", conf, extra_columns=("unsure",))
         logger.info(
             "%s pseudo labels: mIoU %.2f (labeled pixels %.2f, %.1f%% unsure)",
             self.dataset_name,

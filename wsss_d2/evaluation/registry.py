@@ -1,9 +1,17 @@
-"""Evaluator registry: ``cfg.WSSS.EVALUATORS`` names the evaluators a trainer builds."""
+"""Evaluator registry: ``cfg.WSSS.EVALUATORS`` names the evaluators a trainer builds.
 
-from detectron2.evaluation import DatasetEvaluators
+A name is looked up in :data:`EVALUATOR_REGISTRY` first (wsss_d2's evaluators), then among
+Detectron2's own evaluators (``detectron2.evaluation``: ``SemSegEvaluator``, ``COCOEvaluator``,
+...), which are built as ``cls(dataset_name, output_dir=output_dir)``.
+"""
+
+import inspect
+
+import detectron2.evaluation as d2_evaluation
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.registry import Registry
 
-__all__ = ["EVALUATOR_REGISTRY", "build_evaluators"]
+__all__ = ["EVALUATOR_REGISTRY", "build_evaluator", "build_evaluators"]
 
 EVALUATOR_REGISTRY = Registry("WSSS_EVALUATOR")
 EVALUATOR_REGISTRY.__doc__ = """
@@ -12,10 +20,29 @@ Evaluators, built as ``EVALUATOR_REGISTRY.get(name)(cfg, dataset_name=..., outpu
 """
 
 
+def _detectron2_evaluator(name: str):
+    cls = getattr(d2_evaluation, name, None)
+    if inspect.isclass(cls) and issubclass(cls, DatasetEvaluator) and cls is not DatasetEvaluator:
+        return cls
+    return None
+
+
+def build_evaluator(cfg, name: str, dataset_name: str, output_dir: str | None = None):
+    """The evaluator ``name`` (ours, else Detectron2's) for ``dataset_name``."""
+    if name in EVALUATOR_REGISTRY:
+        return EVALUATOR_REGISTRY.get(name)(cfg, dataset_name=dataset_name, output_dir=output_dir)
+    cls = _detectron2_evaluator(name)
+    if cls is None:
+        ours = ", ".join(sorted(k for k, _ in EVALUATOR_REGISTRY))
+        raise KeyError(
+            f"WSSS.EVALUATORS: no evaluator named '{name}' in wsss_d2 ({ours}) or in "
+            "detectron2.evaluation"
+        )
+    return cls(dataset_name, output_dir=output_dir)
+
+
 def build_evaluators(cfg, dataset_name: str, output_dir: str | None = None) -> DatasetEvaluators:
     """Every evaluator in ``cfg.WSSS.EVALUATORS`` for ``dataset_name``."""
-    evs = [
-        EVALUATOR_REGISTRY.get(n)(cfg, dataset_name=dataset_name, output_dir=output_dir)
-        for n in cfg.WSSS.EVALUATORS
-    ]
-    return DatasetEvaluators(evs)
+    return DatasetEvaluators(
+        [build_evaluator(cfg, n, dataset_name, output_dir) for n in cfg.WSSS.EVALUATORS]
+    )

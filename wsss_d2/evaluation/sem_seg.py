@@ -16,7 +16,7 @@ from .registry import EVALUATOR_REGISTRY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WSSSSemSegEvaluator", "CAMEvaluator", "sweep_thresholds"]
+__all__ = ["WSSSSemSegEvaluator", "CAMEvaluator", "sweep_thresholds", "image_scores"]
 
 
 def sweep_thresholds(spec: Sequence[float]) -> np.ndarray:
@@ -24,6 +24,18 @@ def sweep_thresholds(spec: Sequence[float]) -> np.ndarray:
     start, stop, step = spec
     n = int(np.floor((stop - start) / step + 1e-6)) + 1
     return np.round(start + step * np.arange(n), 6)
+
+
+def image_scores(conf: np.ndarray) -> tuple[float, float]:
+    """One image's (mIoU over the classes in its ground truth or prediction, pixel accuracy), in
+    percent; NaN when it has no valid pixel."""
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    total = conf.sum()
+    if not present.any() or total == 0:
+        return float("nan"), float("nan")
+    return 100 * float((tp[present] / union[present]).mean()), 100 * float(tp.sum() / total)
 
 
 @EVALUATOR_REGISTRY.register()
@@ -47,22 +59,33 @@ class WSSSSemSegEvaluator(WSSSEvaluator):
         return tag_evaluator_args(cfg, dataset_name, output_dir)
 
     def empty_state(self) -> dict:
-        return {"conf": np.zeros((self.num_classes, self.num_classes), dtype=np.int64)}
+        # images: [file_name, mIoU, pixel accuracy] per image, for the report's worst images
+        return {
+            "conf": np.zeros((self.num_classes, self.num_classes), dtype=np.int64),
+            "images": [],
+        }
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
-            if "sem_seg" not in out:
-                continue
-            pred = out["sem_seg"].argmax(dim=0).cpu()
-            gt = self.read_gt(inp, pred.shape)
-            self._state["conf"] += confusion_matrix(
-                pred, torch.from_numpy(gt), self.num_classes, self.ignore_label
-            )
+            if "sem_seg" in out:
+                self.add_prediction(inp, out["sem_seg"].argmax(dim=0).cpu())
+
+    def add_prediction(self, inp: dict, pred: torch.Tensor) -> None:
+        """Count one (H, W) label map against the input's ground truth."""
+        gt = self.read_gt(inp, pred.shape)
+        conf = confusion_matrix(pred, torch.from_numpy(gt), self.num_classes, self.ignore_label)
+        self._state["conf"] += conf
+        self._state["images"].append([inp.get("file_name", ""), *image_scores(conf)])
 
     def summarize(self, state: dict) -> dict:
         conf = state["conf"]
         res = metrics_from_confusion(conf, self.class_names)
         self.write_json("sem_seg_evaluation.json", res)
+        self.write_confusion("sem_seg", conf)
+        self.write_json(
+            "sem_seg_per_image.json",
+            [{"file_name": f, "mIoU": m, "pACC": a} for f, m, a in state["images"]],
+        )
         logger.info("%s: mIoU %.2f over %d pixels", self.dataset_name, res["mIoU"], int(conf.sum()))
         return OrderedDict(sem_seg=res)
 
@@ -137,6 +160,7 @@ class CAMEvaluator(WSSSSemSegEvaluator):
             if k != "mIoU":
                 res[k] = v
         self.write_json("cam_evaluation.json", res)
+        self.write_confusion("cam", confs[best])
         logger.info(
             "%s: CAM mIoU %.2f at background threshold %.2f",
             self.dataset_name,

@@ -8,6 +8,7 @@ from .files import (
     read_image_checked,
     read_label_png,
     save_label_png,
+    save_palette_png,
     voc_palette,
 )
 from .rounds import (
@@ -42,5 +43,6 @@ __all__ = [
     "round_dir",
     "save_cam_file",
     "save_label_png",
+    "save_palette_png",
     "voc_palette",
 ]

@@ -7,6 +7,13 @@ images scaled to 8 bits; :func:`image_size` gives the same size from the header)
 safety: :func:`safe_stem` / :func:`safe_join` keep names taken from users' files (a COCO
 ``file_name``, a tags file's rows) inside the folder they are written to. Imports nothing else of
 wsss_d2.
+
+Label PNGs are written as 8-bit greyscale ("L") whose pixel values are the ids, so that every
+Detectron2 tool reads them exactly: ``detectron2.data.detection_utils.read_image(path, "L")``
+(used by Detectron2's ``DatasetMapper``, its DeepLab project, Mask2Former) converts a palette
+PNG to luminance and would turn ids [0 4 5 255] into [0 15 53 220]. Palette PNGs (VOC's own
+ground truth, older rounds) are still read right by :func:`read_label_png` (palette indices);
+:func:`save_palette_png` writes a coloured copy for people to look at.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_directory",
     "save_label_png",
+    "save_palette_png",
     "read_label_png",
     "read_image_checked",
     "check_label_ids",
@@ -112,21 +120,40 @@ class atomic_directory:
         return False
 
 
-def save_label_png(path: str, label: np.ndarray) -> None:
-    """Save a (H, W) uint8 label map as a VOC-palette PNG, atomically."""
-    if label.ndim != 2:
-        raise ValueError(f"label map for {path} must be (H, W), got {label.shape}")
-    img = Image.fromarray(label.astype(np.uint8), mode="P")
-    img.putpalette(_PALETTE_FLAT)
+def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _check_label(path: str, label: np.ndarray) -> np.ndarray:
+    if label.ndim != 2:
+        raise ValueError(f"label map for {path} must be (H, W), got {label.shape}")
+    return label.astype(np.uint8)
+
+
+def save_label_png(path: str, label: np.ndarray) -> None:
+    """Save a (H, W) label map as a greyscale PNG of its ids (module docstring), atomically."""
+    img = Image.fromarray(_check_label(path, label), mode="L")
+    atomic_write_bytes(path, _png_bytes(img))
+
+
+def save_palette_png(path: str, label: np.ndarray) -> None:
+    """Save a (H, W) label map as a VOC-palette PNG (a preview for people), atomically.
+
+    Its palette indices are the ids (:func:`read_label_png` reads them back), but Detectron2's
+    ``read_image(path, "L")`` does not: train on :func:`save_label_png` files.
+    """
+    img = Image.fromarray(_check_label(path, label), mode="P")
+    img.putpalette(_PALETTE_FLAT)
+    atomic_write_bytes(path, _png_bytes(img))
 
 
 def read_label_png(
     path: str, expected_hw: tuple[int, int] | None = None, image_file: str | None = None
 ) -> np.ndarray:
-    """Read a label PNG as (H, W) uint8 ids (palette indices, not colours).
+    """Read a label PNG as (H, W) uint8 ids: grey values, or palette indices (not colours) of a
+    palette PNG such as VOC's ground truth.
 
     Raises ``ValueError`` naming both files when its size differs from ``expected_hw``.
     """

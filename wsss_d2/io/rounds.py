@@ -1,4 +1,4 @@
-"""Pseudo-label rounds: a folder of VOC-palette PNGs plus ``manifest.json``.
+"""Pseudo-label rounds: a folder of label-id PNGs plus ``manifest.json``.
 
 Layout under a root folder (usually ``OUTPUT_DIR/pseudo_labels``)::
 

@@ -12,7 +12,8 @@ import os
 from typing import Callable, Iterable, Iterator
 
 import torch
-from tqdm import tqdm
+
+from .progress import Progress
 
 __all__ = ["map_in_pool", "default_num_workers"]
 
@@ -56,12 +57,13 @@ def map_in_pool(
     total = len(items) if total is None else total
     n = default_num_workers() if num_workers <= 0 else num_workers
     n = max(1, min(n, len(items)))
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = Progress(total, desc, enabled=progress)  # a bar + rate / ETA lines in the log
     try:
         if n == 1:
             for it in items:
-                yield fn(it)
-                bar.update(1)
+                res = fn(it)
+                bar.update(1)  # before the yield: a consumer may stop after the last item
+                yield res
             return
         if start_method is None:
             start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -69,7 +71,7 @@ def map_in_pool(
         with ctx.Pool(n, initializer=_worker_init) as pool:
             # chunksize 1: one CRF is seconds of work, far above the messaging cost
             for res in pool.imap(fn, items, chunksize=1):
-                yield res
                 bar.update(1)
+                yield res
     finally:
         bar.close()

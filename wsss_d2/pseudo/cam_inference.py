@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils import comm
-from tqdm import tqdm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_ok, cam_file_path, save_cam_file
 from ..io.rounds import check_unique_stems
 from ..modeling.meta_arch.cam import normalize_cams
 from ..modeling.utils import fold_batchnorm, unwrap_model
+from ..ops.amp import amp_active, inference_autocast
+from ..ops.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class CAMInferenceEngine:
         num_loader_workers: int = 0,
         channels_last: bool = True,
         fold_bn: bool = True,
+        amp: bool = False,
     ):
         """
         Args:
@@ -76,6 +78,9 @@ class CAMInferenceEngine:
                 NHWC weights): on CPU, batched convolutions are about twice as fast this way.
             fold_bn: run :meth:`run` on a copy of the model with BatchNorms folded into the
                 convolutions (:func:`fold_batchnorm`).
+            amp: run the forward passes in fp16 autocast when the model is on CUDA
+                (:func:`~wsss_d2.ops.amp.inference_autocast`); the CAMs are summed, resized
+                and normalised in float32. Ignored on CPU.
         """
         self.mapper = mapper
         self.scales = tuple(float(s) for s in scales)
@@ -84,6 +89,7 @@ class CAMInferenceEngine:
         self.num_loader_workers = int(num_loader_workers)
         self.channels_last = bool(channels_last)
         self.fold_bn = bool(fold_bn)
+        self.amp = bool(amp)
 
     @classmethod
     def from_config(cls, cfg):
@@ -96,10 +102,16 @@ class CAMInferenceEngine:
             "num_loader_workers": p.NUM_LOADER_WORKERS,
             "channels_last": p.CHANNELS_LAST,
             "fold_bn": p.FOLD_BN,
+            "amp": p.AMP,
         }
 
-    def fingerprint(self) -> dict:
-        return {"scales": list(self.scales), "flip": self.flip}
+    def fingerprint(self, device="cpu") -> dict:
+        """What the CAMs depend on (besides the model): the protocol, and fp16 when it is used
+        on ``device``."""
+        fp = {"scales": list(self.scales), "flip": self.flip}
+        if amp_active(device, self.amp):
+            fp["amp"] = "fp16"
+        return fp
 
     # ------------------------------------------------------------------ core
     @torch.no_grad()
@@ -118,7 +130,9 @@ class CAMInferenceEngine:
         x = images.tensor
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        cams = model.multiscale_cams(x, self.scales, self.flip).contiguous()  # (N, K, Hp, Wp)
+        with inference_autocast(x.device, self.amp):
+            cams = model.multiscale_cams(x, self.scales, self.flip)
+        cams = cams.float().contiguous()  # (N, K, Hp, Wp)
         out = []
         for i, inp in enumerate(inputs):
             h, w = images.image_sizes[i]
@@ -195,7 +209,7 @@ class CAMInferenceEngine:
             num_workers=self.num_loader_workers,
         )
         buckets: dict[tuple, list] = defaultdict(list)
-        bar = tqdm(total=len(dicts), desc="CAM inference", disable=not progress, leave=False)
+        bar = Progress(len(dicts), "CAM inference", enabled=progress)
 
         def flush(key):
             batch = buckets.pop(key)

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from detectron2.modeling import SemanticSegmentor
 from detectron2.utils import comm
-from tqdm import tqdm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_path, check_cam_dir, load_cam_file
@@ -39,6 +38,7 @@ from ..modeling.meta_arch.cam import CAMClassifier
 from ..modeling.utils import unwrap_model
 from ..ops.crf import CRFParams, crf_inference_label, local_ids
 from ..ops.pool import map_in_pool
+from ..ops.progress import Progress
 from .cam_inference import CAMInferenceEngine
 from .fingerprint import label_fingerprint, weights_fingerprint
 from .refine import Refiner, build_refiner
@@ -170,12 +170,7 @@ def write_segmentation_round(
     net.eval()
     if test_crf is not None:
         net.test_crf = None
-    bar = tqdm(
-        total=len(todo),
-        desc="segment",
-        disable=not (progress and comm.is_main_process()),
-        leave=False,
-    )
+    bar = Progress(len(todo), "segmentor labels", enabled=progress and comm.is_main_process())
     chunk = 64  # images predicted before their CRFs go to the pool (bounds memory)
     try:
         for start in range(0, len(todo), chunk):
@@ -213,7 +208,7 @@ def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = Non
     label thresholds) are left out, so adding a key to the config does not invalidate caches."""
     shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
     return {
-        **engine.fingerprint(),
+        **engine.fingerprint(next(model.parameters()).device),
         "model": type(model).__name__,
         "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
         "weights": weights_fingerprint(cfg.MODEL.WEIGHTS),

@@ -19,6 +19,11 @@ Any COCO JSON loads: annotations without ``segmentation`` (boxes only) or withou
 an image gets ground truth only when every one of its annotations has a ``segmentation`` (not
 ``[]``).
 
+Loading a dataset sets its metadata ``json_file``, ``image_root`` and
+``stuff_dataset_id_to_contiguous_id`` (COCO category id -> our id, with ``0 -> 0`` for the
+background), so that COCO-format results carry COCO category ids — ours
+(``COCOSemSegJSONEvaluator``) and Detectron2's ``SemSegEvaluator`` alike.
+
 Semantic ground truth is painted from the instances and cached: see
 :mod:`wsss_d2.data.datasets.coco_sem_seg`.
 """
@@ -39,7 +44,14 @@ from pycocotools.coco import COCO
 
 from ...io.files import safe_stem
 from .coco_sem_seg import default_sem_seg_root, ensure_sem_seg
-from .common import COCO_CLASSES, VOC_CLASSES, keep_images_with_tags, require_dir, set_tag_metadata
+from .common import (
+    COCO_CLASSES,
+    VOC_CLASSES,
+    keep_images_with_tags,
+    require_dir,
+    set_tag_metadata,
+    update_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +152,12 @@ def load_coco_tags(
             f"{name}: metadata names {len(meta.stuff_classes) - 1} classes but {json_file} gives "
             f"{len(names)}"
         )
+    update_metadata(
+        name,
+        json_file=json_file,
+        image_root=image_root,
+        stuff_dataset_id_to_contiguous_id={0: 0, **cat_map},
+    )
     if dropped:
         logger.info("%s: dropped %d instances of categories outside the class list", name, dropped)
     dicts = keep_images_with_tags(dicts, name)

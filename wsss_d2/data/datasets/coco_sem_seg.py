@@ -3,14 +3,18 @@ masks, so one PNG per image is painted from the instance masks and cached on dis
 (``<sem_seg_root>/<file stem>.png``; an existing PNG is reused, a new one is written through a
 temporary file and renamed). Non-crowd instances are painted from the largest to the smallest,
 so a small object lying on a large one stays visible; pixels covered only by crowd annotations
-become 255 (ignore). The default ``sem_seg_root`` is ``<image_root>/../sem_seg_tags_<K>/<json
-stem>/`` (``sem_seg_tags_<K>_<hash of class_names>`` for a class subset); when that folder cannot
-be written (a read-only dataset copy) it falls back to ``$WSSS_D2_CACHE`` (default
-``~/.cache/wsss_d2``)``/coco_sem_seg/...``. PNGs are generated when the dataset is first loaded
-(``DatasetCatalog.get``), with a progress bar and a process pool for large sets; every process
-writes atomically, so concurrent loaders (one per GPU rank) are safe, if redundant. The cache is
-keyed by the JSON's name and the class list, not its content: delete the folder after editing
-the annotations. A cached PNG whose size differs from its image is an error naming both.
+become 255 (ignore). The masks are a generated cache, never written next to the user's images
+unless asked (an explicit ``sem_seg_root``): by default (:func:`default_sem_seg_root`) they go to
+``$WSSS_D2_CACHE`` when set, else ``$DETECTRON2_DATASETS/wsss_d2_generated/`` (Detectron2's
+datasets root, default ``datasets/``), else — that folder not writable, e.g. a read-only dataset
+copy — the running tool's ``OUTPUT_DIR/wsss_d2_generated/`` (:func:`set_generated_fallback`),
+else ``~/.cache/wsss_d2``; below it ``coco_sem_seg/sem_seg_tags_<K>[_<hash of class_names>]/<json
+stem>_<hash of the JSON path>/<file stem>.png``. PNGs are generated when the dataset is first
+loaded (``DatasetCatalog.get``), with a progress bar (and rate / ETA lines in the log) and a
+process pool for large sets; every process writes atomically, so concurrent loaders (one per GPU
+rank) are safe, if redundant. The cache is keyed by the JSON's path and the class list, not its
+content: delete the folder after editing the annotations. A cached PNG whose size differs from
+its image is an error naming both.
 """
 
 from __future__ import annotations
@@ -27,12 +31,27 @@ from pycocotools import mask as mask_util
 
 from ...io.files import IGNORE_LABEL, image_size, save_label_png
 from ...ops.pool import map_in_pool
+from .common import datasets_root
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_sem_seg_root", "segmentation_to_mask", "instances_to_label", "ensure_sem_seg"]
+__all__ = [
+    "default_sem_seg_root",
+    "set_generated_fallback",
+    "segmentation_to_mask",
+    "instances_to_label",
+    "ensure_sem_seg",
+]
 
 _POOL_MIN_IMAGES = 256  # below this a process pool costs more than it saves
+GENERATED_DIR = "wsss_d2_generated"  # generated dataset files, under a datasets or output root
+_OUTPUT_FALLBACK: list[str] = []  # the running tool's OUTPUT_DIR (set_generated_fallback)
+
+
+def set_generated_fallback(output_dir: str | None) -> None:
+    """Use ``output_dir/wsss_d2_generated`` when ``$DETECTRON2_DATASETS`` cannot be written
+    (every tool calls this at set-up with its ``OUTPUT_DIR``; None: no such fallback)."""
+    _OUTPUT_FALLBACK[:] = [os.path.join(output_dir, GENERATED_DIR)] if output_dir else []
 
 
 def _sha8(text: str) -> str:
@@ -63,17 +82,22 @@ def _writable(folder: str) -> bool:
 def default_sem_seg_root(
     json_file: str, image_root: str, num_classes: int, class_names: Sequence[str] | None = None
 ) -> str:
-    """Where generated semantic PNGs go when ``sem_seg_root`` is not given (module docstring)."""
+    """Where generated semantic PNGs go when ``sem_seg_root`` is not given (module docstring).
+
+    ``image_root`` is not used: the user's image folder is never written unless asked.
+    """
     tag = f"sem_seg_tags_{num_classes}"
     if class_names is not None:
         tag += "_" + _sha8("\n".join(class_names))
     stem = os.path.splitext(os.path.basename(json_file))[0]
-    preferred = os.path.join(os.path.dirname(os.path.abspath(image_root)), tag, stem)
+    sub = os.path.join("coco_sem_seg", tag, f"{stem}_{_sha8(os.path.abspath(json_file))}")
+    if os.getenv("WSSS_D2_CACHE"):
+        return os.path.join(os.path.expanduser(os.environ["WSSS_D2_CACHE"]), sub)
+    preferred = os.path.join(os.path.abspath(datasets_root()), GENERATED_DIR, sub)
     if os.path.isdir(preferred) or _writable(_nearest_existing(preferred)):
         return preferred
-    cache = os.path.expanduser(os.getenv("WSSS_D2_CACHE", os.path.join("~", ".cache", "wsss_d2")))
     fallback = os.path.join(
-        cache, "coco_sem_seg", tag, f"{stem}_{_sha8(os.path.abspath(json_file))}"
+        _OUTPUT_FALLBACK[0] if _OUTPUT_FALLBACK else os.path.expanduser("~/.cache/wsss_d2"), sub
     )
     logger.warning(
         "%s is not writable; generated semantic masks go to %s instead", preferred, fallback

@@ -19,6 +19,7 @@ __all__ = [
     "datasets_root",
     "require_dir",
     "set_tag_metadata",
+    "update_metadata",
     "keep_images_with_tags",
 ]
 
@@ -74,6 +75,18 @@ def set_tag_metadata(
         evaluator_type=evaluator_type,
         **extra,
     )
+
+
+def update_metadata(name: str, **values) -> None:
+    """Set metadata values of ``name``, replacing different earlier ones (Detectron2's
+    ``Metadata`` refuses to change a value; a dataset resolved under another
+    ``$DETECTRON2_DATASETS`` has new paths)."""
+    meta = MetadataCatalog.get(name)
+    for key, value in values.items():
+        if meta.get(key, None) != value:
+            if hasattr(meta, key):
+                delattr(meta, key)
+            setattr(meta, key, value)
 
 
 def keep_images_with_tags(dicts: Iterable[dict], name: str) -> list[dict]:

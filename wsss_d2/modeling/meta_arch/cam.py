@@ -172,11 +172,19 @@ class CAMClassifier(nn.Module):
             h, w = images.image_sizes[i]
             out_h, out_w = x.get("height", h), x.get("width", w)
             cam = cams[i : i + 1, :, :h, :w]
-            if (out_h, out_w) != (h, w):
-                cam = F.interpolate(cam, size=(out_h, out_w), mode="bilinear", align_corners=False)
-            cam = normalize_cams(cam[0])
+            keys = None
             if self.use_tags_at_test and "tags" in x:
-                cam = cam * x["tags"].to(cam.device).view(-1, 1, 1)
+                # only the tagged classes are resized: the others are zero anyway (80 COCO
+                # classes, ~3 tags an image)
+                keys = torch.nonzero(x["tags"].to(cam.device) > 0).flatten()
+                cam = cam[:, keys]
+            if (out_h, out_w) != (h, w) and cam.shape[1] > 0:
+                cam = F.interpolate(cam, size=(out_h, out_w), mode="bilinear", align_corners=False)
+            cam = normalize_cams(cam[0]).reshape(-1, out_h, out_w)
+            if keys is not None:
+                full = cam.new_zeros((self.num_classes, out_h, out_w))
+                full[keys] = cam
+                cam = full
             bg = torch.full_like(cam[:1], self.bg_threshold)
             results.append({"cam": cam, "sem_seg": torch.cat([bg, cam])})
         return results

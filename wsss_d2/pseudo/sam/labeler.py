@@ -31,10 +31,10 @@ import torch
 from detectron2.config import configurable
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
-from tqdm import tqdm
 
 from ...io.files import atomic_write_bytes, read_image_checked, read_label_png
 from ...io.rounds import RoundWriter, label_stem
+from ...ops.progress import Progress
 from .boxes import BoxSource, ImageBoxes, build_box_source
 from .model import load_sam
 from .paste import masks_to_rle, paste_masks
@@ -357,7 +357,8 @@ def label_dataset(
             writer.partial_dir,
         )
     step = labeler.images_per_batch
-    for s in tqdm(range(0, len(todo), step), disable=not progress, desc="SAM labels"):
+    bar = Progress(len(todo), "SAM labels", enabled=progress)
+    for s in range(0, len(todo), step):
         batch = todo[s : s + step]
         for d, r in zip(batch, labeler.label(batch)):
             rec = r.record(d)
@@ -367,4 +368,6 @@ def label_dataset(
             writer.write(d, r.label)
             if evaluator is not None:
                 evaluator.process([d], [{"sam_label": r.label, "sam_record": rec}])
+        bar.update(len(batch))
+    bar.close()
     return len(todo)
