@@ -70,6 +70,9 @@ def add_wsss_config(cfg: CN) -> None:
     _C.MODEL.CAM.TEST_FLIP = False  # inference: also sum the horizontally flipped CAMs
     _C.MODEL.CAM.LOSS_WEIGHT = 1.0  # weight of the multi-label soft-margin loss
     _C.SOLVER.HEAD_LR_MULT = 1.0  # lr multiplier of every parameter outside model.backbone
+    # (("name prefix", mult), ...): lr multiplier of the parameters whose name starts with the
+    # prefix (first match wins; takes precedence over HEAD_LR_MULT), e.g. IRN's 10x displacement
+    _C.SOLVER.PARAM_LR_MULTS = ()
     _C.SOLVER.OPTIMIZER = "SGD"  # "SGD" | "ADAMW"
 
     # build_resnet_cam_backbone: dilation of res5's 3x3 convs when res5 has stride 1
@@ -112,6 +115,7 @@ def add_wsss_config(cfg: CN) -> None:
     _add_pseudo_config(_C)
     _add_plda_config(_C)
     _add_cian_config(_C)
+    _add_irn_config(_C)
 
 
 def _add_sam_config(_C: CN) -> None:
@@ -160,7 +164,8 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.CHANNELS_LAST = True  # CAM inference: NHWC tensors (CPU convs ~2x faster)
     _C.WSSS.PSEUDO.FOLD_BN = True  # CAM inference: fold BatchNorms into convs (a model copy)
     _C.WSSS.PSEUDO.AMP = False  # CAM inference (and the random walk) in fp16 autocast on CUDA
-    _C.WSSS.PSEUDO.METHOD = "crf"  # "threshold" | "crf" | "pamr": CAM -> label refinement
+    # "threshold" | "crf" | "pamr": CAM -> label refinement; "irn": the random walk of an IRNet
+    _C.WSSS.PSEUDO.METHOD = "crf"
     _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs
     _C.WSSS.PSEUDO.CONF_FG = 0.30  # "crf"/"pamr": background score giving confident foreground
     _C.WSSS.PSEUDO.CONF_BG = 0.05  # "crf"/"pamr": background score giving confident background
@@ -260,3 +265,31 @@ def _add_cian_config(_C: CN) -> None:
     _C.MODEL.CIAN.COMPLETION_WEIGHT = 1.0  # weight of loss_cp_cross / loss_cp_self
     _C.MODEL.CIAN.COMPLETION_ON_SELF = True  # completion labels also supervise the self branch
     _C.DATALOADER.PAIR_STRICT = False  # pair loaders: error (not self-pair) for partnerless images
+
+
+def _add_irn_config(_C: CN) -> None:
+    """``MODEL.IRN``: IRNet (class boundaries + displacements) and the random walk it drives."""
+    _C.MODEL.IRN = CN()
+    # backbone levels both branches read (finest stride = output stride; ResNet: stem..res5)
+    _C.MODEL.IRN.IN_FEATURES = ("stem", "res2", "res3", "res4", "res5")
+    _C.MODEL.IRN.EDGE_DIM = 32  # boundary branch: channels of each level's 1x1 projection
+    _C.MODEL.IRN.DP_DIMS = (64, 128, 256, 256, 256)  # displacement branch: width per level
+    _C.MODEL.IRN.DP_MERGE_DIM = 256  # displacement branch: width of the fused coarse levels
+    _C.MODEL.IRN.DP_HIDDEN_DIM = 256  # displacement branch: width before the 2-channel output
+    # the official network detaches the backbone (frozen, eval mode); False trains it too
+    _C.MODEL.IRN.DETACH_BACKBONE = True
+    _C.MODEL.IRN.TRAIN_RADIUS = 10  # training pairs: offsets |d| < radius at the output stride
+    # False: sources only in the window keeping every offset inside the map (official); True:
+    # every pair whose two ends are inside the map
+    _C.MODEL.IRN.FULL_PAIRS = False
+    _C.MODEL.IRN.AFF_LOSS_WEIGHT = 1.0  # weight of the three affinity losses
+    _C.MODEL.IRN.DP_LOSS_WEIGHT = 1.0  # weight of the two displacement losses
+    _C.MODEL.IRN.TEST_FLIP = True  # inference: average the boundary logits with the flipped image's
+    _C.MODEL.IRN.TEST_PAD_SIZE = 512  # inference: pad images to this square (official: crop 512)
+    _C.MODEL.IRN.RADIUS = 5  # random walk: affinities between pixels closer than this (stride 4)
+    _C.MODEL.IRN.BETA = 10.0  # random walk: affinity = (1 - max boundary on the path) ** BETA
+    _C.MODEL.IRN.EXP_TIMES = 8  # random walk: transition matrix raised to 2 ** EXP_TIMES
+    _C.MODEL.IRN.SEM_SEG_BG_THRES = 0.25  # background score against the max-normalised walk
+    # "sparse" (2**EXP_TIMES sparse mat-vec steps) | "dense" (N x N matrix squared EXP_TIMES times)
+    _C.MODEL.IRN.WALK_METHOD = "sparse"
+    _C.MODEL.IRN.WALK_DTYPE = "float64"  # "float64" | "float32": arithmetic of the random walk

@@ -14,8 +14,15 @@ of one of the project's tools in its own sub-folder of ``OUTPUT_DIR``::
 Kinds: ``train`` (tools/train_net.py), ``evaluate`` (train_net ``--eval-only``),
 ``pseudo_labels`` (tools/make_pseudo_labels.py), ``sam_labels`` (tools/make_sam_labels.py).
 ``weights_from`` sets ``MODEL.WEIGHTS`` to that stage's ``model_final.pth``; ``round_from`` sets
-``WSSS.PSEUDO.TRAIN_ROUND`` to that stage's latest complete pseudo-label round; ``opts`` are
-extra ``KEY VALUE`` overrides.
+``WSSS.PSEUDO.TRAIN_ROUND`` to that stage's latest complete pseudo-label round; ``cams_from`` sets
+``WSSS.PSEUDO.CAM_DIR`` to the CAM folder that stage's latest round was made from (its manifest's
+``cam_dir``); ``opts`` are extra ``KEY VALUE`` overrides.
+
+IRN (``configs/irn_*.yaml``) is two stages after a CAM labelling stage ``labels`` (the CRF band,
+which also leaves the CAM files): ``{name: irn, kind: train, config: configs/irn_toy.yaml,
+weights_from: cam, round_from: labels}`` trains IRNet on the band, and ``{name: irn_labels, kind:
+pseudo_labels, config: configs/irn_toy.yaml, weights_from: irn, cams_from: labels}`` walks the
+same CAMs with its boundaries.
 
 Completion and resume: a stage is complete when its folder holds ``stage_done.json`` whose hash
 matches the stage's current hash — the merged Detectron2 config of the stage (``_BASE_`` files and
@@ -40,7 +47,7 @@ from detectron2.utils.file_io import PathManager
 from ..config import get_wsss_cfg
 from ..io.files import atomic_write_bytes
 from ..io.locks import FolderLock
-from ..io.rounds import config_hash, latest_complete_round
+from ..io.rounds import config_hash, latest_complete_round, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,7 @@ class Stage:
     opts: list = field(default_factory=list)
     weights_from: str = ""
     round_from: str = ""
+    cams_from: str = ""
 
 
 def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
@@ -83,7 +91,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
     if not isinstance(spec.get("STAGES"), list) or not spec["STAGES"]:
         raise ValueError(f"{path}: needs a non-empty STAGES list")
     stages, seen = [], set()
-    allowed = {"name", "kind", "config", "opts", "weights_from", "round_from"}
+    allowed = {"name", "kind", "config", "opts", "weights_from", "round_from", "cams_from"}
     for i, s in enumerate(spec["STAGES"]):
         where = f"{path}: STAGES[{i}]"
         unknown = set(s) - allowed
@@ -96,7 +104,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
             raise ValueError(f"{where}: kind '{s['kind']}' is not one of {STAGE_KINDS}")
         if s["name"] in seen or "/" in s["name"] or s["name"].startswith("."):
             raise ValueError(f"{where}: stage name '{s['name']}' is repeated or not a folder name")
-        for ref in ("weights_from", "round_from"):
+        for ref in ("weights_from", "round_from", "cams_from"):
             if s.get(ref) and s[ref] not in seen:
                 raise ValueError(f"{where}: {ref} '{s[ref]}' is not an earlier stage")
         seen.add(s["name"])
@@ -116,6 +124,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
                 opts,
                 s.get("weights_from", ""),
                 s.get("round_from", ""),
+                s.get("cams_from", ""),
             )
         )
     return Pipeline(spec.get("OUTPUT_DIR", "output/pipeline"), stages, source=path)
@@ -189,6 +198,8 @@ class Pipeline:
             ]
         if stage.round_from:
             opts += ["WSSS.PSEUDO.TRAIN_ROUND", self.round_of(stage.round_from)]
+        if stage.cams_from:
+            opts += ["WSSS.PSEUDO.CAM_DIR", self.cams_of(stage.cams_from)]
         return opts + ["OUTPUT_DIR", self.stage_dir(stage.name)]
 
     def round_of(self, name: str) -> str:
@@ -199,10 +210,22 @@ class Pipeline:
             raise FileNotFoundError(f"stage '{name}' has no complete pseudo-label round in {root}")
         return found[1]
 
+    def cams_of(self, name: str) -> str:
+        """The CAM folder of stage ``name``'s latest complete round (its manifest's ``cam_dir``)."""
+        folder = self.round_of(name)
+        cam_dir = read_manifest(folder).get("cam_dir")
+        if not cam_dir:
+            raise FileNotFoundError(
+                f"stage '{name}': round {folder} was not made from CAM files (no cam_dir in its "
+                "manifest); cams_from needs a CAM model's labelling stage"
+            )
+        return cam_dir
+
     def stage_hash(self, stage: Stage) -> str:
         """Hash of the merged config (minus paths of this run), the kind and the inputs' hashes."""
         cfg = get_wsss_cfg(stage.config, stage.opts)
-        upstream = [self._hashes[n] for n in (stage.weights_from, stage.round_from) if n]
+        refs = (stage.weights_from, stage.round_from, stage.cams_from)
+        upstream = [self._hashes[n] for n in refs if n]
         return config_hash({"cfg": cfg.dump(), "kind": stage.kind, "inputs": upstream})
 
     def is_complete(self, stage: Stage) -> bool:

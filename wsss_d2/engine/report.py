@@ -32,7 +32,14 @@ from .report_charts import (
     threshold_curve_base64,
 )
 from .report_html import html_table, page, panels_html
-from .report_samples import is_cam_model, load_model, pick_samples, read_per_image, sample_panels
+from .report_samples import (
+    is_cam_model,
+    is_seg_model,
+    load_model,
+    pick_samples,
+    read_per_image,
+    sample_panels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +219,7 @@ def _samples_sections(pipe, summaries, rounds, num_samples, worst_k) -> str:
     run = [by_name[s["name"]] for s in summaries]
     models = [st for st in run if st.kind in ("train", "evaluate")]
     cam_st = next((st for st in models if is_cam_model(_stage_cfg(pipe, st))), None)
-    seg_st = next((st for st in reversed(models) if not is_cam_model(_stage_cfg(pipe, st))), None)
+    seg_st = next((st for st in reversed(models) if is_seg_model(_stage_cfg(pipe, st))), None)
     cam_cfg, cam_model = _stage_model(pipe, cam_st) if cam_st else (None, None)
     seg_cfg, seg_model = _stage_model(pipe, seg_st) if seg_st else (None, None)
     ref = next((st for st in run if st.kind in _LABEL_KINDS), cam_st or seg_st)

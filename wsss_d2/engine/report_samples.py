@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_model
 
 from ..evaluation.metrics import confusion_matrix
 from ..evaluation.sem_seg import image_scores
@@ -21,12 +21,25 @@ from ..modeling.checkpoint import load_model_weights
 from ..modeling.meta_arch.cam import CAMClassifier
 from .report_html import cam_overlay, colorize_label
 
-__all__ = ["is_cam_model", "load_model", "sample_panels", "read_per_image", "pick_samples"]
+__all__ = [
+    "is_cam_model",
+    "is_seg_model",
+    "load_model",
+    "sample_panels",
+    "read_per_image",
+    "pick_samples",
+]
 
 
 def is_cam_model(cfg) -> bool:
     """Whether the config's meta-architecture is a CAM model (CAMClassifier or a subclass)."""
     return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), CAMClassifier)
+
+
+def is_seg_model(cfg) -> bool:
+    """Whether the config's meta-architecture is a segmentor (``SemanticSegmentor`` or a subclass;
+    an IRNet predicts boundaries, not classes, and has no samples of its own)."""
+    return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), SemanticSegmentor)
 
 
 def load_model(cfg, weights: str | None = None):

@@ -121,16 +121,25 @@ class WSSSTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """SGD whose parameters outside ``model.backbone`` get ``SOLVER.HEAD_LR_MULT`` x lr;
+        """SGD whose parameters outside ``model.backbone`` get ``SOLVER.HEAD_LR_MULT`` x lr, and
+        those named by a ``SOLVER.PARAM_LR_MULTS`` prefix that prefix's multiplier;
         ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all gradients
         together (:func:`add_full_model_gradient_clipping`), Detectron2's types per parameter."""
         mult = cfg.SOLVER.HEAD_LR_MULT
+        prefixes = [(str(p), float(m)) for p, m in cfg.SOLVER.PARAM_LR_MULTS]
+
+        def lr_factor(name: str) -> float:
+            for prefix, m in prefixes:
+                if name.startswith(prefix):
+                    return m
+            return 1.0 if name.startswith("backbone.") else mult
+
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            lr_factor_func=lambda name: 1.0 if name.startswith("backbone.") else mult,
+            lr_factor_func=lr_factor,
         )
         if cfg.SOLVER.OPTIMIZER == "ADAMW":
             opt = torch.optim.AdamW(

@@ -33,6 +33,7 @@ __all__ = [
     "load_cam_file",
     "cam_file_ok",
     "check_cam_dir",
+    "read_cam_manifest",
 ]
 
 CAM_FILE_VERSION = 1
@@ -106,6 +107,15 @@ def _cam_files(cam_dir: str) -> list[str]:
     return [
         os.path.join(r, n) for r, _, names in os.walk(cam_dir) for n in names if n.endswith(".npz")
     ]
+
+
+def read_cam_manifest(cam_dir: str) -> dict | None:
+    """The fingerprint ``cams.json`` of a CAM folder (None when the folder has none)."""
+    path = os.path.join(cam_dir, CAM_DIR_MANIFEST) if cam_dir else ""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def check_cam_dir(cam_dir: str, fingerprint: dict, overwrite: bool = False) -> None:

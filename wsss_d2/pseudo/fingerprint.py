@@ -10,6 +10,7 @@
 - ``weights``: the SHA-256 of the weights file (or, for a round written during training, the
   iteration and the training config's hash).
 - ``dataset``: the dataset names, the number of images and a hash of their files and tags.
+- ``cams`` (IRN rounds only): the fingerprint ``cams.json`` of the CAM folder the walk reads.
 
 :class:`~wsss_d2.io.rounds.RoundWriter` compares it with the one stored in a partial round and
 refuses to resume a round of another fingerprint.
@@ -22,10 +23,16 @@ import json
 import os
 from typing import Iterable, Sequence
 
+import torch
+from detectron2.modeling import SemanticSegmentor
 from detectron2.utils.file_io import PathManager
 
+from ..io.cam_files import read_cam_manifest
 from ..io.files import file_sha256
 from ..io.rounds import config_hash
+from ..modeling.meta_arch.cam import CAMClassifier
+from ..modeling.meta_arch.irn import IRNet
+from ..modeling.utils import unwrap_model
 
 __all__ = [
     "label_settings",
@@ -33,6 +40,9 @@ __all__ = [
     "dataset_fingerprint",
     "label_fingerprint",
     "training_weights",
+    "cam_fingerprint",
+    "round_source",
+    "check_method",
 ]
 
 # keys under the prefixes below that do not change a label (speed, folders, round numbers)
@@ -65,6 +75,7 @@ _MODEL_INPUT_KEYS = (
 _PREFIXES = {
     "cam": ("MODEL.", "WSSS.PSEUDO."),
     "segmentor": ("MODEL.", "WSSS.PSEUDO."),
+    "irn": ("MODEL.", "WSSS.PSEUDO."),
     "sam_boxes": ("WSSS.SAM.",),
 }
 
@@ -82,7 +93,7 @@ def _flat_cfg(node, prefix: str = "") -> dict:
 
 def label_settings(cfg, source: str) -> dict:
     """The flat ``{key: value}`` of ``cfg``'s keys that change a label of ``source``
-    ("cam" | "segmentor" | "sam_boxes")."""
+    ("cam" | "segmentor" | "irn" | "sam_boxes")."""
     if source not in _PREFIXES:
         raise ValueError(f"unknown label source '{source}'; expected one of {sorted(_PREFIXES)}")
     flat = _flat_cfg(cfg)
@@ -141,12 +152,15 @@ def label_fingerprint(
     ``MODEL.WEIGHTS`` (CAM / segmentor rounds)."""
     if weights is None:
         weights = weights_fingerprint(cfg.MODEL.WEIGHTS)
-    return {
+    out = {
         "source": source,
         "settings": label_settings(cfg, source),
         "weights": weights,
         "dataset": dataset_fingerprint(dicts, names),
     }
+    if source == "irn":  # the walked CAMs: their folder's own fingerprint (model, weights, ...)
+        out["cams"] = read_cam_manifest(cfg.WSSS.PSEUDO.CAM_DIR)
+    return out
 
 
 def training_weights(cfg, iteration: int) -> dict:
@@ -156,3 +170,51 @@ def training_weights(cfg, iteration: int) -> dict:
     c.defrost()
     c.WSSS.PSEUDO.TRAIN_ROUND = ""
     return {"training_iteration": int(iteration), "training_config": config_hash(c)}
+
+
+def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = None) -> dict:
+    """What a folder of CAMs depends on: the network (class and parameter shapes), its weights
+    (the file's SHA-256; the training iteration for a refresh), input normalisation and size, and
+    the inference protocol. Config keys that do not change the CAMs (new defaults elsewhere,
+    label thresholds) are left out, so adding a key to the config does not invalidate caches."""
+    shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
+    return {
+        **engine.fingerprint(next(model.parameters()).device),
+        "model": type(model).__name__,
+        "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
+        "weights": weights_fingerprint(cfg.MODEL.WEIGHTS),
+        "iteration": (meta or {}).get("iteration"),
+        "pixel_mean_std": [list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)],
+        "input_format": cfg.INPUT.FORMAT,
+        "test_long": cfg.INPUT.TAGS.TEST_LONG,
+    }
+
+
+def round_source(model: torch.nn.Module) -> str:
+    """ "cam" for a CAM model, "segmentor" for a segmentor, "irn" for an IRNet; ``TypeError``
+    for anything else."""
+    net = unwrap_model(model)
+    if isinstance(net, CAMClassifier):
+        return "cam"
+    if isinstance(net, SemanticSegmentor):
+        return "segmentor"
+    if isinstance(net, IRNet):
+        return "irn"
+    raise TypeError(
+        f"cannot write pseudo labels with a {type(net).__name__}: expected a CAM model "
+        "(CAMClassifier or a subclass), a segmentor (SemanticSegmentor or a subclass) or an IRNet"
+    )
+
+
+def check_method(cfg, source: str) -> None:
+    """``WSSS.PSEUDO.METHOD "irn"`` exactly when the model is an IRNet (and ``SEG_METHOD`` is
+    known for a segmentor): a ``ValueError`` naming the key otherwise, before any work."""
+    p = cfg.WSSS.PSEUDO
+    if (p.METHOD == "irn") != (source == "irn"):
+        raise ValueError(
+            "WSSS.PSEUDO.METHOD 'irn' and MODEL.META_ARCHITECTURE 'IRNet' go together (the "
+            f"random walk needs an IRNet's boundaries): got METHOD '{p.METHOD}' with a {source} "
+            "model"
+        )
+    if source == "segmentor" and p.SEG_METHOD not in ("argmax", "crf"):
+        raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")

@@ -5,20 +5,20 @@ model (:class:`~wsss_d2.modeling.meta_arch.cam.CAMClassifier` and its subclasses
 through :class:`~wsss_d2.pseudo.cam_inference.CAMInferenceEngine` (one CAM file per image) and
 the refiner of ``WSSS.PSEUDO.METHOD`` (:mod:`wsss_d2.pseudo.refine`); a segmentor
 (Detectron2's ``SemanticSegmentor`` and its subclasses) has its ``sem_seg`` scores turned into
-labels over the image's tags (+ a dense CRF with ``WSSS.PSEUDO.SEG_METHOD "crf"``). Every round
+labels over the image's tags (+ a dense CRF with ``WSSS.PSEUDO.SEG_METHOD "crf"``); an
+:class:`~wsss_d2.modeling.meta_arch.irn.IRNet` walks the CAM files of ``WSSS.PSEUDO.CAM_DIR``
+with its boundaries (:mod:`wsss_d2.pseudo.irn_round`, ``WSSS.PSEUDO.METHOD "irn"``). Every round
 is written by :class:`~wsss_d2.io.rounds.RoundWriter`: atomically, resumably, sharded by rank.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Iterable
 
 import numpy as np
 import torch
-from detectron2.modeling import SemanticSegmentor
 from detectron2.utils import comm
 
 from ..data.mappers import build_mapper
@@ -34,13 +34,13 @@ from ..io.rounds import (
     partial_round_problem,
     round_dir,
 )
-from ..modeling.meta_arch.cam import CAMClassifier
 from ..modeling.utils import unwrap_model
 from ..ops.crf import CRFParams, crf_inference_label, local_ids
 from ..ops.pool import map_in_pool
 from ..ops.progress import Progress
 from .cam_inference import CAMInferenceEngine
-from .fingerprint import label_fingerprint, weights_fingerprint
+from .fingerprint import cam_fingerprint, check_method, label_fingerprint, round_source
+from .irn_round import irn_cam_dir, make_irn_round
 from .refine import Refiner, build_refiner
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ __all__ = [
     "check_round",
     "complete_round",
     "round_source",
+    "check_method",
 ]
 
 
@@ -201,37 +202,6 @@ def default_round_root(cfg) -> str:
     return cfg.WSSS.PSEUDO.ROOT or os.path.join(cfg.OUTPUT_DIR, "pseudo_labels")
 
 
-def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = None) -> dict:
-    """What a folder of CAMs depends on: the network (class and parameter shapes), its weights
-    (the file's SHA-256; the training iteration for a refresh), input normalisation and size, and
-    the inference protocol. Config keys that do not change the CAMs (new defaults elsewhere,
-    label thresholds) are left out, so adding a key to the config does not invalidate caches."""
-    shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
-    return {
-        **engine.fingerprint(next(model.parameters()).device),
-        "model": type(model).__name__,
-        "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
-        "weights": weights_fingerprint(cfg.MODEL.WEIGHTS),
-        "iteration": (meta or {}).get("iteration"),
-        "pixel_mean_std": [list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)],
-        "input_format": cfg.INPUT.FORMAT,
-        "test_long": cfg.INPUT.TAGS.TEST_LONG,
-    }
-
-
-def round_source(model: torch.nn.Module) -> str:
-    """ "cam" for a CAM model, "segmentor" for a segmentor; ``TypeError`` for anything else."""
-    net = unwrap_model(model)
-    if isinstance(net, CAMClassifier):
-        return "cam"
-    if isinstance(net, SemanticSegmentor):
-        return "segmentor"
-    raise TypeError(
-        f"cannot write pseudo labels with a {type(net).__name__}: expected a CAM model "
-        "(CAMClassifier or a subclass) or a segmentor (SemanticSegmentor or a subclass)"
-    )
-
-
 def open_round(
     root: str, k: int, num_classes: int, overwrite: bool, fingerprint: dict | None
 ) -> RoundWriter:
@@ -324,12 +294,18 @@ def make_round(
     root = root or default_round_root(cfg)
     p = cfg.WSSS.PSEUDO
     source = round_source(model)
+    check_method(cfg, source)
+    if source == "irn":
+        cam_dir = irn_cam_dir(cfg, cam_dir)
+        if cam_dir != p.CAM_DIR:  # the fingerprint reads the CAM folder's from the config
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.WSSS.PSEUDO.CAM_DIR = cam_dir
+            cfg.freeze()
     fingerprint = label_fingerprint(cfg, dicts, source, weights, names)
     done = complete_round(root, k, fingerprint, reuse, overwrite)
     if done is not None:
         return done
-    if source == "segmentor" and p.SEG_METHOD not in ("argmax", "crf"):
-        raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
     writer = open_round(root, k, cfg.INPUT.TAGS.NUM_CLASSES + 1, overwrite, fingerprint)
     try:
         return _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, progress)
@@ -346,6 +322,8 @@ def _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, pr
         **(meta or {}),
     }
     net = unwrap_model(model)
+    if source == "irn":
+        return make_irn_round(cfg, model, dicts, writer, info, cam_dir, progress)
     if source == "cam":
         engine = CAMInferenceEngine(cfg)
         cam_dir = cam_dir or p.CAM_DIR or os.path.join(root, "cams", f"round_{k:02d}")

@@ -1,5 +1,6 @@
 from .cam import CAMClassifier, normalize_cams
 from .cian import CIANSegmentor  # noqa: F401
+from .irn import IRNet  # noqa: F401
 from .plda import PLDA  # noqa: F401
 from .segmentor import WSSSSegmentor  # noqa: F401
 

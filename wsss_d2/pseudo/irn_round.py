@@ -1,0 +1,205 @@
+"""IRN label rounds: an IRNet's class boundaries + the CAM files of a CAM model -> pseudo labels.
+
+IRN's ``make_sem_seg_labels`` step (Ahn, Cho & Kwak, CVPR 2019) as a round of
+:class:`~wsss_d2.io.rounds.RoundWriter`: the IRNet predicts the boundary map of every image (with
+its flip), :func:`~wsss_d2.pseudo.random_walk.random_walk` propagates the image's CAMs (read from
+``WSSS.PSEUDO.CAM_DIR``, the folder a CAM model's labelling run left) inside the regions the
+boundaries enclose, and the background threshold turns the walked scores into labels.
+
+Same-size images are walked together (``WSSS.PSEUDO.IMS_PER_BATCH`` per pass); ranks take
+``dicts[rank::world_size]``; an interrupted round resumes from the labels already written. The
+round's fingerprint holds the IRNet's weights and the CAM folder's own fingerprint
+(``cams.json``): labels from CAMs of another model are not mixed into a partial round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import Iterable
+
+import numpy as np
+import torch
+from detectron2.utils import comm
+
+from ..data.mappers import build_mapper
+from ..io.cam_files import cam_file_path, load_cam_file, read_cam_manifest
+from ..io.rounds import RoundWriter
+from ..modeling.meta_arch.irn import IRNet
+from ..modeling.utils import unwrap_model
+from ..ops.progress import Progress
+from .random_walk import WalkParams, cams_at_stride, random_walk, walk_to_label
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["irn_cam_dir", "label_batch", "write_irn_round", "make_irn_round"]
+
+
+def irn_cam_dir(cfg, cam_dir: str | None = None) -> str:
+    """The CAM folder an IRN round walks: ``cam_dir`` or ``WSSS.PSEUDO.CAM_DIR``, which must
+    exist (an IRN round propagates the CAMs of a CAM model; it makes none)."""
+    cam_dir = cam_dir or cfg.WSSS.PSEUDO.CAM_DIR
+    if not cam_dir or not os.path.isdir(cam_dir):
+        raise FileNotFoundError(
+            "an IRNet's pseudo labels propagate the CAM files of a CAM model: set "
+            f"WSSS.PSEUDO.CAM_DIR to their folder (got '{cam_dir}')"
+        )
+    return cam_dir
+
+
+def _load_cams(cam_dir: str, x: dict) -> tuple[torch.Tensor, np.ndarray]:
+    path = cam_file_path(cam_dir, x)
+    cams, keys = load_cam_file(path, (int(x["height"]), int(x["width"])), x["file_name"])
+    tags = np.flatnonzero(np.asarray(x["tags"]) > 0) + 1
+    if not np.array_equal(keys, tags):
+        raise ValueError(
+            f"CAM file {path} has classes {keys.tolist()} but image {x['file_name']} is tagged "
+            f"{tags.tolist()}"
+        )
+    return torch.from_numpy(cams), keys
+
+
+@torch.no_grad()
+def label_batch(net, inputs: list[dict], cam_dir: str, params: WalkParams) -> list[np.ndarray]:
+    """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size."""
+    outs = net(inputs)
+    dt = params.torch_dtype
+    cams, keys, edges = [], [], []
+    for x, out in zip(inputs, outs):
+        c, k = _load_cams(cam_dir, x)
+        if len(k) == 0:
+            logger.info("image %s has no tags: labelled all background", x["file_name"])
+        size = tuple(out["edge"].shape)
+        cams.append(cams_at_stride(c, size, net.stride, tuple(x["image"].shape[-2:])))
+        keys.append(k)
+        edges.append(out["edge"])
+    h = max(e.shape[0] for e in edges)
+    w = max(e.shape[1] for e in edges)
+    cmax = max(c.shape[0] for c in cams)
+    device = edges[0].device
+    E = torch.ones(len(inputs), h, w, dtype=dt, device=device)  # padding is boundary
+    X = torch.zeros(len(inputs), cmax, h, w, dtype=dt, device=device)
+    for i, (c, e) in enumerate(zip(cams, edges)):
+        E[i, : e.shape[0], : e.shape[1]] = e
+        X[i, : c.shape[0], : c.shape[1], : c.shape[2]] = c.to(device)
+    rw = X
+    if cmax > 0:
+        rw = random_walk(X, E, params.radius, params.beta, params.exp_times, params.method)
+    labels = []
+    for i, x in enumerate(inputs):
+        fh, fw = edges[i].shape
+        labels.append(
+            walk_to_label(
+                rw[i, : len(keys[i]), :fh, :fw],
+                keys[i],
+                net.stride,
+                tuple(x["image"].shape[-2:]),
+                (int(x["height"]), int(x["width"])),
+                params.bg_threshold,
+            )
+        )
+    return labels
+
+
+def write_irn_round(
+    dicts: Iterable[dict],
+    cam_dir: str,
+    model: torch.nn.Module,
+    mapper,
+    writer: RoundWriter,
+    params: WalkParams = WalkParams(),
+    ims_per_batch: int = 8,
+    meta: dict | None = None,
+    finalize: bool = True,
+    progress: bool = True,
+) -> str | None:
+    """Label ``dicts`` by IRN's random walk: round ``writer.k`` (resumable, rank-sharded).
+
+    Args:
+        cam_dir: the CAM files of the images (:mod:`wsss_d2.io.cam_files` format).
+        model: an IRNet (inference ``[{"edge": (h, w), "dp": ...}]`` and ``stride``).
+        mapper: test mapper (dict -> ``image``, ``tags``, ``height``, ``width``, ``file_name``).
+        ims_per_batch: same-size images per network pass and per batched walk.
+    Every rank labels ``dicts[rank::world_size]`` not done yet, the ranks meet at a barrier and
+    the main process finalizes the round. Returns the round folder (or None if not ``finalize``).
+    """
+    dicts = list(dicts)
+    shard = dicts[comm.get_rank() :: comm.get_world_size()]
+    todo = [d for d in shard if not writer.is_done(d)]
+    if len(todo) < len(shard):
+        logger.info(
+            "round %d: %d of %d labels already written, resuming",
+            writer.k,
+            len(shard) - len(todo),
+            len(shard),
+        )
+    todo.sort(key=lambda d: (d.get("height", 0), d.get("width", 0)))
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    buckets: dict[tuple, list] = defaultdict(list)
+    bar = Progress(len(todo), "labels (irn)", enabled=progress and comm.is_main_process())
+
+    def flush(key):
+        batch = buckets.pop(key)
+        for x, label in zip(batch, label_batch(net, batch, cam_dir, params)):
+            writer.write(x, label)
+        bar.update(len(batch))
+
+    try:
+        for d in todo:
+            x = mapper(d)
+            key = tuple(x["image"].shape)
+            buckets[key].append(x)
+            if len(buckets[key]) >= max(1, ims_per_batch):
+                flush(key)
+        for key in list(buckets):
+            flush(key)
+    finally:
+        net.train(was_training)
+        bar.close()
+    # every rank's labels are on disk before the main process checks and renames the round
+    comm.synchronize()
+    if not finalize:
+        return None
+    if comm.is_main_process():
+        writer.finalize(dicts, meta)
+    comm.synchronize()
+    return writer.final_dir
+
+
+def make_irn_round(
+    cfg,
+    model: torch.nn.Module,
+    dicts: Iterable[dict],
+    writer: RoundWriter,
+    info: dict | None = None,
+    cam_dir: str | None = None,
+    progress: bool = True,
+) -> str:
+    """The IRN round of ``dicts``: the CAM files in ``cam_dir`` (default ``WSSS.PSEUDO.CAM_DIR``,
+    written by a CAM model's labelling run) walked with the boundaries of the IRNet ``model``."""
+    net = unwrap_model(model)
+    if not isinstance(net, IRNet):
+        raise TypeError(f"an IRN round needs an IRNet, got {type(net).__name__}")
+    cam_dir = irn_cam_dir(cfg, cam_dir)
+    params = WalkParams.from_config(cfg)
+    meta = {
+        **(info or {}),
+        "source": "irn",
+        "cam_dir": cam_dir,
+        "cams": read_cam_manifest(cam_dir),
+        "walk_params": params.to_dict(),
+    }
+    return write_irn_round(
+        dicts,
+        cam_dir,
+        model,
+        build_mapper(cfg, is_train=False),
+        writer,
+        params,
+        cfg.WSSS.PSEUDO.IMS_PER_BATCH,
+        meta=meta,
+        progress=progress,
+    )
