@@ -127,8 +127,8 @@ def from_model(args):
 
     import wsss_d2  # noqa: F401  (registers the datasets and architectures)
     from wsss_d2.config import get_wsss_cfg
-    from wsss_d2.data.mappers import build_mapper
     from wsss_d2.data.datasets.from_config import register_datasets_from_config
+    from wsss_d2.data.mappers import build_mapper
     from wsss_d2.io.cam_files import cam_file_path, load_cam_file
     from wsss_d2.modeling.checkpoint import load_model_weights
     from wsss_d2.pseudo.random_walk import cams_at_stride
