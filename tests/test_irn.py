@@ -405,6 +405,59 @@ def test_make_round_irn_method_on_toy_data(tmp_path, cfg_factory):
         make_round(cam_cfg, build_model(cam_cfg), dicts, 1, root=str(tmp_path / "x"))
 
 
+def test_irn_round_of_cams_from_another_model_is_refused(tmp_path, cfg_factory, monkeypatch):
+    """The round fingerprint holds the CAM folder's cams.json: a partial IRN round is not resumed,
+    and a complete one not reused, once the CAM folder holds CAMs of another model."""
+    import json
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    from wsss_d2.io.cam_files import CAM_DIR_MANIFEST
+    from wsss_d2.pseudo import irn_round
+    from wsss_d2.pseudo.make_round import make_round
+
+    dicts = DatasetCatalog.get("toyparts_mini_train")[:4]
+    cam_dir = str(tmp_path / "cams")
+    for d in dicts:
+        cams = np.random.default_rng(1).random((len(d["tags"]), d["height"], d["width"]))
+        save_cam_file(cam_file_path(cam_dir, d), cams, d["tags"], (d["height"], d["width"]))
+    manifest = os.path.join(cam_dir, CAM_DIR_MANIFEST)
+    with open(manifest, "w") as f:
+        json.dump({"model": "CAMClassifier", "weights": {"sha256": "aaa"}}, f)
+    cfg = cfg_factory(
+        "configs/irn_toy.yaml", "MODEL.TINY.WIDTHS", (8, 8, 8, 8), "WSSS.PSEUDO.CAM_DIR", cam_dir
+    )
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("irn")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "irn.pth")
+    root = str(tmp_path / "labels")
+    real, calls = irn_round.label_batch, []
+
+    def dying(*a, **k):  # the first batch is written, then the run dies
+        if calls:
+            raise KeyboardInterrupt("killed mid-round")
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(irn_round, "label_batch", dying)
+    cfg.WSSS.PSEUDO.IMS_PER_BATCH = 2
+    with pytest.raises(KeyboardInterrupt):
+        make_round(cfg, model, dicts, 1, root=root, progress=False)
+    monkeypatch.setattr(irn_round, "label_batch", real)
+    with open(manifest, "w") as f:  # the CAM folder now holds another model's CAMs
+        json.dump({"model": "PLDA", "weights": {"sha256": "bbb"}}, f)
+    with pytest.raises(FileExistsError, match="cams"):
+        make_round(cfg, model, dicts, 1, root=root, progress=False)
+    folder = make_round(cfg, model, dicts, 1, root=root, progress=False, overwrite=True)
+    assert rounds.read_manifest(folder)["cams"]["model"] == "PLDA"
+    with open(manifest, "w") as f:
+        json.dump({"model": "CAMClassifier", "weights": {"sha256": "ccc"}}, f)
+    with pytest.raises(FileExistsError, match="cams"):
+        make_round(cfg, model, dicts, 1, root=root, progress=False, reuse=True)
+
+
 def test_pipeline_cams_from(tmp_path):
     import yaml
 
