@@ -163,7 +163,9 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.NUM_LOADER_WORKERS = 0  # CAM inference: image-decoding processes
     _C.WSSS.PSEUDO.CHANNELS_LAST = True  # CAM inference: NHWC tensors (CPU convs ~2x faster)
     _C.WSSS.PSEUDO.FOLD_BN = True  # CAM inference: fold BatchNorms into convs (a model copy)
-    _C.WSSS.PSEUDO.AMP = False  # CAM inference (and the random walk) in fp16 autocast on CUDA
+    # fp16 autocast on CUDA of CAM inference and of the IRNet's forward in IRN rounds (the walk
+    # keeps MODEL.IRN.WALK_DTYPE)
+    _C.WSSS.PSEUDO.AMP = False
     # "threshold" | "crf" | "pamr": CAM -> label refinement; "irn": the random walk of an IRNet
     _C.WSSS.PSEUDO.METHOD = "crf"
     _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs

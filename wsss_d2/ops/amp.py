@@ -2,7 +2,7 @@
 
 Training uses Detectron2's ``AMPTrainer`` (``SOLVER.AMP.ENABLED``). Inference loops that run a
 network over a whole dataset — CAM inference (``WSSS.PSEUDO.AMP``), and any other stage that
-wants it (the IRN random walk: ``with inference_autocast(device, cfg.WSSS.PSEUDO.AMP): ...``) —
+wants it (the IRNet's forward in IRN rounds: ``with inference_autocast(device, amp): ...``) —
 wrap their forward passes in :func:`inference_autocast` and cast the result back to float32
 before anything is normalised, thresholded or saved.
 """

@@ -28,6 +28,7 @@ from ..io.cam_files import cam_file_path, load_cam_file, read_cam_manifest
 from ..io.rounds import RoundWriter
 from ..modeling.meta_arch.irn import IRNet
 from ..modeling.utils import unwrap_model
+from ..ops.amp import inference_autocast
 from ..ops.progress import Progress
 from .random_walk import WalkParams, cams_at_stride, random_walk, walk_to_label
 
@@ -61,9 +62,13 @@ def _load_cams(cam_dir: str, x: dict) -> tuple[torch.Tensor, np.ndarray]:
 
 
 @torch.no_grad()
-def label_batch(net, inputs: list[dict], cam_dir: str, params: WalkParams) -> list[np.ndarray]:
-    """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size."""
-    outs = net(inputs)
+def label_batch(
+    net, inputs: list[dict], cam_dir: str, params: WalkParams, amp: bool = False
+) -> list[np.ndarray]:
+    """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size. ``amp``: the
+    IRNet's forward in fp16 autocast on CUDA (the walk itself keeps ``params.dtype``)."""
+    with inference_autocast(next(net.parameters()).device, amp):
+        outs = net(inputs)
     dt = params.torch_dtype
     cams, keys, edges = [], [], []
     for x, out in zip(inputs, outs):
@@ -73,7 +78,7 @@ def label_batch(net, inputs: list[dict], cam_dir: str, params: WalkParams) -> li
         size = tuple(out["edge"].shape)
         cams.append(cams_at_stride(c, size, net.stride, tuple(x["image"].shape[-2:])))
         keys.append(k)
-        edges.append(out["edge"])
+        edges.append(out["edge"].float())
     h = max(e.shape[0] for e in edges)
     w = max(e.shape[1] for e in edges)
     cmax = max(c.shape[0] for c in cams)
@@ -113,6 +118,7 @@ def write_irn_round(
     meta: dict | None = None,
     finalize: bool = True,
     progress: bool = True,
+    amp: bool = False,
 ) -> str | None:
     """Label ``dicts`` by IRN's random walk: round ``writer.k`` (resumable, rank-sharded).
 
@@ -121,6 +127,7 @@ def write_irn_round(
         model: an IRNet (inference ``[{"edge": (h, w), "dp": ...}]`` and ``stride``).
         mapper: test mapper (dict -> ``image``, ``tags``, ``height``, ``width``, ``file_name``).
         ims_per_batch: same-size images per network pass and per batched walk.
+        amp: the IRNet's forward in fp16 autocast on CUDA (``WSSS.PSEUDO.AMP``).
     Every rank labels ``dicts[rank::world_size]`` not done yet, the ranks meet at a barrier and
     the main process finalizes the round. Returns the round folder (or None if not ``finalize``).
     """
@@ -143,7 +150,7 @@ def write_irn_round(
 
     def flush(key):
         batch = buckets.pop(key)
-        for x, label in zip(batch, label_batch(net, batch, cam_dir, params)):
+        for x, label in zip(batch, label_batch(net, batch, cam_dir, params, amp)):
             writer.write(x, label)
         bar.update(len(batch))
 
@@ -202,4 +209,5 @@ def make_irn_round(
         cfg.WSSS.PSEUDO.IMS_PER_BATCH,
         meta=meta,
         progress=progress,
+        amp=cfg.WSSS.PSEUDO.AMP,
     )
