@@ -293,6 +293,31 @@ class RoundWriter:
         """True when this image's label was already written in an earlier (interrupted) run."""
         return os.path.isfile(self.label_path(d))
 
+    def pending(self, dicts: list[dict]) -> list[dict]:
+        """This rank's shard of ``dicts`` (``dicts[rank::world_size]``) without the images whose
+        labels are already written (logged when an interrupted round resumes)."""
+        shard = dicts[comm.get_rank() :: comm.get_world_size()]
+        todo = [d for d in shard if not self.is_done(d)]
+        if len(todo) < len(shard):
+            logger.info(
+                "round %d: %d of %d labels already written, resuming",
+                self.k,
+                len(shard) - len(todo),
+                len(shard),
+            )
+        return todo
+
+    def finish(self, dicts: list[dict], meta: dict | None = None, finalize: bool = True):
+        """After every rank wrote its shard: the main process finalizes the round (when
+        ``finalize``) and every rank returns its folder (None when not ``finalize``)."""
+        comm.synchronize()  # every rank's labels are on disk before the round is checked
+        if not finalize:
+            return None
+        if comm.is_main_process():
+            self.finalize(dicts, meta)
+        comm.synchronize()
+        return self.final_dir
+
     def write(self, d: dict, label: np.ndarray) -> str:
         """Write an image's label map; checks its size against the dict's height/width."""
         label = np.asarray(label)

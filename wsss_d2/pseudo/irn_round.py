@@ -132,15 +132,7 @@ def write_irn_round(
     the main process finalizes the round. Returns the round folder (or None if not ``finalize``).
     """
     dicts = list(dicts)
-    shard = dicts[comm.get_rank() :: comm.get_world_size()]
-    todo = [d for d in shard if not writer.is_done(d)]
-    if len(todo) < len(shard):
-        logger.info(
-            "round %d: %d of %d labels already written, resuming",
-            writer.k,
-            len(shard) - len(todo),
-            len(shard),
-        )
+    todo = writer.pending(dicts)
     todo.sort(key=lambda d: (d.get("height", 0), d.get("width", 0)))
     net = unwrap_model(model)
     was_training = net.training
@@ -166,14 +158,7 @@ def write_irn_round(
     finally:
         net.train(was_training)
         bar.close()
-    # every rank's labels are on disk before the main process checks and renames the round
-    comm.synchronize()
-    if not finalize:
-        return None
-    if comm.is_main_process():
-        writer.finalize(dicts, meta)
-    comm.synchronize()
-    return writer.final_dir
+    return writer.finish(dicts, meta, finalize)
 
 
 def make_irn_round(

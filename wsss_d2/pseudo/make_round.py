@@ -104,15 +104,7 @@ def write_cam_round(
     round. Returns the complete round's folder (on every rank), or None if ``finalize`` is False.
     """
     dicts = list(dicts)
-    shard = dicts[comm.get_rank() :: comm.get_world_size()]
-    todo = [d for d in shard if not writer.is_done(d)]
-    if len(todo) < len(shard):
-        logger.info(
-            "round %d: %d of %d labels already written, resuming",
-            writer.k,
-            len(shard) - len(todo),
-            len(shard),
-        )
+    todo = writer.pending(dicts)
     jobs = [(d, cam_file_path(cam_dir, d), refiner) for d in todo]
     workers = num_workers if refiner.pooled else 1  # PAMR/threshold: cheap, torch-bound
     results = map_in_pool(
@@ -124,17 +116,7 @@ def write_cam_round(
     )
     for d, label in zip(todo, results):
         writer.write(d, label)
-    return _finish(writer, dicts, meta, finalize)
-
-
-def _finish(writer: RoundWriter, dicts: list[dict], meta: dict | None, finalize: bool):
-    comm.synchronize()
-    if not finalize:
-        return None
-    if comm.is_main_process():
-        writer.finalize(dicts, meta)
-    comm.synchronize()
-    return writer.final_dir
+    return writer.finish(dicts, meta, finalize)
 
 
 # ---------------------------------------------------------------------- segmentor outputs
@@ -163,8 +145,7 @@ def write_segmentation_round(
     evaluation) is switched off meanwhile, as CIAN's official retraining labels are refined once.
     """
     dicts = list(dicts)
-    shard = dicts[comm.get_rank() :: comm.get_world_size()]
-    todo = [d for d in shard if not writer.is_done(d)]
+    todo = writer.pending(dicts)
     net = unwrap_model(model)
     was_training = net.training
     test_crf = getattr(net, "test_crf", None)
@@ -194,7 +175,7 @@ def write_segmentation_round(
         if test_crf is not None:
             net.test_crf = test_crf
         bar.close()
-    return _finish(writer, dicts, meta, finalize)
+    return writer.finish(dicts, meta, finalize)
 
 
 def default_round_root(cfg) -> str:
