@@ -39,6 +39,21 @@ def load_script(relpath: str):
     return mod
 
 
+def die_after_writes(monkeypatch, writer, n: int) -> list:
+    """Make ``writer.write`` raise ``KeyboardInterrupt`` after ``n`` labels (a run killed
+    mid-round); returns the list of the images written before."""
+    real_write, calls = writer.write, []
+
+    def dying_write(d, label):
+        if len(calls) == n:
+            raise KeyboardInterrupt("killed mid-round")
+        calls.append(d["file_name"])
+        return real_write(d, label)
+
+    monkeypatch.setattr(writer, "write", dying_write)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def coco_tiny_root() -> Path:
     """``../shared/data/coco_tiny``; the test is skipped when it is absent."""

@@ -10,7 +10,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_cfg
+from conftest import REPO, die_after_writes, make_cfg
 from test_pseudo_labels import _toy_set
 
 from wsss_d2.data.mappers import TagDatasetMapper
@@ -285,15 +285,7 @@ def test_interrupted_irn_round_resumes_to_identical_files(tmp_path, monkeypatch)
     ref = _irn_round(str(tmp_path / "ref"), dicts, cam_dir, None)
     root = str(tmp_path / "run")
     writer = rounds.RoundWriter(root, 1, 4)
-    real_write, calls = writer.write, []
-
-    def dying_write(d, label):
-        if len(calls) == 4:
-            raise KeyboardInterrupt("killed mid-round")
-        calls.append(d["file_name"])
-        return real_write(d, label)
-
-    monkeypatch.setattr(writer, "write", dying_write)
+    die_after_writes(monkeypatch, writer, 4)
     with pytest.raises(KeyboardInterrupt):
         _irn_round(root, dicts, cam_dir, None, writer=writer)
     assert rounds.latest_complete_round(root) is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_script
+from conftest import REPO, die_after_writes, load_script
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from PIL import Image
@@ -209,15 +209,7 @@ def test_killed_round_leaves_nothing_complete_and_resumes_to_same_files(tmp_path
     )
 
     writer = rounds.RoundWriter(root, 1, 4)
-    real_write, calls = writer.write, []
-
-    def dying_write(d, label):
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed mid-round")
-        calls.append(d["file_name"])
-        return real_write(d, label)
-
-    monkeypatch.setattr(writer, "write", dying_write)
+    die_after_writes(monkeypatch, writer, 3)
     with pytest.raises(KeyboardInterrupt):
         write_cam_round(dicts, cam_dir, writer, params, num_workers=2, progress=False)
     assert rounds.latest_complete_round(root) is None
