@@ -94,6 +94,26 @@ def test_a_second_training_process_on_the_same_folder_fails_at_once(tmp_path):
     assert sorted(os.listdir(out)) == [".wsss_d2.lock"]  # no config.yaml, log or checkpoint
 
 
+def test_an_evaluation_into_a_folder_in_training_fails_at_once(tmp_path):
+    out = tmp_path / "run"
+    _train("--config-file", CAM, *TOY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out))
+    weights = str(out / "model_final.pth")
+    _lock(out, os.getppid())  # a live process (a training) holds the folder
+
+    def files():  # log.txt aside: this process still holds the first run's log handler
+        return {k: v for k, v in _mtimes(out).items() if not k.endswith("log.txt")}
+
+    before = files()
+    with pytest.raises(RuntimeError, match=rf"in use by another process \(pid {os.getppid()}"):
+        _train("--eval-only", "--config-file", CAM, *TOY, "MODEL.WEIGHTS", weights,
+               "OUTPUT_DIR", str(out))  # fmt: skip
+    assert files() == before  # config.yaml and inference/ untouched
+    os.remove(out / ".wsss_d2.lock")
+    res = _train("--eval-only", "--config-file", CAM, *TOY, "MODEL.WEIGHTS", weights,
+                 "OUTPUT_DIR", str(out))  # fmt: skip
+    assert isinstance(res, dict) and not (out / ".wsss_d2.lock").exists()
+
+
 def test_a_stale_training_lock_is_taken_over_and_logged(tmp_path, caplog, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -51,15 +51,18 @@ def train(args):
 
     Refused before ``OUTPUT_DIR/config.yaml`` is written: ``--eval-only`` without weights or with
     weights that do not fit the model, a new run into a folder holding a finished one (without
-    ``--resume`` or ``--overwrite``), a folder another training process is writing into.
+    ``--resume`` or ``--overwrite``), a folder another training (or evaluating) process is writing
+    into.
     """
     cfg = wsss_cfg_from_args(args)
     if args.eval_only:
         model = WSSSTrainer.build_model(cfg)
         load_model_weights(model, _eval_weights(cfg, args.resume))
-        default_wsss_setup(args, cfg)
-        res = WSSSTrainer.test(cfg, model)
-        verify_results(cfg, res)
+        # an evaluation writes config.yaml and inference/ into OUTPUT_DIR: not under a training
+        with output_dir_lock(cfg.OUTPUT_DIR, "evaluating"):
+            default_wsss_setup(args, cfg)
+            res = WSSSTrainer.test(cfg, model)
+            verify_results(cfg, res)
         return res
     refuse_overwriting_a_run(cfg.OUTPUT_DIR, args.resume, getattr(args, "overwrite", False))
     with output_dir_lock(cfg.OUTPUT_DIR, "training"):
