@@ -4,6 +4,8 @@
 - :func:`make_pseudo_labels`: ``tools/make_pseudo_labels.py`` (a label round with a CAM model or
   a segmentor, scored against the ground truth where there is some);
 - :func:`make_sam_labels`: ``tools/make_sam_labels.py`` (a SAM-box label round and its scores);
+- :func:`make_gt_round`: ``tools/make_gt_round.py`` (the training masks as a label round: the
+  fully supervised ceiling of a segmentor config);
 - :func:`run_pipeline`: ``tools/run_pipeline.py`` and ``make demo`` (every stage of a pipeline
   YAML, each an ordinary run of the functions above, then the HTML report);
 - :func:`predict`: ``tools/predict.py`` (label PNGs and overlays of images with a trained model);
@@ -14,7 +16,7 @@ Each takes the parsed arguments of the tool (Detectron2's ``default_argument_par
 dict, so that the tools stay argument parsing and ``launch``, and tests can call these directly.
 """
 
-from .labeling import label_argument_parser, make_pseudo_labels, make_sam_labels
+from .labeling import label_argument_parser, make_gt_round, make_pseudo_labels, make_sam_labels
 from .pipelines import STAGE_RUNNERS, pipeline_argument_parser, run_pipeline, stage_executor
 from .prediction import predict, tool_config, visualize
 from .training import train, train_argument_parser
@@ -23,6 +25,7 @@ __all__ = [
     "train",
     "make_pseudo_labels",
     "make_sam_labels",
+    "make_gt_round",
     "run_pipeline",
     "predict",
     "visualize",

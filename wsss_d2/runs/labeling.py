@@ -1,5 +1,6 @@
 """The label tools' bodies: a pseudo-label round with a CAM model or a segmentor
-(``tools/make_pseudo_labels.py``) and a SAM-box round (``tools/make_sam_labels.py``)."""
+(``tools/make_pseudo_labels.py``), a SAM-box round (``tools/make_sam_labels.py``) and the
+ground-truth round (``tools/make_gt_round.py``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..io.files import atomic_write_bytes
 from ..io.rounds import MANIFEST, check_unique_stems, config_hash, round_dir
 from ..modeling.checkpoint import load_model_weights, require_weights
 from ..pseudo.fingerprint import label_fingerprint, weights_fingerprint
+from ..pseudo.gt_round import write_gt_round
 from ..pseudo.make_round import (
     check_round,
     default_round_root,
@@ -33,7 +35,7 @@ from ..pseudo.sam.labeler import SamBoxLabeler, label_dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["label_argument_parser", "make_pseudo_labels", "make_sam_labels"]
+__all__ = ["label_argument_parser", "make_pseudo_labels", "make_sam_labels", "make_gt_round"]
 
 
 def label_argument_parser() -> argparse.ArgumentParser:
@@ -104,6 +106,36 @@ def make_pseudo_labels(args):
                     100 * res["ignored_fraction"],
                 )
     return res
+
+
+def make_gt_round(args):
+    """Write the ground-truth masks of ``WSSS.PSEUDO.DATASETS`` (default ``DATASETS.TRAIN``) as
+    round ``WSSS.PSEUDO.ROUND`` under ``WSSS.PSEUDO.ROOT`` (default ``OUTPUT_DIR/pseudo_labels``):
+    the fully supervised ceiling of a segmentor config. A complete round is refused unless
+    ``--overwrite`` (write it again) or ``--resume`` with the same masks (reuse it). Returns the
+    round folder."""
+    cfg = wsss_cfg_from_args(args)
+    names = label_datasets(cfg)
+    dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
+    root, k = default_round_root(cfg), cfg.WSSS.PSEUDO.ROUND
+    with output_dir_lock(cfg.OUTPUT_DIR, "writing the ground-truth round"):
+        default_wsss_setup(args, cfg)
+        folder = None
+        if comm.is_main_process():
+            folder = write_gt_round(
+                dicts,
+                root,
+                k,
+                cfg.INPUT.TAGS.NUM_CLASSES + 1,
+                overwrite=args.overwrite,
+                names=names,
+                reuse=args.resume,
+            )
+            logger.info(
+                "ground-truth round of %s: %s (%d images)", ", ".join(names), folder, len(dicts)
+            )
+        comm.synchronize()
+    return folder or round_dir(root, k)
 
 
 def _sam_dicts(cfg) -> tuple[str, list[dict], list[str]]:
