@@ -34,7 +34,7 @@ from .random_walk import WalkParams, cams_at_stride, random_walk, walk_to_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["irn_cam_dir", "label_batch", "write_irn_round", "make_irn_round"]
+__all__ = ["irn_cam_dir", "walk_batch", "label_batch", "write_irn_round", "make_irn_round"]
 
 
 def irn_cam_dir(cfg, cam_dir: str | None = None) -> str:
@@ -62,11 +62,14 @@ def _load_cams(cam_dir: str, x: dict) -> tuple[torch.Tensor, np.ndarray]:
 
 
 @torch.no_grad()
-def label_batch(
+def walk_batch(
     net, inputs: list[dict], cam_dir: str, params: WalkParams, amp: bool = False
-) -> list[np.ndarray]:
-    """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size. ``amp``: the
-    IRNet's forward in fp16 autocast on CUDA (the walk itself keeps ``params.dtype``)."""
+) -> list[tuple]:
+    """IRNet boundaries + CAM files -> the walked scores, for mapped inputs of one image size:
+    per input ``(rw (k, h, w) at the IRNet's stride, keys, input_hw, out_hw)``, what
+    :func:`~wsss_d2.pseudo.random_walk.walk_to_label` turns into a label (so that several
+    background thresholds can be scored from one walk). ``amp``: the IRNet's forward in fp16
+    autocast on CUDA (the walk itself keeps ``params.dtype``)."""
     with inference_autocast(next(net.parameters()).device, amp):
         outs = net(inputs)
     dt = params.torch_dtype
@@ -91,20 +94,24 @@ def label_batch(
     rw = X
     if cmax > 0:
         rw = random_walk(X, E, params.radius, params.beta, params.exp_times, params.method)
-    labels = []
+    out = []
     for i, x in enumerate(inputs):
         fh, fw = edges[i].shape
-        labels.append(
-            walk_to_label(
-                rw[i, : len(keys[i]), :fh, :fw],
-                keys[i],
-                net.stride,
-                tuple(x["image"].shape[-2:]),
-                (int(x["height"]), int(x["width"])),
-                params.bg_threshold,
-            )
-        )
-    return labels
+        hw_in, hw_out = tuple(x["image"].shape[-2:]), (int(x["height"]), int(x["width"]))
+        out.append((rw[i, : len(keys[i]), :fh, :fw], keys[i], hw_in, hw_out))
+    return out
+
+
+@torch.no_grad()
+def label_batch(
+    net, inputs: list[dict], cam_dir: str, params: WalkParams, amp: bool = False
+) -> list[np.ndarray]:
+    """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size
+    (:func:`walk_batch`, then the background threshold ``params.bg_threshold``)."""
+    return [
+        walk_to_label(rw, keys, net.stride, hw_in, hw_out, params.bg_threshold)
+        for rw, keys, hw_in, hw_out in walk_batch(net, inputs, cam_dir, params, amp)
+    ]
 
 
 def write_irn_round(

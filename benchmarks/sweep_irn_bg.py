@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Choose IRN's background threshold (``MODEL.IRN.SEM_SEG_BG_THRES``) on the training masks.
+
+IRN's labels are the arg-max of ``[threshold, walked CAMs / their maximum]``; the walk itself does
+not depend on the threshold. This script runs the trained IRNet and the random walk once per
+image (:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of an IRN round) and scores every
+threshold of a grid against the ground truth of the images the tags train on (the WSSS protocol:
+never the validation set), so that the band and IRN are compared at their best settings.
+
+    python benchmarks/sweep_irn_bg.py --config-file configs/voc_mini/irn.yaml \
+        --weights output/voc_mini/irn/model_final.pth \
+        --cam-dir output/voc_mini/band/pseudo_labels/cams/round_01 \
+        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40
+
+Printed per threshold, best first: mIoU (IRN labels have no unsure pixels, so it is also the
+labelled-pixel mIoU), background share of the labels against the ground truth's, background
+precision / recall. The label for the threshold ``MODEL.IRN.SEM_SEG_BG_THRES`` of the config is
+the one ``tools/make_pseudo_labels.py`` writes with it. ``--output`` writes every row as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+logger = logging.getLogger("wsss_d2.sweep_irn_bg")
+
+
+def score_walk(walked, dicts, thresholds, stride, num_classes, ignore) -> np.ndarray:
+    """(T, C, C + 1) confusions of the labels of every threshold (``walked``: what
+    ``walk_batch`` returned for ``dicts``)."""
+    from wsss_d2.evaluation.pseudo_eval import _confusion_with_unsure
+    from wsss_d2.io.files import read_label_png
+    from wsss_d2.pseudo.random_walk import walk_to_label
+
+    conf = np.zeros((len(thresholds), num_classes, num_classes + 1), np.int64)
+    for (rw, keys, hw_in, hw_out), d in zip(walked, dicts):
+        gt = read_label_png(d["sem_seg_file_name"], hw_out, d["file_name"])
+        for i, t in enumerate(thresholds):
+            label = walk_to_label(rw, keys, stride, hw_in, hw_out, t)
+            conf[i] += _confusion_with_unsure(label, gt, num_classes, ignore)
+    return conf
+
+
+def main(argv=None) -> list[dict]:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import torch
+    from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+
+    import wsss_d2  # noqa: F401  (registers the datasets and models)
+    from wsss_d2.config import get_wsss_cfg
+    from wsss_d2.data.datasets.from_config import register_datasets_from_config
+    from wsss_d2.data.mappers import build_mapper
+    from wsss_d2.engine.trainer import WSSSTrainer
+    from wsss_d2.io.files import atomic_write_bytes
+    from wsss_d2.modeling.checkpoint import load_model_weights
+    from wsss_d2.pseudo.irn_round import walk_batch
+    from wsss_d2.pseudo.make_round import label_datasets
+    from wsss_d2.pseudo.random_walk import WalkParams
+
+    sweep = load_sweep_rows()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config-file", required=True, help="an IRNet config")
+    ap.add_argument("--weights", required=True, help="the trained IRNet")
+    ap.add_argument("--cam-dir", required=True, help="the CAM folder the walk propagates")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
+    ap.add_argument("--output", default="", help="write the rows as JSON here")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    cfg = get_wsss_cfg(args.config_file, args.opts)
+    register_datasets_from_config(cfg)
+    names = label_datasets(cfg)
+    dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
+    missing = [d["file_name"] for d in dicts if not d.get("sem_seg_file_name")]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} images have no ground truth to sweep on, first {missing[0]}"
+        )
+    model = WSSSTrainer.build_model(cfg).eval()
+    load_model_weights(model, args.weights)
+    params = WalkParams.from_config(cfg)
+    mapper = build_mapper(cfg, is_train=False)
+    thresholds = sorted(set(args.thresholds))
+    k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
+    names_meta = MetadataCatalog.get(names[0]).get("stuff_classes", None)
+    class_names = list(names_meta) if names_meta and len(names_meta) == k1 else None
+    conf = np.zeros((len(thresholds), k1, k1 + 1), np.int64)
+    buckets: dict[tuple, list] = defaultdict(list)
+    start, done = time.perf_counter(), 0
+
+    def flush(key):
+        nonlocal done
+        batch = buckets.pop(key)
+        with torch.no_grad():
+            inputs = [x for x, _ in batch]
+            walked = walk_batch(model, inputs, args.cam_dir, params, cfg.WSSS.PSEUDO.AMP)
+        conf[...] += score_walk(
+            walked, [d for _, d in batch], thresholds, model.stride, k1, cfg.MODEL.IGNORE_VALUE
+        )
+        done += len(batch)
+        logger.info("%d / %d images, %.1f s", done, len(dicts), time.perf_counter() - start)
+
+    for d in sorted(dicts, key=lambda d: (d.get("height", 0), d.get("width", 0))):
+        x = mapper(d)
+        key = tuple(x["image"].shape)
+        buckets[key].append((x, d))
+        if len(buckets[key]) >= max(1, cfg.WSSS.PSEUDO.IMS_PER_BATCH):
+            flush(key)
+    for key in list(buckets):
+        flush(key)
+    seconds = time.perf_counter() - start
+    rows = [{"threshold": t, **sweep._row(c, class_names)} for t, c in zip(thresholds, conf)]
+    rows.sort(key=lambda r: -r["mIoU"])
+    print(f"{len(dicts)} images of {', '.join(names)}; IRNet + walk in {seconds:.0f} s "
+          f"(load {os.getloadavg()[0]:.2f})")  # fmt: skip
+    print("threshold   mIoU  bg share% (GT)  bg prec  bg rec")
+    for r in rows:
+        print(f"{r['threshold']:9.2f} {r['mIoU']:6.2f} {r['bg_share_pct']:9.1f} "
+              f"({r['gt_bg_share_pct']:.1f}) {r['bg_precision']:8.1f} {r['bg_recall']:7.1f}")  # fmt: skip
+    if args.output:
+        atomic_write_bytes(
+            args.output, json.dumps({"rows": rows, "seconds": seconds}, indent=2).encode()
+        )
+    return rows
+
+
+def load_sweep_rows():
+    """``benchmarks/sweep_crf_band.py`` (its ``_row``: the same metrics for both sweeps)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep_crf_band.py")
+    spec = importlib.util.spec_from_file_location("sweep_crf_band", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+if __name__ == "__main__":
+    main()

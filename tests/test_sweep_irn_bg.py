@@ -1,0 +1,41 @@
+"""benchmarks/sweep_irn_bg.py: the label it scores for a threshold is the IRN round's label."""
+
+import numpy as np
+from conftest import load_script
+from test_irn import _mapper, _tiny_irn
+from test_pseudo_labels import _toy_set
+
+from wsss_d2.evaluation.pseudo_eval import _confusion_with_unsure
+from wsss_d2.io.files import read_label_png, save_label_png
+from wsss_d2.pseudo.irn_round import label_batch, walk_batch
+from wsss_d2.pseudo.random_walk import WalkParams
+
+
+def test_scores_are_those_of_the_round_labels(tmp_path):
+    sweep = load_script("benchmarks/sweep_irn_bg.py")
+    dicts, cam_dir = _toy_set(tmp_path, n=4)
+    rng = np.random.default_rng(1)
+    for i, d in enumerate(dicts):  # ground truth: background and the image's tags
+        gt = rng.choice([0, *d["tags"]], size=(d["height"], d["width"])).astype(np.uint8)
+        gt[0, 0] = 255
+        save_label_png(str(tmp_path / f"gt{i}.png"), gt)
+        d["sem_seg_file_name"] = str(tmp_path / f"gt{i}.png")
+    net = _tiny_irn().eval()
+    inputs = [_mapper()(d) for d in dicts]
+    thresholds = [0.05, 0.5, 1.0]  # 1.0: all background (ties go to it)
+    walked = walk_batch(net, inputs, cam_dir, WalkParams())
+    conf = sweep.score_walk(walked, dicts, thresholds, net.stride, 4, 255)
+    for t, c in zip(thresholds, conf):
+        labels = label_batch(net, inputs, cam_dir, WalkParams(bg_threshold=t))
+        ref = sum(
+            _confusion_with_unsure(lab, sweep_gt, 4, 255)
+            for lab, sweep_gt in zip(labels, _gts(dicts))
+        )
+        assert np.array_equal(c, ref), t
+    assert len({c.tobytes() for c in conf}) > 1  # the thresholds change the labels
+    row = sweep.load_sweep_rows()._row(conf[1], None)
+    assert row["unsure_pct"] == 0 and row["mIoU"] == row["mIoU_labeled"]
+
+
+def _gts(dicts):
+    return [read_label_png(d["sem_seg_file_name"]) for d in dicts]
