@@ -38,3 +38,18 @@ def test_same_conv_uses_it_only_when_dilated_depthwise_and_training():
     )
     with pytest.raises(ValueError, match="same"):
         depthwise_conv2d(x, conv.weight, None, 1, 2)
+
+
+def test_gradients_under_cpu_autocast_have_the_inputs_dtypes():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 11, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise_conv2d(x, w, b, 2, 2)
+        ref = F.conv2d(x, w, b, 1, 2, 2, 6)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), [x, w, b])
+    ref_grads = torch.autograd.grad(ref.float().sum(), [x, w, b])
+    for a, r, t in zip(grads, ref_grads, (x, w, b)):
+        assert a.dtype == t.dtype and torch.allclose(a, r, atol=0.1, rtol=0.05)

@@ -28,6 +28,7 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, padding: int, dilation: int):
         ctx.save_for_backward(x, weight)
         ctx.conf = (padding, dilation, bias is not None)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
 
     @staticmethod
@@ -35,17 +36,23 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         padding, dilation, has_bias = ctx.conf
         channels = x.shape[1]
+        # under autocast the forward ran in a lower precision than the saved tensors (bfloat16 /
+        # float16 output, float32 weights): the backward computes in the gradient's dtype and
+        # returns each gradient in its input's dtype
+        dt = grad_out.dtype
+        w = weight.to(dt)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             # stride 1, padding (k - 1) * d / 2: the transposed convolution is a convolution
-            gx = F.conv2d(grad_out, weight.flip(-1, -2), None, 1, padding, dilation, channels)
+            gx = F.conv2d(grad_out, w.flip(-1, -2), None, 1, padding, dilation, channels)
+            gx = gx.to(x.dtype)
         if ctx.needs_input_grad[1]:
             gw = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, [1, 1], [padding, padding], [dilation, dilation],
+                grad_out, x.to(dt), w, None, [1, 1], [padding, padding], [dilation, dilation],
                 False, [0, 0], channels, [False, True, False],
-            )[1]  # fmt: skip
+            )[1].to(weight.dtype)  # fmt: skip
         if has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum((0, 2, 3))
+            gb = grad_out.sum((0, 2, 3)).to(ctx.bias_dtype)
         return gx, gw, gb, None, None
 
 
