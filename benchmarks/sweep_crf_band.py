@@ -93,7 +93,7 @@ def _row(conf: np.ndarray, class_names) -> dict:
 
 def main(argv=None) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+    from detectron2.data import MetadataCatalog
 
     import wsss_d2  # noqa: F401  (registers the datasets)
     from wsss_d2.config import get_wsss_cfg
@@ -101,7 +101,7 @@ def main(argv=None) -> list[dict]:
     from wsss_d2.io.cam_files import cam_file_path
     from wsss_d2.ops.crf import CRFParams
     from wsss_d2.ops.pool import map_in_pool
-    from wsss_d2.pseudo.make_round import label_datasets
+    from wsss_d2.pseudo.make_round import label_dataset_dicts
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config-file", required=True)
@@ -116,13 +116,7 @@ def main(argv=None) -> list[dict]:
 
     cfg = get_wsss_cfg(args.config_file, args.opts)
     register_datasets_from_config(cfg)
-    names = label_datasets(cfg)
-    dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
-    missing = [d["file_name"] for d in dicts if not d.get("sem_seg_file_name")]
-    if missing:
-        raise KeyError(
-            f"{len(missing)} images have no ground truth to sweep on, first {missing[0]}"
-        )
+    names, dicts = label_dataset_dicts(cfg, require_gt=True)
     thresholds = sorted(set(args.thresholds))
     pairs = [] if args.no_crf else [(f, b) for f in range(len(thresholds)) for b in range(f + 1)]
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1

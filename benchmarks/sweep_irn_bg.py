@@ -52,7 +52,7 @@ def score_walk(walked, dicts, thresholds, stride, num_classes, ignore) -> np.nda
 def main(argv=None) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import torch
-    from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+    from detectron2.data import MetadataCatalog
 
     import wsss_d2  # noqa: F401  (registers the datasets and models)
     from wsss_d2.config import get_wsss_cfg
@@ -62,7 +62,7 @@ def main(argv=None) -> list[dict]:
     from wsss_d2.io.files import atomic_write_bytes
     from wsss_d2.modeling.checkpoint import load_model_weights
     from wsss_d2.pseudo.irn_round import walk_batch
-    from wsss_d2.pseudo.make_round import label_datasets
+    from wsss_d2.pseudo.make_round import label_dataset_dicts
     from wsss_d2.pseudo.random_walk import WalkParams
 
     sweep = load_sweep_rows()
@@ -78,13 +78,7 @@ def main(argv=None) -> list[dict]:
 
     cfg = get_wsss_cfg(args.config_file, args.opts)
     register_datasets_from_config(cfg)
-    names = label_datasets(cfg)
-    dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
-    missing = [d["file_name"] for d in dicts if not d.get("sem_seg_file_name")]
-    if missing:
-        raise KeyError(
-            f"{len(missing)} images have no ground truth to sweep on, first {missing[0]}"
-        )
+    names, dicts = label_dataset_dicts(cfg, require_gt=True)
     model = WSSSTrainer.build_model(cfg).eval()
     load_model_weights(model, args.weights)
     params = WalkParams.from_config(cfg)

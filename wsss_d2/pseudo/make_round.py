@@ -19,6 +19,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.utils import comm
 
 from ..data.mappers import build_mapper
@@ -57,6 +58,7 @@ __all__ = [
     "check_round",
     "complete_round",
     "round_source",
+    "label_dataset_dicts",
     "check_method",
 ]
 
@@ -335,6 +337,17 @@ def _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, pr
         meta=info,
         progress=progress,
     )
+
+
+def label_dataset_dicts(cfg, require_gt: bool = False) -> tuple[tuple[str, ...], list[dict]]:
+    """The names of :func:`label_datasets` and their dicts (no empty-image filter, no class
+    histogram); ``require_gt``: a ``KeyError`` naming the first image without ground truth."""
+    names = label_datasets(cfg)
+    dicts = get_detection_dataset_dicts(names, filter_empty=False, check_consistency=False)
+    missing = [d["file_name"] for d in dicts if not d.get("sem_seg_file_name")]
+    if require_gt and missing:
+        raise KeyError(f"{len(missing)} images have no ground truth, first {missing[0]}")
+    return names, dicts
 
 
 def label_datasets(cfg) -> tuple[str, ...]:
