@@ -73,6 +73,14 @@ def _band_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
     return pair_conf, raw_conf
 
 
+def class_names_of(dataset: str, k1: int) -> list | None:
+    """The dataset's ``stuff_classes`` when they name all ``k1`` label ids (else None)."""
+    from detectron2.data import MetadataCatalog
+
+    names = MetadataCatalog.get(dataset).get("stuff_classes", None)
+    return list(names) if names and len(names) == k1 else None
+
+
 def _row(conf: np.ndarray, class_names) -> dict:
     from wsss_d2.evaluation.pseudo_eval import pseudo_label_metrics
 
@@ -93,8 +101,6 @@ def _row(conf: np.ndarray, class_names) -> dict:
 
 def main(argv=None) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from detectron2.data import MetadataCatalog
-
     import wsss_d2  # noqa: F401  (registers the datasets)
     from wsss_d2.config import get_wsss_cfg
     from wsss_d2.data.datasets.from_config import register_datasets_from_config
@@ -120,8 +126,7 @@ def main(argv=None) -> list[dict]:
     thresholds = sorted(set(args.thresholds))
     pairs = [] if args.no_crf else [(f, b) for f in range(len(thresholds)) for b in range(f + 1)]
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
-    names_meta = MetadataCatalog.get(names[0]).get("stuff_classes", None)
-    class_names = list(names_meta) if names_meta and len(names_meta) == k1 else None
+    class_names = class_names_of(names[0], k1)
     crf = None if args.no_crf else CRFParams.from_config(cfg)
     jobs = [
         (d, cam_file_path(args.cam_dir, d), thresholds, pairs, crf, k1, cfg.MODEL.IGNORE_VALUE)

@@ -26,7 +26,6 @@ import logging
 import os
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -52,7 +51,6 @@ def score_walk(walked, dicts, thresholds, stride, num_classes, ignore) -> np.nda
 def main(argv=None) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import torch
-    from detectron2.data import MetadataCatalog
 
     import wsss_d2  # noqa: F401  (registers the datasets and models)
     from wsss_d2.config import get_wsss_cfg
@@ -61,7 +59,7 @@ def main(argv=None) -> list[dict]:
     from wsss_d2.engine.trainer import WSSSTrainer
     from wsss_d2.io.files import atomic_write_bytes
     from wsss_d2.modeling.checkpoint import load_model_weights
-    from wsss_d2.pseudo.irn_round import walk_batch
+    from wsss_d2.pseudo.irn_round import same_size_batches, walk_batch
     from wsss_d2.pseudo.make_round import label_dataset_dicts
     from wsss_d2.pseudo.random_walk import WalkParams
 
@@ -85,32 +83,18 @@ def main(argv=None) -> list[dict]:
     mapper = build_mapper(cfg, is_train=False)
     thresholds = sorted(set(args.thresholds))
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
-    names_meta = MetadataCatalog.get(names[0]).get("stuff_classes", None)
-    class_names = list(names_meta) if names_meta and len(names_meta) == k1 else None
+    class_names = sweep.class_names_of(names[0], k1)
     conf = np.zeros((len(thresholds), k1, k1 + 1), np.int64)
-    buckets: dict[tuple, list] = defaultdict(list)
     start, done = time.perf_counter(), 0
-
-    def flush(key):
-        nonlocal done
-        batch = buckets.pop(key)
+    for batch in same_size_batches(dicts, mapper, cfg.WSSS.PSEUDO.IMS_PER_BATCH):
         with torch.no_grad():
             inputs = [x for x, _ in batch]
             walked = walk_batch(model, inputs, args.cam_dir, params, cfg.WSSS.PSEUDO.AMP)
-        conf[...] += score_walk(
+        conf += score_walk(
             walked, [d for _, d in batch], thresholds, model.stride, k1, cfg.MODEL.IGNORE_VALUE
         )
         done += len(batch)
         logger.info("%d / %d images, %.1f s", done, len(dicts), time.perf_counter() - start)
-
-    for d in sorted(dicts, key=lambda d: (d.get("height", 0), d.get("width", 0))):
-        x = mapper(d)
-        key = tuple(x["image"].shape)
-        buckets[key].append((x, d))
-        if len(buckets[key]) >= max(1, cfg.WSSS.PSEUDO.IMS_PER_BATCH):
-            flush(key)
-    for key in list(buckets):
-        flush(key)
     seconds = time.perf_counter() - start
     rows = [{"threshold": t, **sweep._row(c, class_names)} for t, c in zip(thresholds, conf)]
     rows.sort(key=lambda r: -r["mIoU"])

@@ -34,7 +34,14 @@ from .random_walk import WalkParams, cams_at_stride, random_walk, walk_to_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["irn_cam_dir", "walk_batch", "label_batch", "write_irn_round", "make_irn_round"]
+__all__ = [
+    "same_size_batches",
+    "irn_cam_dir",
+    "walk_batch",
+    "label_batch",
+    "write_irn_round",
+    "make_irn_round",
+]
 
 
 def irn_cam_dir(cfg, cam_dir: str | None = None) -> str:
@@ -114,6 +121,20 @@ def label_batch(
     ]
 
 
+def same_size_batches(dicts: Iterable[dict], mapper, ims_per_batch: int):
+    """Yield ``[(mapped input, dict), ...]`` batches of up to ``ims_per_batch`` inputs of one
+    image size (the dicts taken by size, a batch yielded as soon as it is full, the partial ones
+    at the end), for one IRNet pass and one batched walk each."""
+    buckets: dict[tuple, list] = defaultdict(list)
+    for d in sorted(dicts, key=lambda d: (d.get("height", 0), d.get("width", 0))):
+        x = mapper(d)
+        key = tuple(x["image"].shape)
+        buckets[key].append((x, d))
+        if len(buckets[key]) >= max(1, ims_per_batch):
+            yield buckets.pop(key)
+    yield from buckets.values()
+
+
 def write_irn_round(
     dicts: Iterable[dict],
     cam_dir: str,
@@ -140,28 +161,16 @@ def write_irn_round(
     """
     dicts = list(dicts)
     todo = writer.pending(dicts)
-    todo.sort(key=lambda d: (d.get("height", 0), d.get("width", 0)))
     net = unwrap_model(model)
     was_training = net.training
     net.eval()
-    buckets: dict[tuple, list] = defaultdict(list)
     bar = Progress(len(todo), "labels (irn)", enabled=progress and comm.is_main_process())
-
-    def flush(key):
-        batch = buckets.pop(key)
-        for x, label in zip(batch, label_batch(net, batch, cam_dir, params, amp)):
-            writer.write(x, label)
-        bar.update(len(batch))
-
     try:
-        for d in todo:
-            x = mapper(d)
-            key = tuple(x["image"].shape)
-            buckets[key].append(x)
-            if len(buckets[key]) >= max(1, ims_per_batch):
-                flush(key)
-        for key in list(buckets):
-            flush(key)
+        for batch in same_size_batches(todo, mapper, ims_per_batch):
+            inputs = [x for x, _ in batch]
+            for x, label in zip(inputs, label_batch(net, inputs, cam_dir, params, amp)):
+                writer.write(x, label)
+            bar.update(len(batch))
     finally:
         net.train(was_training)
         bar.close()
