@@ -39,6 +39,21 @@ def load_script(relpath: str):
     return mod
 
 
+def assert_same_labels(dicts, folder_a: str, folder_b: str) -> None:
+    """Every image's label PNG is the same in the two round folders, pixel for pixel."""
+    import numpy as np
+
+    from wsss_d2.io.files import read_label_png
+    from wsss_d2.io.rounds import label_stem
+
+    for d in dicts:
+        stem = label_stem(d) + ".png"
+        np.testing.assert_array_equal(
+            read_label_png(os.path.join(folder_a, stem)),
+            read_label_png(os.path.join(folder_b, stem)),
+        )
+
+
 def die_after_writes(monkeypatch, writer, n: int) -> list:
     """Make ``writer.write`` raise ``KeyboardInterrupt`` after ``n`` labels (a run killed
     mid-round); returns the list of the images written before."""

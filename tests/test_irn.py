@@ -10,7 +10,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, die_after_writes, make_cfg
+from conftest import REPO, assert_same_labels, die_after_writes, make_cfg
 from test_pseudo_labels import _toy_set
 
 from wsss_d2.data.mappers import TagDatasetMapper
@@ -320,11 +320,7 @@ def test_two_process_irn_round_equals_one_process(tmp_path):
     )
     two = rounds.round_dir(str(tmp_path / "two"), 1)
     assert rounds.read_manifest(two)["num_images"] == 5
-    for d in dicts:
-        stem = rounds.label_stem(d) + ".png"
-        np.testing.assert_array_equal(
-            read_label_png(os.path.join(one, stem)), read_label_png(os.path.join(two, stem))
-        )
+    assert_same_labels(dicts, one, two)
 
 
 # ---------------------------------------------------------------------- bad input

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, die_after_writes, load_script
+from conftest import REPO, assert_same_labels, die_after_writes, load_script
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from PIL import Image
@@ -501,11 +501,7 @@ def test_two_process_round_equals_one_process(tmp_path):
         str(tmp_path / "two"), 1
     )
     assert rounds.read_manifest(two)["num_images"] == 5
-    for d in dicts:
-        stem = rounds.label_stem(d) + ".png"
-        np.testing.assert_array_equal(
-            read_label_png(os.path.join(one, stem)), read_label_png(os.path.join(two, stem))
-        )
+    assert_same_labels(dicts, one, two)
 
 
 def test_cam_fingerprint_ignores_label_settings(cfg_factory):
