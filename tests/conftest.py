@@ -26,6 +26,7 @@ MINI_TOY_OPTS = [
     "MODEL.TINY.WIDTHS", "(8, 8, 16, 16)",
 ]  # fmt: skip
 COCO_TINY = REPO.parent / "shared" / "data" / "coco_tiny"
+VOC_MINI = REPO.parent / "shared" / "data" / "voc_mini"
 
 
 def load_script(relpath: str):

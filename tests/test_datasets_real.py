@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COCO_TINY
+from conftest import COCO_TINY, VOC_MINI
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
@@ -26,6 +27,7 @@ from wsss_d2.data.datasets import (
 from wsss_d2.data.datasets.coco_sem_seg import default_sem_seg_root, instances_to_label
 from wsss_d2.data.datasets.voc import voc_split_ids
 from wsss_d2.io.files import read_label_png, save_label_png
+from wsss_d2.pseudo.sam.box_sources import GTBoxSource
 
 VOC_ID = {c: i + 1 for i, c in enumerate(VOC_CLASSES)}
 
@@ -166,6 +168,44 @@ def test_voc_unknown_class_names_class_and_file(voc_base):
     with pytest.raises(ValueError, match="unicorn") as err:
         _get(name)
     assert str(xml) in str(err.value)
+
+
+def test_voc_folder_without_masks_or_xml_names_the_folder(voc_base):
+    voc = voc_base / "VOC2012"
+    for sub in ("Annotations", "SegmentationClassAug", "SegmentationClass"):
+        shutil.rmtree(voc / sub)
+    name = _name("voc")
+    register_voc_tags(name, str(voc), "train")
+    with pytest.raises(FileNotFoundError, match="neither Annotations/") as err:
+        _get(name)
+    assert str(voc) in str(err.value) and "SegmentationClass" in str(err.value)
+
+
+def test_voc_list_id_without_image_names_the_id_and_the_list(voc_base):
+    voc = voc_base / "VOC2012"
+    listed = voc / "ImageSets" / "Segmentation" / "train.txt"
+    _write_list(listed, ["a", "b", "ghost"])
+    _voc_xml(voc / "Annotations" / "ghost.xml", 12, 10, [("dog", (1, 1, 4, 4))])  # XML, no JPEG
+    name = _name("voc")
+    register_voc_tags(name, str(voc), "train")
+    with pytest.raises(FileNotFoundError, match="'ghost'") as err:
+        _get(name)
+    assert str(listed) in str(err.value) and "ghost.jpg" in str(err.value)
+
+
+@pytest.mark.skipif(not (VOC_MINI / "VOC2012").is_dir(), reason="voc_mini is not available")
+def test_voc_mini_tags_from_masks_and_no_boxes(monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(VOC_MINI))
+    train, val = (DatasetCatalog.get(f"voc_2012_{s}_tags") for s in ("train", "val"))
+    assert (len(train), len(val)) == (330, 173)
+    for d in train[:5] + val[:5]:
+        mask = read_label_png(d["sem_seg_file_name"])
+        assert mask.shape == (d["height"], d["width"])
+        assert d["tags"] == sorted(int(c) for c in np.unique(mask) if 0 < c < 255)
+        assert "annotations" not in d
+    with pytest.raises(KeyError, match="no boxes") as err:
+        GTBoxSource(class_names=VOC_CLASSES).get_boxes(train[0])
+    assert train[0]["file_name"] in str(err.value) and "Annotations" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------ COCO

@@ -6,13 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO, load_script
+from conftest import REPO, VOC_MINI, load_script
 
 from wsss_d2.io.files import read_label_png, save_label_png
 from wsss_d2.io.rounds import attach_round, read_manifest
 from wsss_d2.pseudo.gt_round import gt_fingerprint, write_gt_round
-
-VOC_MINI = REPO.parent / "shared" / "data" / "voc_mini"
 
 
 def _dicts(tmp_path, n=3):

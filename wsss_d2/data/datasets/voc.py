@@ -193,6 +193,13 @@ def load_voc_tags(
         )
         if PathManager.isdir(d)
     ]
+    if not mask_dirs and not PathManager.isdir(xml_dir):
+        raise FileNotFoundError(
+            f"{name}: VOC folder {voc_root} has JPEGImages but neither Annotations/ (XML) nor "
+            "SegmentationClass/ or SegmentationClassAug/ (masks): no tags can be read"
+        )
+    listed = os.path.join(voc_root, "ImageSets", "Segmentation", f"{split}.txt")
+    id_source = listed if PathManager.isfile(listed) else "the SBD + VOC lists of train_aug"
 
     dicts = []
     for img_id in tqdm(ids, desc=f"{name}: reading annotations", disable=len(ids) < 2000):
@@ -205,6 +212,10 @@ def load_voc_tags(
             ),
             None,
         )
+        if not PathManager.isfile(file_name):
+            raise FileNotFoundError(
+                f"{name}: id '{img_id}' of {id_source} has no image {file_name}"
+            )
         xml = os.path.join(xml_dir, img_id + ".xml")
         hw, objs = None, None
         if PathManager.isfile(xml):
@@ -218,8 +229,6 @@ def load_voc_tags(
                 f"SegmentationClassAug/SegmentationClass mask to take its tags from"
             )
         if hw is None:
-            if not PathManager.isfile(file_name):
-                raise FileNotFoundError(f"{name}: image {file_name} of split '{split}' is missing")
             hw = image_size(file_name)  # header only; EXIF orientation as the pixels are read
         rec = {
             "file_name": file_name,

@@ -93,8 +93,10 @@ class GTBoxSource(BoxSource):
         path = self.annotations_path
         if not path:
             raise KeyError(
-                f"GTBoxSource: image {d['file_name']} has no 'annotations' and "
-                "WSSS.SAM.GT_ANNOTATIONS is empty (give a COCO JSON or a VOC Annotations folder)"
+                f"GTBoxSource: image {d['file_name']} has no boxes: its dataset gives none (a VOC "
+                "folder without Annotations/ XML, such as voc_mini, has tags from masks only) and "
+                "WSSS.SAM.GT_ANNOTATIONS is empty; give a COCO JSON or a VOC Annotations folder "
+                "there, or use WSSS.SAM.BOX_SOURCE CamBoxSource"
             )
         if path.endswith(".json"):
             coco = self._coco_api()
