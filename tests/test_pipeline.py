@@ -256,3 +256,80 @@ def test_visualize_tool_on_the_standard_setup(tmp_path):
     assert sorted(os.listdir(tmp_path / "v_files")) == [
         f"{i:03d}_{k}.png" for i in range(2) for k in ("cam", "ground_truth", "image", "prediction")
     ]
+
+
+def _best_of_pipeline(tmp_path):
+    from wsss_d2.engine.pipeline import parse_pipeline
+
+    spec = {
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "STAGES": [
+            {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml"},
+            {"name": "plda", "kind": "train", "config": "configs/plda_toy.yaml"},
+            {"name": "labels", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
+             "weights_from": ["cam", "plda"]},
+            {"name": "labels_2", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
+             "weights_from": "plda"},
+            {"name": "seg", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+             "round_from": ["labels", "labels_2"]},
+        ],
+    }  # fmt: skip
+    return parse_pipeline(spec, "pipe.yaml", str(REPO))
+
+
+@pytest.mark.parametrize(
+    "scores, weights, labels",
+    [((41.0, 43.5, 60.0, 59.0), "plda", "labels"), ((45.0, 43.5, 60.0, 61.0), "cam", "labels_2")],
+)
+def test_a_list_of_inputs_takes_the_better_stage(tmp_path, scores, weights, labels):
+    pipe, seen = _best_of_pipeline(tmp_path), {}
+    names = ["cam", "plda", "labels", "labels_2"]
+    pipe.round_of = lambda name: f"round of {name}"
+
+    def run(stage, opts, resume):
+        seen[stage.name] = opts
+        if stage.name == "seg":
+            return {"sem_seg": {"mIoU": 1.0}}
+        return {"cam": {"mIoU": scores[names.index(stage.name)]}}
+
+    pipe.run({"train": run, "pseudo_labels": run})
+    chosen = seen["labels"][seen["labels"].index("MODEL.WEIGHTS") + 1]
+    assert chosen == str(tmp_path / "out" / weights / "model_final.pth")
+    assert seen["seg"][seen["seg"].index("WSSS.PSEUDO.TRAIN_ROUND") + 1] == f"round of {labels}"
+
+
+def test_weights_from_a_list_needs_metrics_and_earlier_stages(tmp_path):
+    pipe = _best_of_pipeline(tmp_path)
+    with pytest.raises(ValueError, match="'plda' reported no metric"):
+        pipe.run({"train": lambda s, o, r: {"cam/mIoU": 1.0} if s.name == "cam" else {},
+                  "pseudo_labels": lambda s, o, r: {}})  # fmt: skip
+    from wsss_d2.engine.pipeline import parse_pipeline
+
+    spec = {"STAGES": [{"name": "labels", "kind": "pseudo_labels",
+                        "config": "configs/pseudo_toy.yaml", "weights_from": ["cam"]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="weights_from 'cam' is not an earlier stage"):
+        parse_pipeline(spec, "pipe.yaml", str(REPO))
+
+
+def test_gt_labels_stage_trains_a_segmentor_on_the_masks(tmp_path):
+    seg_opts = MINI + ["SOLVER.MAX_ITER", "2", "MODEL.SEG_HEAD.CONV_DIMS", "16",
+                       "MODEL.SEG_HEAD.TEST_FLIP", "False"]  # fmt: skip
+    spec = {
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "STAGES": [
+            {"name": "gt", "kind": "gt_labels", "config": "configs/deeplabv2_toy.yaml",
+             "opts": MINI},
+            {"name": "seg_gt", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+             "round_from": "gt", "opts": seg_opts},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = _tool().main(["--config-file", str(path)])
+    assert [s["status"] for s in res] == ["ran", "ran"] and "sem_seg/mIoU" in res[1]["results"]
+    from wsss_d2.io.rounds import read_manifest
+
+    round_dir = tmp_path / "out" / "gt" / "pseudo_labels" / "round_01"
+    assert read_manifest(str(round_dir))["source"] == "ground_truth"
+    cfg_used = yaml.safe_load((tmp_path / "out" / "seg_gt" / "config.yaml").read_text())
+    assert cfg_used["WSSS"]["PSEUDO"]["TRAIN_ROUND"] == str(round_dir)

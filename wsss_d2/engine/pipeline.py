@@ -12,11 +12,15 @@ of one of the project's tools in its own sub-folder of ``OUTPUT_DIR``::
          weights_from: deeplab, opts: [DATASETS.TEST, "('toyparts_val',)"]}
 
 Kinds: ``train`` (tools/train_net.py), ``evaluate`` (train_net ``--eval-only``),
-``pseudo_labels`` (tools/make_pseudo_labels.py), ``sam_labels`` (tools/make_sam_labels.py).
+``pseudo_labels`` (tools/make_pseudo_labels.py), ``sam_labels`` (tools/make_sam_labels.py),
+``gt_labels`` (tools/make_gt_round.py: the ground-truth masks as a round, for the fully
+supervised ceiling of a segmentor trained with ``round_from`` it).
 ``weights_from`` sets ``MODEL.WEIGHTS`` to that stage's ``model_final.pth``; ``round_from`` sets
 ``WSSS.PSEUDO.TRAIN_ROUND`` to that stage's latest complete pseudo-label round; ``cams_from`` sets
 ``WSSS.PSEUDO.CAM_DIR`` to the CAM folder that stage's latest round was made from (its manifest's
-``cam_dir``); ``opts`` are extra ``KEY VALUE`` overrides.
+``cam_dir``); ``opts`` are extra ``KEY VALUE`` overrides. ``weights_from`` and ``round_from`` may
+name a list of stages: the one whose primary metric (:func:`primary_metric`) is highest is taken,
+the first on a tie (``round_from: [labels_cam, labels_plda]``: train on the better pseudo labels).
 
 IRN (``configs/irn_*.yaml``) is two stages after a CAM labelling stage ``labels`` (the CRF band,
 which also leaves the CAM files): ``{name: irn, kind: train, config: configs/irn_toy.yaml,
@@ -62,9 +66,10 @@ __all__ = [
     "summary_rows",
 ]
 
-STAGE_KINDS = ("train", "evaluate", "pseudo_labels", "sam_labels")
+STAGE_KINDS = ("train", "evaluate", "pseudo_labels", "sam_labels", "gt_labels")
 DONE_FILE = "stage_done.json"
 STARTED_FILE = "stage_started.json"
+_CHOICE_REFS = ("weights_from", "round_from")  # may name a list: the best of those stages
 
 
 @dataclass
@@ -73,8 +78,8 @@ class Stage:
     kind: str
     config: str
     opts: list = field(default_factory=list)
-    weights_from: str = ""
-    round_from: str = ""
+    weights_from: str | tuple = ""  # a tuple: the best of these stages
+    round_from: str | tuple = ""
     cams_from: str = ""
 
 
@@ -105,8 +110,12 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
         if s["name"] in seen or "/" in s["name"] or s["name"].startswith("."):
             raise ValueError(f"{where}: stage name '{s['name']}' is repeated or not a folder name")
         for ref in ("weights_from", "round_from", "cams_from"):
-            if s.get(ref) and s[ref] not in seen:
-                raise ValueError(f"{where}: {ref} '{s[ref]}' is not an earlier stage")
+            names = s.get(ref) or []
+            if not (ref in _CHOICE_REFS and isinstance(names, list)):
+                names = [names] if names else []
+            for n in names:
+                if not isinstance(n, str) or n not in seen:
+                    raise ValueError(f"{where}: {ref} '{n}' is not an earlier stage")
         seen.add(s["name"])
         cfg_path = s["config"]
         if repo_root and not os.path.isabs(cfg_path):
@@ -122,8 +131,10 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
                 s["kind"],
                 cfg_path,
                 opts,
-                s.get("weights_from", ""),
-                s.get("round_from", ""),
+                *(
+                    tuple(s[r]) if isinstance(s.get(r), list) else s.get(r, "")
+                    for r in _CHOICE_REFS
+                ),
                 s.get("cams_from", ""),
             )
         )
@@ -152,6 +163,10 @@ def summary_rows(summaries: list[dict], digits: int = 1, config: bool = False) -
             + [s["status"], s["seconds"]]
         )
     return rows
+
+
+def _as_tuple(names: str | tuple) -> tuple:
+    return names if isinstance(names, tuple) else (names,)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -194,13 +209,48 @@ class Pipeline:
         if stage.weights_from:
             opts += [
                 "MODEL.WEIGHTS",
-                os.path.join(self.stage_dir(stage.weights_from), "model_final.pth"),
+                os.path.join(
+                    self.stage_dir(self.best_of(stage, stage.weights_from)), "model_final.pth"
+                ),
             ]
         if stage.round_from:
-            opts += ["WSSS.PSEUDO.TRAIN_ROUND", self.round_of(stage.round_from)]
+            opts += [
+                "WSSS.PSEUDO.TRAIN_ROUND",
+                self.round_of(self.best_of(stage, stage.round_from)),
+            ]
         if stage.cams_from:
             opts += ["WSSS.PSEUDO.CAM_DIR", self.cams_of(stage.cams_from)]
         return opts + ["OUTPUT_DIR", self.stage_dir(stage.name)]
+
+    def best_of(self, stage: Stage, names: str | tuple) -> str:
+        """``names`` itself, or of a tuple the finished stage with the highest primary metric
+        (the first on a tie)."""
+        if isinstance(names, str):
+            return names
+        scored = []
+        for name in names:
+            done = os.path.join(self.stage_dir(name), DONE_FILE)
+            if not os.path.isfile(done):
+                raise FileNotFoundError(
+                    f"stage '{stage.name}': its input stage '{name}' has not finished "
+                    f"({done} is missing)"
+                )
+            with open(done) as f:
+                m = primary_metric(json.load(f).get("results", {}))
+            if m is None:
+                raise ValueError(
+                    f"stage '{stage.name}': its input stage '{name}' reported no metric to "
+                    "choose by (give its config an evaluator)"
+                )
+            scored.append((m[1], name))
+        best = max(scored, key=lambda t: t[0])  # max keeps the first of equal scores
+        logger.info(
+            "stage %s: input from %s, the best of %s",
+            stage.name,
+            best[1],
+            ", ".join(f"{n} {v:.2f}" for v, n in scored),
+        )
+        return best[1]
 
     def round_of(self, name: str) -> str:
         """The latest complete pseudo-label round written by stage ``name``."""
@@ -224,7 +274,7 @@ class Pipeline:
     def stage_hash(self, stage: Stage) -> str:
         """Hash of the merged config (minus paths of this run), the kind and the inputs' hashes."""
         cfg = get_wsss_cfg(stage.config, stage.opts)
-        refs = (stage.weights_from, stage.round_from, stage.cams_from)
+        refs = (*_as_tuple(stage.weights_from), *_as_tuple(stage.round_from), stage.cams_from)
         upstream = [self._hashes[n] for n in refs if n]
         return config_hash({"cfg": cfg.dump(), "kind": stage.kind, "inputs": upstream})
 

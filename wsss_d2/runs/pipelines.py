@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from ..engine.pipeline import load_pipeline, summary_rows
 from ..engine.report import write_pipeline_report
-from .labeling import label_argument_parser, make_pseudo_labels, make_sam_labels
+from .labeling import label_argument_parser, make_gt_round, make_pseudo_labels, make_sam_labels
 from .training import train
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ STAGE_RUNNERS = {
     # the round's rename and stage_done.json) is reused, not refused
     "pseudo_labels": (make_pseudo_labels, ("{resume}",)),
     "sam_labels": (make_sam_labels, ("{resume}",)),
+    # the round folder it returns is not a metric: the stage reports nothing
+    "gt_labels": (lambda a: make_gt_round(a) and {}, ("{resume}",)),
 }
 
 
