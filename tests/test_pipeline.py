@@ -1,6 +1,7 @@
 """tools/run_pipeline.py: tiny stages end to end, crash + --resume, config changes, Ctrl-C."""
 
 import os
+import re
 import signal
 
 import pytest
@@ -127,6 +128,8 @@ def test_pipeline_crash_resume_and_config_change(tmp_path):
     # long loops leave their rate in the stage's log.txt, not only a bar on stderr
     log = (out / "labels" / "log.txt").read_text()
     assert "CAM inference: 24 img in" in log and "labels (threshold): 24 img in" in log
+    # every round's background quality is in its log (too little background sinks segmentors)
+    assert re.search(r"background IoU \d+\.\d, precision \d+\.\d, recall \d+\.\d", log)
     assert (out / "report.html").is_file()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "Per-class IoU" in html

@@ -99,11 +99,13 @@ def make_pseudo_labels(args):
             )
             if res:
                 logger.info(
-                    "round %d: mIoU %.2f, labeled-pixel mIoU %.2f, %.1f%% unsure",
+                    "round %d: mIoU %.2f, labeled-pixel mIoU %.2f, %.1f%% unsure; background "
+                    "IoU %.1f, precision %.1f, recall %.1f (unsure pixels count as misses)",
                     k,
                     res["mIoU"],
                     res["mIoU_labeled"],
                     100 * res["ignored_fraction"],
+                    *(res.get(f"{m}-background", float("nan")) for m in ("IoU", "PREC", "REC")),
                 )
     return res
 
