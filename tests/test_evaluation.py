@@ -128,6 +128,21 @@ def test_default_evaluator_is_ours_and_detectron2_names_are_allowed(tmp_path):
         build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))
 
 
+def test_two_evaluators_of_the_same_results_are_refused_before_inference(tmp_path):
+    from wsss_d2.config import get_wsss_cfg
+
+    cfg = get_wsss_cfg()
+    cfg.WSSS.EVALUATORS = ("WSSSSemSegEvaluator", "COCOSemSegJSONEvaluator")
+    with pytest.raises(ValueError, match="WSSSSemSegEvaluator and COCOSemSegJSONEvaluator"):
+        build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))
+    cfg.WSSS.EVALUATORS = ("CAMEvaluator", "CAMEvaluator")
+    with pytest.raises(ValueError, match="both report 'cam'"):
+        build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))
+    cfg.WSSS.EVALUATORS = ("SemSegEvaluator", "WSSSSemSegEvaluator")  # Detectron2's too
+    with pytest.raises(ValueError, match="both report 'sem_seg'"):
+        build_evaluators(cfg, "toyparts_mini_val", str(tmp_path))
+
+
 def test_ground_truth_found_by_file_name_when_the_mapper_dropped_it(tmp_path):
     """Detectron2's DatasetMapper pops sem_seg_file_name; the evaluator finds the mask in the
     DatasetCatalog by file_name, as Detectron2's SemSegEvaluator does."""

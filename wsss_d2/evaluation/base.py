@@ -109,6 +109,9 @@ def _merge(values: list):
 class WSSSEvaluator(DatasetEvaluator):
     """Shared constructor, state handling, gathering and JSON writing (module docstring)."""
 
+    #: the top-level keys of ``evaluate()``'s results (two evaluators of one run must not share one)
+    RESULT_KEYS: tuple[str, ...] = ()
+
     def __init__(
         self,
         dataset_name: str,

@@ -82,6 +82,8 @@ class PseudoLabelEvaluator(WSSSEvaluator):
     Returns ``{"pseudo_seg": {...}}`` from the main process (after a gather over ranks).
     """
 
+    RESULT_KEYS = ("pseudo_seg",)
+
     @configurable
     def __init__(self, dataset_name: str, *, num_classes: int, **kwargs):
         """``kwargs``: ``ignore_label``, ``output_dir``, ``distributed`` (see

@@ -20,6 +20,9 @@ Evaluators, built as ``EVALUATOR_REGISTRY.get(name)(cfg, dataset_name=..., outpu
 """
 
 
+_D2_RESULT_KEYS = {"SemSegEvaluator": ("sem_seg",)}  # Detectron2's evaluators that we know
+
+
 def _detectron2_evaluator(name: str):
     cls = getattr(d2_evaluation, name, None)
     if inspect.isclass(cls) and issubclass(cls, DatasetEvaluator) and cls is not DatasetEvaluator:
@@ -42,7 +45,20 @@ def build_evaluator(cfg, name: str, dataset_name: str, output_dir: str | None = 
 
 
 def build_evaluators(cfg, dataset_name: str, output_dir: str | None = None) -> DatasetEvaluators:
-    """Every evaluator in ``cfg.WSSS.EVALUATORS`` for ``dataset_name``."""
-    return DatasetEvaluators(
-        [build_evaluator(cfg, n, dataset_name, output_dir) for n in cfg.WSSS.EVALUATORS]
-    )
+    """Every evaluator in ``cfg.WSSS.EVALUATORS`` for ``dataset_name``. Two that report under
+    the same key (``RESULT_KEYS``: ``COCOSemSegJSONEvaluator``, which scores as
+    ``WSSSSemSegEvaluator`` does, and ``WSSSSemSegEvaluator``) are refused before any inference:
+    Detectron2 would fail only after the whole dataset ran."""
+    evaluators = [build_evaluator(cfg, n, dataset_name, output_dir) for n in cfg.WSSS.EVALUATORS]
+    seen = {}
+    for e in evaluators:
+        keys = getattr(e, "RESULT_KEYS", None) or _D2_RESULT_KEYS.get(type(e).__name__, ())
+        for k in keys:
+            if k in seen:
+                raise ValueError(
+                    f"WSSS.EVALUATORS {tuple(cfg.WSSS.EVALUATORS)}: {seen[k]} and "
+                    f"{type(e).__name__} both report '{k}' results: list only one (the one that "
+                    "does more, e.g. COCOSemSegJSONEvaluator scores as WSSSSemSegEvaluator does)"
+                )
+            seen[k] = type(e).__name__
+    return DatasetEvaluators(evaluators)

@@ -77,6 +77,8 @@ def _decode_rle(rle: dict) -> np.ndarray:
 class SamBoxLabelingEvaluator(WSSSEvaluator):
     """Per-class IoU of SAM-box labels + box / mask statistics (see the module docstring)."""
 
+    RESULT_KEYS = ("sem_seg", "sam_boxes")
+
     @configurable
     def __init__(
         self,

@@ -48,6 +48,8 @@ class WSSSSemSegEvaluator(WSSSEvaluator):
     and without re-reading files through extra copies.
     """
 
+    RESULT_KEYS = ("sem_seg",)
+
     @configurable
     def __init__(self, dataset_name: str, **kwargs):
         """``kwargs``: ``num_classes``, ``ignore_label``, ``output_dir``, ``distributed`` (see
@@ -100,6 +102,8 @@ class CAMEvaluator(WSSSSemSegEvaluator):
 
     Returns ``{"cam": {"mIoU" (best), "best_threshold", "mIoU@t"..., "IoU-<class>" at best}}``.
     """
+
+    RESULT_KEYS = ("cam",)
 
     @configurable
     def __init__(self, dataset_name: str, *, thresholds: Sequence[float], **kwargs):
