@@ -5,9 +5,9 @@
     python tools/run_pipeline.py --config-file configs/pipelines/toy_demo.yaml --resume
     python tools/run_pipeline.py --config-file configs/pipelines/voc_plda_cian.yaml --num-gpus 8
 
-Each stage is an ordinary run of tools/train_net.py, make_pseudo_labels.py or make_sam_labels.py
-in ``OUTPUT_DIR/<stage>`` (see ``wsss_d2/engine/pipeline.py`` for the stage format and resume
-rules). Trailing ``KEY VALUE`` pairs override the pipeline YAML's top level (only ``OUTPUT_DIR``).
+Each stage is an ordinary run of tools/train_net.py, make_pseudo_labels.py, make_sam_labels.py or
+make_gt_round.py in ``OUTPUT_DIR/<stage>`` (see ``wsss_d2/engine/pipeline.py`` for the stage
+format and resume rules). Trailing ``KEY VALUE`` pairs override the pipeline YAML's top level (only ``OUTPUT_DIR``).
 """
 
 import os
