@@ -109,13 +109,15 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
             raise ValueError(f"{where}: kind '{s['kind']}' is not one of {STAGE_KINDS}")
         if s["name"] in seen or "/" in s["name"] or s["name"].startswith("."):
             raise ValueError(f"{where}: stage name '{s['name']}' is repeated or not a folder name")
+        refs = {}
         for ref in ("weights_from", "round_from", "cams_from"):
-            names = s.get(ref) or []
-            if not (ref in _CHOICE_REFS and isinstance(names, list)):
-                names = [names] if names else []
-            for n in names:
+            value = s.get(ref) or ""
+            if ref in _CHOICE_REFS and isinstance(value, list):
+                value = tuple(value)
+            for n in _as_tuple(value) if value else ():
                 if not isinstance(n, str) or n not in seen:
                     raise ValueError(f"{where}: {ref} '{n}' is not an earlier stage")
+            refs[ref] = value
         seen.add(s["name"])
         cfg_path = s["config"]
         if repo_root and not os.path.isabs(cfg_path):
@@ -125,19 +127,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
         opts = [str(o) for o in s.get("opts", [])]
         if len(opts) % 2:
             raise ValueError(f"{where}: opts must be KEY VALUE pairs, got {opts}")
-        stages.append(
-            Stage(
-                s["name"],
-                s["kind"],
-                cfg_path,
-                opts,
-                *(
-                    tuple(s[r]) if isinstance(s.get(r), list) else s.get(r, "")
-                    for r in _CHOICE_REFS
-                ),
-                s.get("cams_from", ""),
-            )
-        )
+        stages.append(Stage(s["name"], s["kind"], cfg_path, opts, **refs))
     return Pipeline(spec.get("OUTPUT_DIR", "output/pipeline"), stages, source=path)
 
 
@@ -229,14 +219,13 @@ class Pipeline:
             return names
         scored = []
         for name in names:
-            done = os.path.join(self.stage_dir(name), DONE_FILE)
-            if not os.path.isfile(done):
+            record = self.done_record(name)
+            if record is None:
                 raise FileNotFoundError(
                     f"stage '{stage.name}': its input stage '{name}' has not finished "
-                    f"({done} is missing)"
+                    f"({os.path.join(self.stage_dir(name), DONE_FILE)} is missing)"
                 )
-            with open(done) as f:
-                m = primary_metric(json.load(f).get("results", {}))
+            m = primary_metric(record.get("results", {}))
             if m is None:
                 raise ValueError(
                     f"stage '{stage.name}': its input stage '{name}' reported no metric to "
@@ -278,12 +267,17 @@ class Pipeline:
         upstream = [self._hashes[n] for n in refs if n]
         return config_hash({"cfg": cfg.dump(), "kind": stage.kind, "inputs": upstream})
 
-    def is_complete(self, stage: Stage) -> bool:
-        done = os.path.join(self.stage_dir(stage.name), DONE_FILE)
+    def done_record(self, name: str) -> dict | None:
+        """Stage ``name``'s ``stage_done.json`` (hash, seconds, results), None if it has none."""
+        done = os.path.join(self.stage_dir(name), DONE_FILE)
         if not os.path.isfile(done):
-            return False
+            return None
         with open(done) as f:
-            return json.load(f).get("hash") == self._hashes[stage.name]
+            return json.load(f)
+
+    def is_complete(self, stage: Stage) -> bool:
+        record = self.done_record(stage.name)
+        return record is not None and record.get("hash") == self._hashes[stage.name]
 
     def _set_aside(self, folder: str) -> None:
         stale, n = folder + ".stale", 1
