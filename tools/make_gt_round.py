@@ -12,8 +12,6 @@ with a fingerprint of the masks like every round: ``--overwrite`` writes a compl
 ``--resume`` reuses one made from the same masks.
 """
 
-from detectron2.engine import launch
-
 from wsss_d2 import runs
 
 
@@ -23,11 +21,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = runs.label_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    runs.launch_from_args(main, args)

@@ -24,7 +24,7 @@ fit the model. The round is scored against the ground truth when the dataset has
 (``OUTPUT_DIR/pseudo_label_evaluation.json``).
 """
 
-from detectron2.engine import default_argument_parser, launch  # noqa: F401  (tests use it)
+from detectron2.engine import default_argument_parser  # noqa: F401  (tests use it)
 
 from wsss_d2 import runs
 
@@ -35,11 +35,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = runs.label_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    runs.launch_from_args(main, args)

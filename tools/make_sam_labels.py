@@ -16,8 +16,6 @@ round. Scores (mIoU against the ground truth where the dataset has it, box stati
 log and to ``OUTPUT_DIR/sam_box_labeling.json``.
 """
 
-from detectron2.engine import launch
-
 from wsss_d2 import runs
 
 
@@ -27,11 +25,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = runs.label_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    runs.launch_from_args(main, args)

@@ -9,8 +9,6 @@ A new run into an OUTPUT_DIR that holds a finished one (model_final.pth) is refu
 --resume (continue it) or --overwrite (train anew over it); one training process per OUTPUT_DIR.
 """
 
-from detectron2.engine import launch
-
 from wsss_d2 import runs
 
 
@@ -20,11 +18,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = runs.train_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    runs.launch_from_args(main, args)

@@ -19,9 +19,10 @@ dict, so that the tools stay argument parsing and ``launch``, and tests can call
 from .labeling import label_argument_parser, make_gt_round, make_pseudo_labels, make_sam_labels
 from .pipelines import STAGE_RUNNERS, pipeline_argument_parser, run_pipeline, stage_executor
 from .prediction import predict, tool_config, visualize
-from .training import train, train_argument_parser
+from .training import launch_from_args, train, train_argument_parser
 
 __all__ = [
+    "launch_from_args",
     "train",
     "make_pseudo_labels",
     "make_sam_labels",

@@ -8,14 +8,13 @@ import contextlib
 import logging
 import time
 
-from detectron2.engine import launch
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..engine.pipeline import load_pipeline, summary_rows
 from ..engine.report import write_pipeline_report
 from .labeling import label_argument_parser, make_gt_round, make_pseudo_labels, make_sam_labels
-from .training import train
+from .training import launch_from_args, train
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +93,7 @@ def stage_executor(args):
             holder["res"] = fn(a)
 
         with _stage_logging():
-            launch(
-                main,
-                targs.num_gpus,
-                num_machines=targs.num_machines,
-                machine_rank=targs.machine_rank,
-                dist_url=targs.dist_url,
-                args=(targs,),
-            )
+            launch_from_args(main, targs)
         return holder.get("res") or {}
 
     return execute

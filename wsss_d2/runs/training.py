@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
 from ..engine.defaults import default_wsss_setup, output_dir_lock, wsss_cfg_from_args
@@ -70,3 +70,16 @@ def train(args):
         trainer = WSSSTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         return trainer.train()
+
+
+def launch_from_args(main, args):
+    """Detectron2's ``launch`` of ``main(args)`` with the process layout of Detectron2's
+    arguments (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``)."""
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
