@@ -99,30 +99,38 @@ def _row(conf: np.ndarray, class_names) -> dict:
     }
 
 
+def sweep_setup(ap: argparse.ArgumentParser, argv=None):
+    """The set-up both sweeps share: ``--output`` and the config overrides added to ``ap``, the
+    arguments parsed, the config read, its datasets registered and the labelled dicts (with
+    ground truth) loaded. Returns ``(args, cfg, dataset names, dicts)``."""
+    from wsss_d2.config import get_wsss_cfg
+    from wsss_d2.data.datasets.from_config import register_datasets_from_config
+    from wsss_d2.pseudo.make_round import label_dataset_dicts
+
+    ap.add_argument("--output", default="", help="write the rows as JSON here")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = get_wsss_cfg(args.config_file, args.opts)
+    register_datasets_from_config(cfg)
+    names, dicts = label_dataset_dicts(cfg, require_gt=True)
+    return args, cfg, names, dicts
+
+
 def main(argv=None) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import wsss_d2  # noqa: F401  (registers the datasets)
-    from wsss_d2.config import get_wsss_cfg
-    from wsss_d2.data.datasets.from_config import register_datasets_from_config
     from wsss_d2.io.cam_files import cam_file_path
     from wsss_d2.ops.crf import CRFParams
     from wsss_d2.ops.pool import map_in_pool
-    from wsss_d2.pseudo.make_round import label_dataset_dicts
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config-file", required=True)
     ap.add_argument("--cam-dir", required=True, help="folder of <stem>.npz CAM files")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3])
     ap.add_argument("--workers", type=int, default=0, help="CRF processes (0 = every core)")
-    ap.add_argument("--output", default="", help="write the rows as JSON here")
     ap.add_argument("--no-crf", action="store_true", help="only the thresholded CAMs (fast)")
-    ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    cfg = get_wsss_cfg(args.config_file, args.opts)
-    register_datasets_from_config(cfg)
-    names, dicts = label_dataset_dicts(cfg, require_gt=True)
+    args, cfg, names, dicts = sweep_setup(ap, argv)
     thresholds = sorted(set(args.thresholds))
     pairs = [] if args.no_crf else [(f, b) for f in range(len(thresholds)) for b in range(f + 1)]
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1

@@ -53,14 +53,11 @@ def main(argv=None) -> list[dict]:
     import torch
 
     import wsss_d2  # noqa: F401  (registers the datasets and models)
-    from wsss_d2.config import get_wsss_cfg
-    from wsss_d2.data.datasets.from_config import register_datasets_from_config
     from wsss_d2.data.mappers import build_mapper
     from wsss_d2.engine.trainer import WSSSTrainer
     from wsss_d2.io.files import atomic_write_bytes
     from wsss_d2.modeling.checkpoint import load_model_weights
     from wsss_d2.pseudo.irn_round import same_size_batches, walk_batch
-    from wsss_d2.pseudo.make_round import label_dataset_dicts
     from wsss_d2.pseudo.random_walk import WalkParams
 
     sweep = load_sweep_rows()
@@ -69,14 +66,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--weights", required=True, help="the trained IRNet")
     ap.add_argument("--cam-dir", required=True, help="the CAM folder the walk propagates")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
-    ap.add_argument("--output", default="", help="write the rows as JSON here")
-    ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    cfg = get_wsss_cfg(args.config_file, args.opts)
-    register_datasets_from_config(cfg)
-    names, dicts = label_dataset_dicts(cfg, require_gt=True)
+    args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
     model = WSSSTrainer.build_model(cfg).eval()
     load_model_weights(model, args.weights)
     params = WalkParams.from_config(cfg)
@@ -112,7 +102,8 @@ def main(argv=None) -> list[dict]:
 
 
 def load_sweep_rows():
-    """``benchmarks/sweep_crf_band.py`` (its ``_row``: the same metrics for both sweeps)."""
+    """``benchmarks/sweep_crf_band.py`` (its ``sweep_setup`` and ``_row``: the same set-up and
+    metrics for both sweeps)."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep_crf_band.py")
