@@ -9,6 +9,7 @@ import yaml
 from conftest import MINI_TOY_OPTS, REPO, load_script
 from detectron2.engine import HookBase
 
+from wsss_d2.config import get_wsss_cfg
 from wsss_d2.engine import HOOK_REGISTRY
 from wsss_d2.engine.pipeline import DONE_FILE, load_pipeline
 
@@ -336,3 +337,24 @@ def test_gt_labels_stage_trains_a_segmentor_on_the_masks(tmp_path):
     assert read_manifest(str(round_dir))["source"] == "ground_truth"
     cfg_used = yaml.safe_load((tmp_path / "out" / "seg_gt" / "config.yaml").read_text())
     assert cfg_used["WSSS"]["PSEUDO"]["TRAIN_ROUND"] == str(round_dir)
+
+
+def test_pipeline_opts_apply_to_every_stage_before_its_own(tmp_path):
+    from wsss_d2.engine.pipeline import parse_pipeline
+
+    spec = {
+        "OPTS": ["DATASETS.TRAIN", "('toyparts_large_train',)", "SOLVER.MAX_ITER", 7],
+        "STAGES": [
+            {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml"},
+            {"name": "seg", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+             "opts": ["SOLVER.MAX_ITER", 3]},
+        ],
+    }  # fmt: skip
+    pipe = parse_pipeline(spec, "pipe.yaml", str(REPO))
+    cfgs = {s.name: get_wsss_cfg(s.config, s.opts) for s in pipe.stages}
+    assert cfgs["cam"].DATASETS.TRAIN == cfgs["seg"].DATASETS.TRAIN == ("toyparts_large_train",)
+    assert (cfgs["cam"].SOLVER.MAX_ITER, cfgs["seg"].SOLVER.MAX_ITER) == (7, 3)  # the stage's last
+    with pytest.raises(ValueError, match="OPTS must be KEY VALUE pairs"):
+        parse_pipeline({**spec, "OPTS": ["SOLVER.MAX_ITER"]}, "pipe.yaml", str(REPO))
+    with pytest.raises(KeyError, match=r"pipe.yaml: unknown key\(s\) \['OTPS'\]"):
+        parse_pipeline({"OTPS": [], "STAGES": spec["STAGES"]}, "pipe.yaml", str(REPO))

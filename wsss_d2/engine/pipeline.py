@@ -18,7 +18,8 @@ supervised ceiling of a segmentor trained with ``round_from`` it).
 ``weights_from`` sets ``MODEL.WEIGHTS`` to that stage's ``model_final.pth``; ``round_from`` sets
 ``WSSS.PSEUDO.TRAIN_ROUND`` to that stage's latest complete pseudo-label round; ``cams_from`` sets
 ``WSSS.PSEUDO.CAM_DIR`` to the CAM folder that stage's latest round was made from (its manifest's
-``cam_dir``); ``opts`` are extra ``KEY VALUE`` overrides. ``weights_from`` and ``round_from`` may
+``cam_dir``); ``opts`` are extra ``KEY VALUE`` overrides, after the pipeline's own ``OPTS`` (the
+same overrides for every stage, e.g. another dataset: ``OPTS: [DATASETS.TRAIN, ...]``). ``weights_from`` and ``round_from`` may
 name a list of stages: the one whose primary metric (:func:`primary_metric`) is highest is taken,
 the first on a tie (``round_from: [labels_cam, labels_plda]``: train on the better pseudo labels).
 
@@ -95,6 +96,12 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
     ``path`` names it in errors) and build the :class:`Pipeline`."""
     if not isinstance(spec.get("STAGES"), list) or not spec["STAGES"]:
         raise ValueError(f"{path}: needs a non-empty STAGES list")
+    unknown = set(spec) - {"OUTPUT_DIR", "OPTS", "STAGES"}
+    if unknown:
+        raise KeyError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: OUTPUT_DIR, OPTS, STAGES")
+    common = [str(o) for o in spec.get("OPTS") or []]
+    if len(common) % 2:
+        raise ValueError(f"{path}: OPTS must be KEY VALUE pairs, got {common}")
     stages, seen = [], set()
     allowed = {"name", "kind", "config", "opts", "weights_from", "round_from", "cams_from"}
     for i, s in enumerate(spec["STAGES"]):
@@ -127,7 +134,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
         opts = [str(o) for o in s.get("opts", [])]
         if len(opts) % 2:
             raise ValueError(f"{where}: opts must be KEY VALUE pairs, got {opts}")
-        stages.append(Stage(s["name"], s["kind"], cfg_path, opts, **refs))
+        stages.append(Stage(s["name"], s["kind"], cfg_path, common + opts, **refs))
     return Pipeline(spec.get("OUTPUT_DIR", "output/pipeline"), stages, source=path)
 
 
