@@ -98,7 +98,9 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
         raise ValueError(f"{path}: needs a non-empty STAGES list")
     unknown = set(spec) - {"OUTPUT_DIR", "OPTS", "STAGES"}
     if unknown:
-        raise KeyError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: OUTPUT_DIR, OPTS, STAGES")
+        raise KeyError(
+            f"{path}: unknown key(s) {sorted(unknown)}; allowed: OUTPUT_DIR, OPTS, STAGES"
+        )
     common = [str(o) for o in spec.get("OPTS") or []]
     if len(common) % 2:
         raise ValueError(f"{path}: OPTS must be KEY VALUE pairs, got {common}")
