@@ -38,6 +38,29 @@ def test_pipeline_config_is_valid(path):
         pipe._hashes[stage.name] = pipe.stage_hash(stage)
 
 
+def test_demo_runs_every_method_on_toyparts_large():
+    """`make demo`: PLDA's labels -> IRN -> DeepLab-v2 / CIAN -> retraining from the round-1
+    model, on toyparts_large (the data where the CAM is part-only)."""
+    from wsss_d2.config import get_wsss_cfg
+    from wsss_d2.engine.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(REPO / "configs/pipelines/toy_demo.yaml"), repo_root=str(REPO))
+    stages = {s.name: s for s in pipe.stages}
+    refs = {n: (s.weights_from, s.round_from, s.cams_from) for n, s in stages.items()}
+    assert refs["labels"] == ("plda", "", "")
+    assert refs["irn"] == ("plda", "labels", "") and refs["irn_labels"] == ("irn", "", "labels")
+    assert refs["deeplab"][1] == refs["cian"][1] == "irn_labels"
+    assert refs["cian_retrain"] == ("cian", "cian_labels", "")
+    for name, stage in stages.items():
+        cfg = get_wsss_cfg(stage.config, stage.opts)
+        assert cfg.DATASETS.TRAIN == ("toyparts_large_train",), name
+        assert cfg.DATASETS.TEST == (() if "irn" in name else ("toyparts_large_val",)), name
+    assert (
+        get_wsss_cfg(stages["plda"].config, stages["plda"].opts).MODEL.META_ARCHITECTURE == "PLDA"
+    )
+    assert get_wsss_cfg(stages["irn"].config).WSSS.PSEUDO.METHOD == "irn"
+
+
 # ---------------------------------------------------------------------- paper-row recipes
 # IRN's CAM step (jiwoon-ahn/irn run_sample.py + step/train_cam.py) and SIPE's training
 # (chenqi1126/SIPE train_resnet50_SIPE.py), which PLDA's ResNet-50 rows follow (the paper, Sec.

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """``make demo``: the whole pipeline on the generated toy data, on CPU.
 
-Runs ``configs/pipelines/toy_demo.yaml`` (CAM and PLDA -> CRF pseudo labels -> DeepLab-v2 and
-CIAN -> CIAN retraining round -> COCO-format evaluation) into ``output/demo`` and prints one table
-(each stage's toyparts_val mIoU) and the report's path. Run it again to reuse finished stages (it
-resumes). Extra arguments are those of tools/run_pipeline.py.
+Runs ``configs/pipelines/toy_demo.yaml`` on the generated toyparts_large data (CAM and PLDA ->
+PLDA's CRF band -> IRNet and its random walk -> DeepLab-v2 and CIAN on the IRN labels -> CIAN
+retraining round -> COCO-format evaluation) into ``output/demo`` and prints one table (each
+stage's mIoU: CAMs and segmentors on toyparts_large_val, pseudo labels on toyparts_large_train)
+and the report's path. Run it again to reuse finished stages (it resumes). Extra arguments are
+those of tools/run_pipeline.py.
 """
 
 import os
