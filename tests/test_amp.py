@@ -124,3 +124,22 @@ def test_cam_inference_fp16_close_to_fp32(cfg_factory):
     cfg.WSSS.PSEUDO.AMP = True
     for a, b in zip(plain, CAMInferenceEngine(cfg).cams_for_batch(model, batch)):
         assert b.dtype == np.float32 and np.abs(a - b).max() < 0.02
+
+
+def test_cpu_bf16_cam_inference_is_its_own_fingerprint_and_close_to_float32(cfg_factory):
+    cfg = cfg_factory("configs/cam_toy.yaml", *MINI_TOY_OPTS, "WSSS.PSEUDO.SCALES", "(1.0, 0.5)")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    mapper = build_mapper(cfg, False)
+    batch = [mapper(d) for d in DatasetCatalog.get("toyparts_mini_val")[:2]]
+    plain = CAMInferenceEngine(cfg).cams_for_batch(model, batch)
+    with inference_autocast("cpu", False, cpu_bf16=True):
+        assert (
+            torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
+        )
+    cfg.WSSS.PSEUDO.CPU_BF16 = True
+    engine = CAMInferenceEngine(cfg)
+    assert engine.fingerprint("cpu")["amp"] == "bf16" and "amp" not in engine.fingerprint("cuda")
+    for a, b in zip(plain, engine.cams_for_batch(model, batch)):
+        assert b.dtype == np.float32 and a.shape == b.shape
+        assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.05  # bfloat16: 8-bit mantissa

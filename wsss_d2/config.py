@@ -168,6 +168,9 @@ def _add_pseudo_config(_C: CN) -> None:
     # fp16 autocast on CUDA of CAM inference and of the IRNet's forward in IRN rounds (the walk
     # keeps MODEL.IRN.WALK_DTYPE)
     _C.WSSS.PSEUDO.AMP = False
+    # CAM inference in bfloat16 autocast on CPU: faster only on CPUs with native bfloat16
+    # (AVX-512 BF16 / AMX); the CAM fingerprint records it
+    _C.WSSS.PSEUDO.CPU_BF16 = False
     # "threshold" | "crf" | "pamr": CAM -> label refinement; "irn": the random walk of an IRNet
     _C.WSSS.PSEUDO.METHOD = "crf"
     _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs

@@ -29,7 +29,7 @@ from ..io.cam_files import cam_file_ok, cam_file_path, save_cam_file
 from ..io.rounds import check_unique_stems
 from ..modeling.meta_arch.cam import normalize_cams
 from ..modeling.utils import fold_batchnorm, unwrap_model
-from ..ops.amp import amp_active, inference_autocast
+from ..ops.amp import autocast_name, inference_autocast
 from ..ops.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class CAMInferenceEngine:
         channels_last: bool = True,
         fold_bn: bool = True,
         amp: bool = False,
+        cpu_bf16: bool = False,
     ):
         """
         Args:
@@ -81,6 +82,8 @@ class CAMInferenceEngine:
             amp: run the forward passes in fp16 autocast when the model is on CUDA
                 (:func:`~wsss_d2.ops.amp.inference_autocast`); the CAMs are summed, resized
                 and normalised in float32. Ignored on CPU.
+            cpu_bf16: the same in bfloat16 autocast when the model is on CPU (fast only on
+                CPUs with native bfloat16; ``benchmarks/bench_cam_inference.py --bf16``).
         """
         self.mapper = mapper
         self.scales = tuple(float(s) for s in scales)
@@ -90,6 +93,7 @@ class CAMInferenceEngine:
         self.channels_last = bool(channels_last)
         self.fold_bn = bool(fold_bn)
         self.amp = bool(amp)
+        self.cpu_bf16 = bool(cpu_bf16)
 
     @classmethod
     def from_config(cls, cfg):
@@ -103,14 +107,16 @@ class CAMInferenceEngine:
             "channels_last": p.CHANNELS_LAST,
             "fold_bn": p.FOLD_BN,
             "amp": p.AMP,
+            "cpu_bf16": p.CPU_BF16,
         }
 
     def fingerprint(self, device="cpu") -> dict:
-        """What the CAMs depend on (besides the model): the protocol, and fp16 when it is used
-        on ``device``."""
+        """What the CAMs depend on (besides the model): the protocol, and fp16 / bf16 when it
+        is used on ``device``."""
         fp = {"scales": list(self.scales), "flip": self.flip}
-        if amp_active(device, self.amp):
-            fp["amp"] = "fp16"
+        dtype = autocast_name(device, self.amp, self.cpu_bf16)
+        if dtype:
+            fp["amp"] = dtype
         return fp
 
     # ------------------------------------------------------------------ core
@@ -130,7 +136,7 @@ class CAMInferenceEngine:
         x = images.tensor
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with inference_autocast(x.device, self.amp):
+        with inference_autocast(x.device, self.amp, cpu_bf16=self.cpu_bf16):
             cams = model.multiscale_cams(x, self.scales, self.flip)
         cams = cams.float().contiguous()  # (N, K, Hp, Wp)
         out = []
