@@ -50,6 +50,7 @@ from wsss_d2.engine import WSSSTrainer
 from wsss_d2.io.cam_files import cam_file_path, load_cam_file
 from wsss_d2.io.rounds import label_stem
 from wsss_d2.modeling.test_time import rescale
+from wsss_d2.ops.progress import load_line
 from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,12 +121,6 @@ def _labels(cams, keys, num_classes, threshold):
     return full.argmax(0)
 
 
-def _load_line():
-    load = os.getloadavg()[0]
-    warn = "  WARNING: above 1, not an idle machine" if load > 1 else ""
-    return f"load average {load:.2f}{warn}"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config-file", default=os.path.join(REPO, "configs", "pseudo_toy.yaml"))
@@ -168,7 +163,7 @@ def main():
         f"{len(dicts)} images of {args.dataset} ({cfg.MODEL.BACKBONE.NAME}), scales {scales}, "
         f"flip {engine.flip}, batch {engine.ims_per_batch}, reference '{args.reference}' "
         f"({threads} threads), ours {args.ranks} rank(s) x {per_rank} thread(s)"
-        f"{', bfloat16' if args.bf16 else ''}; {_load_line()}",
+        f"{', bfloat16' if args.bf16 else ''}; {load_line('before')}",
         flush=True,
     )
 
@@ -223,7 +218,7 @@ def main():
         f"labels at background {threshold:.2f} agree on {100.0 * agree / max(total, 1):.3f} % "
         f"of pixels"
     )
-    print(f"after {time.perf_counter() - t_start:.0f} s: {_load_line()}")
+    print(f"after {time.perf_counter() - t_start:.0f} s: {load_line('after')}")
 
 
 if __name__ == "__main__":

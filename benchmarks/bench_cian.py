@@ -37,6 +37,7 @@ from torch import nn
 
 import wsss_d2  # noqa: F401  (registers everything)
 from wsss_d2.config import get_wsss_cfg
+from wsss_d2.ops.progress import load_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(torch.get_num_threads())
     print(
         f"config {a.config}, device {a.device}, input {a.size}x{a.size}, batch {a.batch}, "
-        f"{a.steps} timed steps (median), torch threads {torch.get_num_threads()}"
+        f"{a.steps} timed steps (median), torch threads {torch.get_num_threads()}; "
+        f"{load_line('before')}"
     )
 
     x1 = torch.randn(1, 3, a.size, a.size, device=a.device)
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
         f"baseline / vanilla: params {b[0] / v[0]:.3f}x, inference FLOPs {b[1] / v[1]:.3f}x, "
         f"step {b[3] / v[3]:.3f}x"
     )
+    print(load_line("after"))
     return 0
 
 

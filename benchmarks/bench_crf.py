@@ -13,7 +13,6 @@ image's tags + background (3 labels here), which is what the pseudo-label tools 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from wsss_d2.ops.crf import CRFParams, crf_inference_label
 from wsss_d2.ops.pool import default_num_workers, map_in_pool
+from wsss_d2.ops.progress import load_line
 
 
 def make_image(i: int, h: int, w: int, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,11 +61,10 @@ def main():
     params = CRFParams(iterations=args.iterations)
     jobs = [(i, args.height, args.width, args.labels, params) for i in range(args.num_images)]
     workers = args.workers or default_num_workers()
-    load = os.getloadavg()
     print(
         f"{args.num_images} images {args.width}x{args.height}, {args.labels} labels, "
         f"{args.iterations} iterations; pool of {workers} on {default_num_workers()} cores; "
-        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"{load_line('before')}"
     )
 
     c0, t0 = _cpu(resource.RUSAGE_SELF), time.perf_counter()
@@ -94,7 +93,7 @@ def main():
         f"one image, {k} labels (tags + background) instead of {args.labels}: "
         f"{t_tags:.3f} s/image ({t_seq / n / t_tags:.1f}x less)"
     )
-    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(load_line("after"))
     if not same:
         raise SystemExit("pool output differs from the sequential output")
 

@@ -20,6 +20,7 @@ from detectron2.evaluation import SemSegEvaluator
 from wsss_d2.data.datasets.common import set_tag_metadata
 from wsss_d2.evaluation import WSSSSemSegEvaluator
 from wsss_d2.io.files import save_label_png
+from wsss_d2.ops.progress import load_line
 
 
 def run(ev, dicts, outputs):
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    print(load_line("before"))
     rng = np.random.default_rng(0)
     tmp = tempfile.mkdtemp(prefix="bench_eval_")
     dicts, outputs = [], []
@@ -67,6 +69,7 @@ def main():
     print(f"detectron2 SemSegEvaluator : {ips_d2:8.1f} images/s  (mIoU {m_d2:.4f})")
     print(f"wsss_d2 WSSSSemSegEvaluator: {ips_ours:8.1f} images/s  (mIoU {m_ours:.4f})")
     print(f"ratio (ours / detectron2)  : {ips_ours / ips_d2:.2f}x")
+    print(load_line("after"))
 
 
 if __name__ == "__main__":

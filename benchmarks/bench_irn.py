@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 
 import cv2
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss_d2.ops.progress import load_line
 from wsss_d2.pseudo.random_walk import random_walk, walk_to_label
 
 logger = logging.getLogger("bench_irn")
@@ -196,16 +196,10 @@ def main():
     torch.set_num_threads(args.threads)
     items = from_model(args) if args.config else synthetic(args.num, args.size)
     sizes = sorted({tuple(e.shape) for _, e, _, _ in items})
-    load = os.getloadavg()
     logger.info(
-        "%d images, stride-4 maps %s, radius 5, beta 10, 2^8 steps, float64, %d thread(s); "
-        "load average before: %.2f %.2f %.2f",
-        len(items), sizes[:3], args.threads, *load,
+        "%d images, stride-4 maps %s, radius 5, beta 10, 2^8 steps, float64, %d thread(s); %s",
+        len(items), sizes[:3], args.threads, load_line("before"),
     )  # fmt: skip
-    if load[0] > 1:
-        logger.warning(
-            "WARNING: load average %.2f > 1: timings are inflated by other jobs", load[0]
-        )
     ref, t_ref = _timed(run_reference, items)
     ours, t_ours = _timed(run_ours, items, args.batch, "sparse")
     rows = [
@@ -223,12 +217,7 @@ def main():
     total = sum(a.size for a in ref)
     same = all(np.array_equal(a, b) for a, b in zip(ours, ref))
     logger.info("labels identical (ours sparse vs official loop): %s (%d pixels)", same, total)
-    load = os.getloadavg()
-    logger.info("load average after: %.2f %.2f %.2f", *load)
-    if load[0] > 1:
-        logger.warning(
-            "WARNING: load average %.2f > 1: timings are inflated by other jobs", load[0]
-        )
+    logger.info(load_line("after"))
 
 
 if __name__ == "__main__":

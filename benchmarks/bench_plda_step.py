@@ -20,6 +20,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from wsss_d2.config import get_wsss_cfg
+from wsss_d2.ops.progress import load_line
 
 CONFIGS = {
     "tiny": ("configs/cam_toy.yaml", "configs/plda_toy.yaml"),
@@ -65,6 +66,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(load_line("before"))
 
     cam_path, plda_path = CONFIGS[args.backbone]
     cfgs = {
@@ -108,6 +110,7 @@ def main():
     if not args.device.startswith("cuda"):
         print(f"ratio PLDA/CAM (process CPU) = {med_cpu['PLDA'] / med_cpu['CAM']:.2f}x")
     print(f"ratio PLDA/CAM (wall) = {med['PLDA'] / med['CAM']:.2f}x  (goal <= 2.3x)")
+    print(load_line("after"))
 
 
 if __name__ == "__main__":

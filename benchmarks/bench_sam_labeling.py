@@ -34,6 +34,7 @@ import torch
 from detectron2.data import detection_utils as utils
 from segment_anything import SamPredictor
 
+from wsss_d2.ops.progress import load_line
 from wsss_d2.pseudo.sam.boxes import ImageBoxes
 from wsss_d2.pseudo.sam.labeler import SamBoxLabeler
 from wsss_d2.pseudo.sam.model import load_sam
@@ -175,7 +176,7 @@ def main():
     n_boxes = sum(len(b) for _, b, _ in data)
     print(
         f"data: {where}, {n_boxes} boxes; SAM {args.model_type} on {args.device}; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load_line('before')}"
     )
 
     # correctness: same masks box by box; same labels wherever masks do not overlap
@@ -253,6 +254,7 @@ def main():
     )
     ratio = whole[0][0] / whole[1][0]
     print(f"goal >= 3x on whole labeling (wall): {'met' if ratio >= 3 else 'NOT met'}")
+    print(load_line("after"))
 
 
 if __name__ == "__main__":

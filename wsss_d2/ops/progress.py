@@ -1,4 +1,5 @@
-"""Progress of long loops, for people at a terminal and in ``log.txt``.
+"""Progress of long loops, for people at a terminal and in ``log.txt``; the machine's load for
+timings (:func:`load_line`).
 
 :class:`Progress` is a tqdm bar (stderr) that also logs the rate and the remaining time through
 Detectron2's ``log_every_n_seconds``, so that a run's ``log.txt`` says how far CAM inference, CRF,
@@ -9,12 +10,24 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import time
 
 from detectron2.utils.logger import log_every_n_seconds
 from tqdm import tqdm
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "load_line"]
+
+
+def load_line(when: str = "") -> str:
+    """``"load average <when>: 1-min 5-min 15-min"``, and a warning when the 1-minute load is above
+    1: the timings printed next to it are then not an idle machine's (benchmarks print it before
+    and after they time)."""
+    load = os.getloadavg()
+    line = f"load average{' ' + when if when else ''}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    if load[0] > 1:
+        line += "  WARNING: load above 1, other jobs inflate these timings"
+    return line
 
 
 def _eta(seconds: float) -> str:
