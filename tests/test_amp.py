@@ -83,13 +83,17 @@ def test_inference_autocast_only_on_cuda():
     assert y.dtype == torch.float32
 
 
-def test_cam_inference_amp_flag_is_a_no_op_on_cpu(cfg_factory):
-    cfg = cfg_factory("configs/cam_toy.yaml", *MINI_TOY_OPTS, "WSSS.PSEUDO.SCALES", "(1.0, 0.5)")
+def _mini_cams(cfg):
+    """A seeded random toy CAM model, two toyparts_mini_val inputs and their float32 CAMs."""
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    mapper = build_mapper(cfg, False)
-    batch = [mapper(d) for d in DatasetCatalog.get("toyparts_mini_val")[:2]]
-    plain = CAMInferenceEngine(cfg).cams_for_batch(model, batch)
+    batch = [build_mapper(cfg, False)(d) for d in DatasetCatalog.get("toyparts_mini_val")[:2]]
+    return model, batch, CAMInferenceEngine(cfg).cams_for_batch(model, batch)
+
+
+def test_cam_inference_amp_flag_is_a_no_op_on_cpu(cfg_factory):
+    cfg = cfg_factory("configs/cam_toy.yaml", *MINI_TOY_OPTS, "WSSS.PSEUDO.SCALES", "(1.0, 0.5)")
+    model, batch, plain = _mini_cams(cfg)
     cfg.WSSS.PSEUDO.AMP = True
     engine = CAMInferenceEngine(cfg)
     assert engine.amp and "amp" not in engine.fingerprint("cpu")
@@ -117,10 +121,7 @@ def test_amp_flag_builds_the_amp_trainer_and_trains(tmp_path):
 @CUDA
 def test_cam_inference_fp16_close_to_fp32(cfg_factory):
     cfg = cfg_factory("configs/cam_toy.yaml", *MINI_TOY_OPTS, "MODEL.DEVICE", "cuda")
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    batch = [build_mapper(cfg, False)(d) for d in DatasetCatalog.get("toyparts_mini_val")[:2]]
-    plain = CAMInferenceEngine(cfg).cams_for_batch(model, batch)
+    model, batch, plain = _mini_cams(cfg)
     cfg.WSSS.PSEUDO.AMP = True
     for a, b in zip(plain, CAMInferenceEngine(cfg).cams_for_batch(model, batch)):
         assert b.dtype == np.float32 and np.abs(a - b).max() < 0.02
@@ -128,11 +129,7 @@ def test_cam_inference_fp16_close_to_fp32(cfg_factory):
 
 def test_cpu_bf16_cam_inference_is_its_own_fingerprint_and_close_to_float32(cfg_factory):
     cfg = cfg_factory("configs/cam_toy.yaml", *MINI_TOY_OPTS, "WSSS.PSEUDO.SCALES", "(1.0, 0.5)")
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    mapper = build_mapper(cfg, False)
-    batch = [mapper(d) for d in DatasetCatalog.get("toyparts_mini_val")[:2]]
-    plain = CAMInferenceEngine(cfg).cams_for_batch(model, batch)
+    model, batch, plain = _mini_cams(cfg)
     with inference_autocast("cpu", False, cpu_bf16=True):
         assert (
             torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
