@@ -24,8 +24,8 @@ the reference keeps one process with every thread. ``--bf16`` adds ``WSSS.PSEUDO
 times exclude start-up (imports, model building, warm-up), which is printed apart. The CAMs are
 compared as float values and as the labels they give at the background threshold
 (``--bg-threshold``, default ``MODEL.CAM.BG_THRESHOLD``): the share of pixels whose arg-max label
-agrees with the reference's. The load average is printed before and after; above 1 the timing
-is not an idle machine's and a warning says so.
+agrees with the reference's. The load average is printed before (above 1 a warning says the
+timing is not an idle machine's) and after.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def reference_loop(model, mapper, dicts, scales, out_dir, pairs: bool) -> None:
             total += F.interpolate(cam[None], size=(H, W), mode="bilinear", align_corners=False)[0]
         keys = torch.nonzero(x["tags"] > 0).flatten()
         cam = total[keys]
+        size = (int(d.get("height", H)), int(d.get("width", W)))  # the CAM files' size
+        if size != (H, W) and len(keys):  # the mapper resized the image (INPUT.TAGS.TEST_LONG)
+            cam = F.interpolate(cam[None], size=size, mode="bilinear", align_corners=False)[0]
         cam = cam / (cam.flatten(1).amax(1)[:, None, None] + 1e-5)
         np.save(
             os.path.join(out_dir, label_stem(d) + ".npy"),

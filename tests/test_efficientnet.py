@@ -208,3 +208,25 @@ def test_channels_last_model_computes_the_same_cams():
     with torch.no_grad():
         a, b = nchw(x)[0]["cam"], nhwc(x)[0]["cam"]
     assert a.abs().max() > 0 and torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_fold_batchnorm_folds_every_efficientnet_norm(norm):
+    from wsss_d2.modeling.utils import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = EfficientNetLite0(output_stride=16, norm=norm).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():  # non-trivial statistics to fold
+        if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    folded = fold_batchnorm(net)
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in folded.modules())
+    assert sum(isinstance(m, norms) for m in net.modules()) > 40  # the model itself is untouched
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        a, b = net(x), folded(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)

@@ -18,26 +18,40 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.Module) -> bool:
+    """Fold an eval-mode ``bn`` (``BatchNorm2d`` with running statistics or
+    ``FrozenBatchNorm2d``) into ``conv``'s weight and bias in place; False if it cannot be."""
+    if not isinstance(bn, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+        return False
+    if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
+        return False  # batch statistics at test time: nothing to fold
+    w = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    b = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = w / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + b, requires_grad=False)
+    return True
+
+
+@torch.no_grad()
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """An inference copy of ``model`` whose BatchNorms are folded into the preceding convolutions.
 
     Covers Detectron2's ``Conv2d`` with a ``norm`` (``BatchNorm2d`` or ``FrozenBatchNorm2d``), the
-    building block of its ResNets and of the tiny backbone; other modules are copied unchanged.
-    In eval mode the copy computes the same function (up to float rounding) with one memory pass
-    less per convolution. ``model`` itself is not modified.
+    building block of its ResNets and of the tiny backbone, and the (convolution, norm) attribute
+    pairs a module lists in ``FOLDABLE_CONV_BN`` (the EfficientNet blocks, whose norms are
+    separate modules); the folded norms become ``nn.Identity``. Other modules are copied
+    unchanged. In eval mode the copy computes the same function (up to float rounding) with one
+    memory pass less per convolution. ``model`` itself is not modified.
     """
     folded = copy.deepcopy(model).eval()
     for m in folded.modules():
-        bn = getattr(m, "norm", None)
-        if not isinstance(m, D2Conv2d) or not isinstance(bn, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            continue
-        if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
-            continue  # batch statistics at test time: nothing to fold
-        w = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-        b = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-        scale = w / torch.sqrt(bn.running_var + bn.eps)
-        bias = m.bias if m.bias is not None else torch.zeros_like(bn.running_mean)
-        m.weight.copy_(m.weight * scale.view(-1, 1, 1, 1))
-        m.bias = nn.Parameter((bias - bn.running_mean) * scale + b, requires_grad=False)
-        m.norm = None
+        if isinstance(m, D2Conv2d) and getattr(m, "norm", None) is not None:
+            if _fold_into(m, m.norm):
+                m.norm = None
+        for conv_name, bn_name in getattr(m, "FOLDABLE_CONV_BN", ()):
+            conv, bn = getattr(m, conv_name, None), getattr(m, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and bn is not None and _fold_into(conv, bn):
+                setattr(m, bn_name, nn.Identity())
     return folded

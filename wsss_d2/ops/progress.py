@@ -20,12 +20,15 @@ __all__ = ["Progress", "load_line"]
 
 
 def load_line(when: str = "") -> str:
-    """``"load average <when>: 1-min 5-min 15-min"``, and a warning when the 1-minute load is above
-    1: the timings printed next to it are then not an idle machine's (benchmarks print it before
-    and after they time)."""
+    """``"load average <when>: 1-min 5-min 15-min"``. Before a timing (``when`` other than
+    "after") a 1-minute load above 1 adds a warning: other jobs share the machine, the timings
+    are not an idle machine's. After it the load includes the benchmark's own processes (a
+    2-core benchmark brings it near 2 by itself), so it is reported without a warning."""
     load = os.getloadavg()
     line = f"load average{' ' + when if when else ''}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-    if load[0] > 1:
+    if when == "after":
+        line += " (with this benchmark's own load)"
+    elif load[0] > 1:
         line += "  WARNING: load above 1, other jobs inflate these timings"
     return line
 

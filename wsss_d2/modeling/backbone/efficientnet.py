@@ -131,6 +131,13 @@ class MBConvBlock(nn.Module):
     bottleneck); identity shortcut when the stride is 1 and the channels do not change.
     """
 
+    # (convolution, norm) pairs that modeling.utils.fold_batchnorm folds for inference
+    FOLDABLE_CONV_BN = (
+        ("_expand_conv", "_bn0"),
+        ("_depthwise_conv", "_bn1"),
+        ("_project_conv", "_bn2"),
+    )
+
     def __init__(self, cin: int, cout: int, expand: int, kernel_size: int, stride: int,
                  dilation: int = 1):  # fmt: skip
         super().__init__()
@@ -155,6 +162,8 @@ class MBConvBlock(nn.Module):
 
 class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 feature extractor (see the module docstring for the features)."""
+
+    FOLDABLE_CONV_BN = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))  # as MBConvBlock's
 
     def __init__(self, output_stride: int = 32, freeze_at: int = 0,
                  out_features: tuple[str, ...] | None = None,
