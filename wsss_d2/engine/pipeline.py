@@ -19,9 +19,10 @@ supervised ceiling of a segmentor trained with ``round_from`` it).
 ``WSSS.PSEUDO.TRAIN_ROUND`` to that stage's latest complete pseudo-label round; ``cams_from`` sets
 ``WSSS.PSEUDO.CAM_DIR`` to the CAM folder that stage's latest round was made from (its manifest's
 ``cam_dir``); ``opts`` are extra ``KEY VALUE`` overrides, after the pipeline's own ``OPTS`` (the
-same overrides for every stage, e.g. another dataset: ``OPTS: [DATASETS.TRAIN, ...]``). ``weights_from`` and ``round_from`` may
-name a list of stages: the one whose primary metric (:func:`primary_metric`) is highest is taken,
-the first on a tie (``round_from: [labels_cam, labels_plda]``: train on the better pseudo labels).
+same overrides for every stage, e.g. another dataset: ``OPTS: [DATASETS.TRAIN, ...]``).
+``weights_from`` and ``round_from`` may name a list of stages: the one whose primary metric
+(:func:`primary_metric`) is highest is taken, the first on a tie (``round_from: [labels_cam,
+labels_plda]``: train on the better pseudo labels).
 
 IRN (``configs/irn_*.yaml``) is two stages after a CAM labelling stage ``labels`` (the CRF band,
 which also leaves the CAM files): ``{name: irn, kind: train, config: configs/irn_toy.yaml,
