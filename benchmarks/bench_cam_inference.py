@@ -15,16 +15,16 @@ The real workload (voc_mini train images at their size, IRN's four scales + flip
 
     DETECTRON2_DATASETS=<folder of voc_mini> python benchmarks/bench_cam_inference.py \
         --config-file configs/voc_mini/cam.yaml --weights <cam model> --dataset voc_2012_train_tags \
-        --num-images 96 --reference irn_pairs --ranks 2      # EfficientNet-Lite0, long side 320
-    ... --config-file configs/cam_r50.yaml --num-images 16 ...  # ResNet-50 (random init), full size
+        --num-images 32 --ims-per-batch 1 --reference irn_pairs --ranks 2   # EfficientNet-Lite0
+    ... --config-file configs/cam_r50.yaml --num-images 12 --ims-per-batch 4 ...  # ResNet-50
 
 ``--ranks N`` runs ours as the tools run it with ``--num-gpus N MODEL.DEVICE cpu``: N processes
 (Detectron2's launch, gloo), each labelling ``dicts[rank::N]`` with ``threads / N`` torch threads;
 the reference keeps one process with every thread. ``--bf16`` adds ``WSSS.PSEUDO.CPU_BF16``. Both
 times exclude start-up (imports, model building, warm-up), which is printed apart. The CAMs are
 compared as float values and as the labels they give at the background threshold
-(``--bg-threshold``, default ``MODEL.CAM.BG_THRESHOLD``): the share of pixels whose arg-max label
-agrees with the reference's. The load average is printed before (above 1 a warning says the
+(``--bg-threshold``, default ``MODEL.CAM.BG_THRESHOLD``) by the label tool's ``threshold_labels``:
+the share of pixels whose label agrees with the reference's. The load average is printed before (above 1 a warning says the
 timing is not an idle machine's) and after.
 """
 
@@ -52,6 +52,7 @@ from wsss_d2.io.rounds import label_stem
 from wsss_d2.modeling.test_time import rescale
 from wsss_d2.ops.progress import load_line
 from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
+from wsss_d2.pseudo.refine import threshold_labels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,14 +115,6 @@ def _ours(args, state_path, out_dir, threads, result_path):
     if comm.is_main_process():
         with open(result_path, "w") as f:
             json.dump({"seconds": dt}, f)
-
-
-def _labels(cams, keys, num_classes, threshold):
-    """Arg-max labels of (k, H, W) max-normalised CAMs of classes ``keys`` (0-based)."""
-    full = np.zeros((num_classes + 1,) + cams.shape[1:], np.float32)
-    full[0] = threshold
-    full[np.asarray(keys) + 1] = cams
-    return full.argmax(0)
 
 
 def main():
@@ -206,8 +199,8 @@ def main():
             assert (keys - 1).tolist() == ref["keys"].tolist(), d["file_name"]
             if cams.size:
                 diff = max(diff, float(np.abs(cams - ref["high_res"]).max()))
-            a = _labels(cams.astype(np.float32), keys - 1, model.num_classes, threshold)
-            b = _labels(ref["high_res"], ref["keys"], model.num_classes, threshold)
+            a = threshold_labels(cams.astype(np.float32), keys, threshold)
+            b = threshold_labels(ref["high_res"], ref["keys"] + 1, threshold)
             agree, total = agree + int((a == b).sum()), total + a.size
 
     n = len(dicts)
