@@ -37,8 +37,9 @@ def inference_autocast(
     """``torch.autocast("cuda", dtype)`` when :func:`amp_active`; on CPU
     ``torch.autocast("cpu", torch.bfloat16)`` when ``cpu_bf16``; else a no-op context (CPU
     inference stays float32 unless asked: bfloat16 changes results)."""
-    if amp_active(device, enabled):
+    name = autocast_name(device, enabled, cpu_bf16)
+    if name == "fp16":
         return torch.autocast("cuda", dtype=dtype)
-    if cpu_bf16 and torch.device(device).type == "cpu":
+    if name == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
