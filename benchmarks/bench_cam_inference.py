@@ -24,8 +24,8 @@ the reference keeps one process with every thread. ``--bf16`` adds ``WSSS.PSEUDO
 times exclude start-up (imports, model building, warm-up), which is printed apart. The CAMs are
 compared as float values and as the labels they give at the background threshold
 (``--bg-threshold``, default ``MODEL.CAM.BG_THRESHOLD``) by the label tool's ``threshold_labels``:
-the share of pixels whose label agrees with the reference's. The load average is printed before (above 1 a warning says the
-timing is not an idle machine's) and after.
+the share of pixels whose label agrees with the reference's. The load average is printed before
+(above 1 a warning says the timing is not an idle machine's) and after.
 """
 
 from __future__ import annotations
