@@ -40,13 +40,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog
-from detectron2.engine import launch
 from detectron2.utils import comm
 
 import wsss_d2  # noqa: F401
 from wsss_d2.config import get_wsss_cfg
 from wsss_d2.data.mappers import build_mapper
 from wsss_d2.engine import WSSSTrainer
+from wsss_d2.engine.launch import launch
 from wsss_d2.io.cam_files import cam_file_path, load_cam_file
 from wsss_d2.io.rounds import label_stem
 from wsss_d2.modeling.test_time import rescale

@@ -38,3 +38,34 @@ def test_two_cpu_ranks_train_and_gather_the_same_miou_as_one(tmp_path):
     assert two["cam/mIoU"] == pytest.approx(one["cam"]["mIoU"], abs=1e-9)
     assert two["sem_seg/mIoU"] == pytest.approx(one["sem_seg"]["mIoU"], abs=1e-9)
     assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 2
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_launched_function_closes_its_process_group(tmp_path, fails):
+    """gloo can abort a process that exits with its group open: the launched body destroys it,
+    after the function returns and when it raises (the error still reaches the launcher)."""
+    import torch.distributed as dist
+
+    from wsss_d2.engine.launch import _run_then_close
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    seen = []
+
+    def body(x):
+        seen.append(dist.is_initialized())
+        if fails:
+            raise RuntimeError("body failed")
+        return x + 1
+
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="body failed"):
+                _run_then_close(body, 1)
+        else:
+            assert _run_then_close(body, 1) == 2
+        assert seen == [True] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -303,7 +303,7 @@ def test_interrupted_irn_round_resumes_to_identical_files(tmp_path, monkeypatch)
 
 
 def test_two_process_irn_round_equals_one_process(tmp_path):
-    from detectron2.engine import launch
+    from wsss_d2.engine.launch import launch
 
     dicts, cam_dir = _toy_set(tmp_path, n=5)
     state = str(tmp_path / "irn.pth")

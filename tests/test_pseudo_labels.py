@@ -484,7 +484,7 @@ def test_two_process_round_equals_one_process(tmp_path):
     """Ranks label their shards, the main process renames, all meet at barriers (gloo, CPU)."""
     import socket
 
-    from detectron2.engine import launch
+    from wsss_d2.engine.launch import launch
 
     dicts, cam_dir = _toy_set(tmp_path, n=5)
     _two_rank_round(str(tmp_path / "one"), dicts, cam_dir)

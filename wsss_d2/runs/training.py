@@ -6,10 +6,11 @@ import argparse
 import logging
 import os
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 
 from ..engine.defaults import default_wsss_setup, output_dir_lock, wsss_cfg_from_args
+from ..engine.launch import launch
 from ..engine.trainer import WSSSTrainer, refuse_overwriting_a_run
 from ..modeling.checkpoint import WSSSCheckpointer, load_model_weights, require_weights
 
@@ -74,7 +75,8 @@ def train(args):
 
 def launch_from_args(main, args):
     """Detectron2's ``launch`` of ``main(args)`` with the process layout of Detectron2's
-    arguments (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``)."""
+    arguments (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``); each
+    worker closes its process group when ``main`` returns (:mod:`wsss_d2.engine.launch`)."""
     launch(
         main,
         args.num_gpus,
