@@ -69,3 +69,21 @@ def test_launched_function_closes_its_process_group(tmp_path, fails):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_pipeline_stage_on_two_ranks_reports_rank_zeros_results(tmp_path):
+    """``run_pipeline --num-gpus 2``: the stage's ranks are spawned processes, so the results
+    come back through the stage folder (the stage is chosen by them: ``round_from`` lists)."""
+    import yaml
+
+    spec = {"OUTPUT_DIR": str(tmp_path / "out"), "STAGES": [
+        {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml", "opts": TOY}]}  # fmt: skip
+    (tmp_path / "pipe.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--config-file",
+           str(tmp_path / "pipe.yaml"), "--num-gpus", "2", "--no-report"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads((tmp_path / "out" / "cam" / "stage_done.json").read_text())
+    assert "World size: 2" in (tmp_path / "out" / "cam" / "log.txt").read_text()
+    assert 0 < done["results"]["cam/mIoU"] <= 100

@@ -5,20 +5,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import os
 import time
 
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..engine.pipeline import load_pipeline, summary_rows
 from ..engine.report import write_pipeline_report
+from ..io.files import atomic_write_bytes
 from .labeling import label_argument_parser, make_gt_round, make_pseudo_labels, make_sam_labels
 from .training import launch_from_args, train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pipeline_argument_parser", "STAGE_RUNNERS", "stage_executor", "run_pipeline"]
+__all__ = [
+    "pipeline_argument_parser",
+    "STAGE_RUNNERS",
+    "StageExecutor",
+    "stage_executor",
+    "run_pipeline",
+]
+
+RESULT_FILE = "stage_results.json"  # a stage's results, from its main process
 
 
 # ---------------------------------------------------------------------- pipeline
@@ -33,6 +45,13 @@ def pipeline_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="stages run side by side, each in its own process on its share of the CPU cores "
+        "(a stage starts when the stages it reads from are done); 1: one after another",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="OUTPUT_DIR <folder>")
     return parser
@@ -69,34 +88,59 @@ STAGE_RUNNERS = {
 }
 
 
-def stage_executor(args):
-    """``fn(stage, opts, resume) -> results``: the stage's run through ``launch``."""
+class _StageMain:
+    """What ``launch`` runs for a stage: the tool's body; the main process writes its results
+    to ``result_path`` (the stage's process may be a spawned rank, not the pipeline's)."""
 
-    def execute(stage, opts, resume):
-        fn, flags = STAGE_RUNNERS[stage.kind]
+    def __init__(self, kind: str, result_path: str):
+        self.kind, self.result_path = kind, result_path
+
+    def __call__(self, args):
+        results = STAGE_RUNNERS[self.kind][0](args) or {}
+        if comm.is_main_process():
+            text = json.dumps(results, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+            atomic_write_bytes(self.result_path, text.encode())
+
+
+class StageExecutor:
+    """``executor(stage, opts, resume) -> results``: the stage's run through ``launch``, with
+    the pipeline's process layout (``--num-gpus`` ...). It pickles, so that side-by-side stages
+    (``--jobs``) run it in their own processes."""
+
+    def __init__(self, args):
+        self.num_gpus, self.num_machines = args.num_gpus, args.num_machines
+        self.machine_rank, self.dist_url = args.machine_rank, args.dist_url
+
+    def __call__(self, stage, opts, resume):
+        flags = STAGE_RUNNERS[stage.kind][1]
         flags = [f for f in flags if f != "{resume}"] + (
             ["--resume"] if resume and "{resume}" in flags else []
         )
         targs = label_argument_parser().parse_args(
             [
                 "--config-file", stage.config,
-                "--num-gpus", str(args.num_gpus),
-                "--num-machines", str(args.num_machines),
-                "--machine-rank", str(args.machine_rank),
-                "--dist-url", args.dist_url,
+                "--num-gpus", str(self.num_gpus),
+                "--num-machines", str(self.num_machines),
+                "--machine-rank", str(self.machine_rank),
+                "--dist-url", self.dist_url,
                 *flags, *opts,
             ]
         )  # fmt: skip
-        holder = {}  # launch returns nothing: the main process's results come back through here
-
-        def main(a):
-            holder["res"] = fn(a)
-
+        last = len(opts) - 1 - opts[::-1].index("OUTPUT_DIR")  # the pipeline's, after the stage's
+        result_path = os.path.join(opts[last + 1], RESULT_FILE)
+        if os.path.exists(result_path):
+            os.remove(result_path)  # an interrupted earlier run's, not this one's
         with _stage_logging():
-            launch_from_args(main, targs)
-        return holder.get("res") or {}
+            launch_from_args(_StageMain(stage.kind, result_path), targs)
+        if not os.path.isfile(result_path):
+            return {}  # another machine's ranks: its main process has the results
+        with open(result_path) as f:
+            return json.load(f)
 
-    return execute
+
+def stage_executor(args) -> StageExecutor:
+    """The executor of every stage kind for the tool's arguments (:class:`StageExecutor`)."""
+    return StageExecutor(args)
 
 
 def run_pipeline(args, repo_root: str | None = None):
@@ -113,9 +157,16 @@ def run_pipeline(args, repo_root: str | None = None):
         if key != "OUTPUT_DIR" or value is None:
             raise SystemExit(f"run_pipeline: only 'OUTPUT_DIR <folder>' may follow, got {key}")
         pipe.output_dir = value
+    if args.jobs > 1 and (args.num_gpus > 1 or args.num_machines > 1):
+        raise SystemExit(
+            "run_pipeline: --jobs > 1 runs stages side by side in one process each; "
+            "it does not combine with --num-gpus / --num-machines > 1"
+        )
     execute = stage_executor(args)
     t0 = time.time()
-    summaries = pipe.run({kind: execute for kind in STAGE_RUNNERS}, resume=args.resume)
+    summaries = pipe.run(
+        {kind: execute for kind in STAGE_RUNNERS}, resume=args.resume, jobs=args.jobs
+    )
     rows = summary_rows(summaries)
     table = tabulate(rows, headers=["stage", "kind", "metric", "mIoU", "status", "seconds"])
     report = "" if args.no_report else write_pipeline_report(pipe, summaries)
