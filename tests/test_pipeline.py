@@ -358,3 +358,100 @@ def test_pipeline_opts_apply_to_every_stage_before_its_own(tmp_path):
         parse_pipeline({**spec, "OPTS": ["SOLVER.MAX_ITER"]}, "pipe.yaml", str(REPO))
     with pytest.raises(KeyError, match=r"pipe.yaml: unknown key\(s\) \['OTPS'\]"):
         parse_pipeline({"OTPS": [], "STAGES": spec["STAGES"]}, "pipe.yaml", str(REPO))
+
+
+# ---------------------------------------------------------------------- side by side (--jobs)
+_SCORES = {"cam": 41.0, "plda": 43.5, "labels": 60.0, "labels_2": 59.0, "seg": 1.0}
+
+
+def _timed_stage(stage, opts, resume):
+    """A stage in its own process: leaves when it ran, on which cores, with how many threads."""
+    import json
+    import time
+
+    import torch
+
+    folder = opts[-1]
+    start = time.time()
+    if stage.name == os.environ.get("WSSS_TEST_FAIL_STAGE"):
+        raise ValueError(f"stage {stage.name} broke")
+    time.sleep(float(os.environ.get("WSSS_TEST_STAGE_SECONDS", "1")))
+    info = {"start": start, "end": time.time(), "cores": sorted(os.sched_getaffinity(0)),
+            "threads": torch.get_num_threads(), "opts": opts}  # fmt: skip
+    with open(os.path.join(folder, "timing.json"), "w") as f:
+        json.dump(info, f)
+    return {"cam": {"mIoU": _SCORES[stage.name]}}
+
+
+def _timing(tmp_path, name):
+    import json
+
+    with open(tmp_path / "out" / name / "timing.json") as f:
+        return json.load(f)
+
+
+def test_side_by_side_stages_overlap_and_wait_for_their_inputs(tmp_path):
+    from wsss_d2.engine.pipeline import core_shares
+
+    pipe = _best_of_pipeline(tmp_path)
+    pipe.round_of = lambda name: f"round of {name}"
+    assert pipe.chain_lengths() == {"cam": 3, "plda": 3, "labels": 2, "labels_2": 2, "seg": 1}
+    summaries = pipe.run({"train": _timed_stage, "pseudo_labels": _timed_stage}, jobs=2)
+    assert [s["name"] for s in summaries] == ["cam", "plda", "labels", "labels_2", "seg"]
+    t = {n: _timing(tmp_path, n) for n in _SCORES}
+    assert t["cam"]["start"] < t["plda"]["end"] and t["plda"]["start"] < t["cam"]["end"]
+    for stage, inputs in {"labels": ("cam", "plda"), "labels_2": ("plda",),
+                          "seg": ("labels", "labels_2")}.items():  # fmt: skip
+        assert all(t[stage]["start"] > t[i]["end"] for i in inputs), stage
+    shares = core_shares(2)
+    for n in _SCORES:  # each stage on its share of the cores, one thread per core
+        assert tuple(t[n]["cores"]) in shares and t[n]["threads"] == len(t[n]["cores"])
+    # the choices are made as in one process: the better CAM's weights, the better round
+    opts = t["labels"]["opts"]
+    assert opts[opts.index("MODEL.WEIGHTS") + 1] == str(
+        tmp_path / "out" / "plda" / "model_final.pth"
+    )
+    opts = t["seg"]["opts"]
+    assert opts[opts.index("WSSS.PSEUDO.TRAIN_ROUND") + 1] == "round of labels"
+
+
+def test_side_by_side_failure_lets_the_running_stage_finish_and_resumes(tmp_path, monkeypatch):
+    pipe = _best_of_pipeline(tmp_path)
+    pipe.round_of = lambda name: f"round of {name}"
+    run = {"train": _timed_stage, "pseudo_labels": _timed_stage}
+    monkeypatch.setenv("WSSS_TEST_FAIL_STAGE", "cam")  # fails at once, plda is still running
+    monkeypatch.setenv("WSSS_TEST_STAGE_SECONDS", "4")
+    with pytest.raises(RuntimeError, match=r"stage 'cam' failed(.|\n)*ValueError: stage cam broke"):
+        pipe.run(run, jobs=2)
+    out = tmp_path / "out"
+    assert (out / "plda" / DONE_FILE).is_file()  # ran beside the failing one: kept
+    assert not (out / "cam" / DONE_FILE).is_file()
+    assert not any((out / n).exists() for n in ("labels", "labels_2", "seg"))  # none started
+    monkeypatch.delenv("WSSS_TEST_FAIL_STAGE")
+    monkeypatch.setenv("WSSS_TEST_STAGE_SECONDS", "0")
+    pipe2 = _best_of_pipeline(tmp_path)
+    pipe2.round_of = lambda name: f"round of {name}"
+    summaries = pipe2.run(run, resume=True, jobs=2)
+    assert [s["status"] for s in summaries] == ["ran", "skipped", "ran", "ran", "ran"]
+
+
+def test_core_shares_deal_every_core_once():
+    from wsss_d2.engine.pipeline import core_shares
+
+    cores = sorted(os.sched_getaffinity(0))
+    for jobs in (1, 2, 3):
+        shares = core_shares(jobs)
+        assert len(shares) == jobs and all(shares)
+        if jobs <= len(cores):
+            assert sorted(c for s in shares for c in s) == cores
+
+
+def test_real_stages_side_by_side_through_the_tool(tmp_path):
+    """tools/run_pipeline.py --jobs 2: the stage executor pickles into the stages' processes;
+    a second run with --resume skips them all."""
+    pipe_file = _write_pipeline(tmp_path, crash_hook=False)
+    res = _tool().main(["--config-file", pipe_file, "--no-report", "--jobs", "2"])
+    assert [s["status"] for s in res] == ["ran"] * 3
+    assert "cam/mIoU" in res[0]["results"] and "sem_seg/mIoU" in res[2]["results"]
+    again = _tool().main(["--config-file", pipe_file, "--no-report", "--jobs", "2", "--resume"])
+    assert [s["status"] for s in again] == ["skipped"] * 3

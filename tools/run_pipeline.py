@@ -4,10 +4,13 @@
     python tools/run_pipeline.py --config-file configs/pipelines/toy_demo.yaml
     python tools/run_pipeline.py --config-file configs/pipelines/toy_demo.yaml --resume
     python tools/run_pipeline.py --config-file configs/pipelines/voc_plda_cian.yaml --num-gpus 8
+    python tools/run_pipeline.py --config-file configs/pipelines/voc_mini_effnet.yaml --jobs 2
 
 Each stage is an ordinary run of tools/train_net.py, make_pseudo_labels.py, make_sam_labels.py or
 make_gt_round.py in ``OUTPUT_DIR/<stage>`` (see ``wsss_d2/engine/pipeline.py`` for the stage
-format and resume rules). Trailing ``KEY VALUE`` pairs override the pipeline YAML's top level (only ``OUTPUT_DIR``).
+format and resume rules; ``--jobs N``: independent stages side by side, each on its share of the
+CPU cores). Trailing ``KEY VALUE`` pairs override the pipeline YAML's top level (only
+``OUTPUT_DIR``).
 """
 
 import os

@@ -30,6 +30,14 @@ weights_from: cam, round_from: labels}`` trains IRNet on the band, and ``{name: 
 pseudo_labels, config: configs/irn_toy.yaml, weights_from: irn, cams_from: labels}`` walks the
 same CAMs with its boundaries.
 
+Side by side (``tools/run_pipeline.py --jobs N``): up to N stages run at once, each in a fresh
+process pinned to its share of the cores, with one torch thread (and one CRF worker) per core of
+the share. A stage starts when every stage it reads from (``weights_from``, ``round_from``,
+``cams_from``) is done; among ready stages, the one heading the longest chain of readers first.
+On a CPU, where a second thread speeds a stage up far less than a second stage on the other core
+does, this shortens a pipeline with independent branches (CAM and PLDA, their label rounds, the
+segmentors and the ceiling). One stage failing lets the running ones finish; ``--resume`` goes on.
+
 Completion and resume: a stage is complete when its folder holds ``stage_done.json`` whose hash
 matches the stage's current hash — the merged Detectron2 config of the stage (``_BASE_`` files and
 overrides included), its kind, and the hashes of the stages it reads from. ``--resume`` skips
@@ -42,8 +50,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -66,6 +77,7 @@ __all__ = [
     "DONE_FILE",
     "primary_metric",
     "summary_rows",
+    "core_shares",
 ]
 
 STAGE_KINDS = ("train", "evaluate", "pseudo_labels", "sam_labels", "gt_labels")
@@ -299,16 +311,21 @@ class Pipeline:
 
     # ------------------------------------------------------------------ running
     def run(
-        self, executors: dict[str, Callable[[Stage, list, bool], dict]], resume: bool = False
+        self,
+        executors: dict[str, Callable[[Stage, list, bool], dict]],
+        resume: bool = False,
+        jobs: int = 1,
     ) -> list[dict]:
         """Run (or resume) every stage. ``executors[kind](stage, opts, resume) -> results``.
 
-        Returns one summary dict per stage: name, kind, status ("ran" | "skipped"), seconds,
+        ``jobs`` > 1 runs independent stages side by side, each in its own process
+        (:meth:`_run_side_by_side`; the executors must then pickle). Returns one summary dict
+        per stage, in the file's order: name, kind, status ("ran" | "skipped"), seconds,
         results (flattened metrics), folder.
         """
         os.makedirs(self.output_dir, exist_ok=True)
         with FolderLock(self.output_dir, "running a pipeline"):
-            return self._run(executors, resume)
+            return self._run(executors, resume, jobs)
 
     def check_models(self) -> None:
         """A stage that consumes a model (evaluate, pseudo labels, SAM labels) must be given
@@ -328,7 +345,7 @@ class Pipeline:
                     f"weights_from: <an earlier train stage> or {what} in its opts"
                 )
 
-    def _run(self, executors, resume: bool) -> list[dict]:
+    def _run(self, executors, resume: bool, jobs: int = 1) -> list[dict]:
         self.check_models()
         if not resume:
             existing = [s.name for s in self.stages if os.path.exists(self.stage_dir(s.name))]
@@ -337,45 +354,171 @@ class Pipeline:
                     f"{self.output_dir} already has stage folders {existing}; pass --resume to "
                     "continue (complete stages are kept) or choose another OUTPUT_DIR"
                 )
-        summaries = []
-        for stage in self.stages:
+        summaries: dict[str, dict] = {}
+        todo = []
+        for stage in self.stages:  # in order: a stage's hash holds its inputs' hashes
             self._hashes[stage.name] = h = self.stage_hash(stage)
-            folder = self.stage_dir(stage.name)
             if self.is_complete(stage):
-                with open(os.path.join(folder, DONE_FILE)) as f:
-                    done = json.load(f)
                 logger.info("stage %s: complete (hash %s), skipped", stage.name, h)
-                summaries.append({**done, "status": "skipped"})
-                continue
-            started = os.path.join(folder, STARTED_FILE)
-            if os.path.exists(folder):
-                prev = None
-                if os.path.isfile(started):
-                    with open(started) as f:
-                        prev = json.load(f).get("hash")
-                if prev != h:  # a different configuration ran here: keep it aside, start anew
-                    self._set_aside(folder)
-            os.makedirs(folder, exist_ok=True)
-            atomic_write_bytes(started, json.dumps({"hash": h, "time": time.time()}).encode())
-            opts = self.stage_opts(stage)
-            logger.info(
-                "stage %s (%s): %s %s", stage.name, stage.kind, stage.config, " ".join(opts)
-            )
-            t0 = time.time()
-            results = executors[stage.kind](stage, opts, resume) or {}
-            done = {
-                "name": stage.name,
-                "kind": stage.kind,
-                "config": stage.config,
-                "hash": h,
-                "seconds": round(time.time() - t0, 1),
-                "results": _flatten(results),
-                "folder": folder,
-            }
-            atomic_write_bytes(os.path.join(folder, DONE_FILE), json.dumps(done, indent=2).encode())
-            summaries.append({**done, "status": "ran"})
+                summaries[stage.name] = {**self.done_record(stage.name), "status": "skipped"}
+            else:
+                todo.append(stage)
+        if jobs <= 1:
+            for stage in todo:
+                opts, t0 = self._begin(stage), time.time()
+                results = executors[stage.kind](stage, opts, resume) or {}
+                summaries[stage.name] = self._finish(stage, results, time.time() - t0)
+        else:
+            self._run_side_by_side(executors, resume, jobs, todo, summaries)
+        ordered = [summaries[s.name] for s in self.stages]
         atomic_write_bytes(
             os.path.join(self.output_dir, "pipeline_summary.json"),
-            json.dumps(summaries, indent=2).encode(),
+            json.dumps(ordered, indent=2).encode(),
         )
-        return summaries
+        return ordered
+
+    def _begin(self, stage: Stage) -> list[str]:
+        """Make the stage's folder (an older configuration's moved aside), mark it started and
+        give the overrides it runs with."""
+        h = self._hashes[stage.name]
+        folder = self.stage_dir(stage.name)
+        started = os.path.join(folder, STARTED_FILE)
+        if os.path.exists(folder):
+            prev = None
+            if os.path.isfile(started):
+                with open(started) as f:
+                    prev = json.load(f).get("hash")
+            if prev != h:  # a different configuration ran here: keep it aside, start anew
+                self._set_aside(folder)
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_bytes(started, json.dumps({"hash": h, "time": time.time()}).encode())
+        opts = self.stage_opts(stage)
+        logger.info("stage %s (%s): %s %s", stage.name, stage.kind, stage.config, " ".join(opts))
+        return opts
+
+    def _finish(self, stage: Stage, results: dict, seconds: float) -> dict:
+        """Write the stage's ``stage_done.json``; its summary."""
+        folder = self.stage_dir(stage.name)
+        done = {
+            "name": stage.name,
+            "kind": stage.kind,
+            "config": stage.config,
+            "hash": self._hashes[stage.name],
+            "seconds": round(seconds, 1),
+            "results": _flatten(results),
+            "folder": folder,
+        }
+        atomic_write_bytes(os.path.join(folder, DONE_FILE), json.dumps(done, indent=2).encode())
+        return {**done, "status": "ran"}
+
+    # ------------------------------------------------------------------ side by side
+    def inputs_of(self, stage: Stage) -> set[str]:
+        """The stages whose outputs ``stage`` reads (weights, rounds, CAM folders)."""
+        refs = (*_as_tuple(stage.weights_from), *_as_tuple(stage.round_from), stage.cams_from)
+        return {n for n in refs if n}
+
+    def chain_lengths(self) -> dict[str, int]:
+        """Per stage, the number of stages on the longest chain of readers starting at it
+        (itself included): what side-by-side runs start first, the longest chain first."""
+        length: dict[str, int] = {}
+        for stage in reversed(self.stages):  # readers come after the stages they read
+            readers = [length[s.name] for s in self.stages if stage.name in self.inputs_of(s)]
+            length[stage.name] = 1 + max(readers, default=0)
+        return length
+
+    def _run_side_by_side(self, executors, resume, jobs, todo, summaries) -> None:
+        """Run up to ``jobs`` stages at once, each in a fresh process pinned to its share of
+        this process's cores (``torch`` threads and CRF workers follow the share). A stage
+        starts once every stage it reads from is done; among ready stages the one heading the
+        longest chain of readers starts first, the earlier in the file on a tie. When a stage
+        fails, the running ones finish (their results are kept for ``--resume``), none starts,
+        and the failure is raised naming the stage."""
+        chain = self.chain_lengths()
+        order = {s.name: i for i, s in enumerate(self.stages)}
+        slots = core_shares(jobs)
+        free = list(range(len(slots)))
+        running: dict = {}  # result connection -> (stage, process, slot, start time)
+        failed: list[str] = []
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            while todo or running:
+                ready = (
+                    [s for s in todo if self.inputs_of(s) <= set(summaries)] if not failed else []
+                )
+                ready.sort(key=lambda s: (-chain[s.name], order[s.name]))
+                for stage in ready[: len(free)]:
+                    opts = self._begin(stage)
+                    slot = free.pop(0)
+                    recv, send = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(
+                        target=_run_stage_in_child,
+                        args=(send, slots[slot], executors[stage.kind], stage, opts, resume),
+                        name=f"stage-{stage.name}",
+                    )
+                    proc.start()
+                    send.close()
+                    running[recv] = (stage, proc, slot, time.time())
+                    todo.remove(stage)
+                    logger.info("stage %s: started on cores %s", stage.name, list(slots[slot]))
+                if not running:
+                    if todo and not failed:  # not reachable: inputs are earlier stages
+                        raise RuntimeError(f"stages {[s.name for s in todo]} cannot start")
+                    break
+                for recv in multiprocessing.connection.wait(list(running)):
+                    stage, proc, slot, t0 = running.pop(recv)
+                    try:
+                        status, payload = recv.recv()
+                    except EOFError:
+                        status, payload = "error", "the stage's process ended without a result"
+                    recv.close()
+                    proc.join()
+                    free.append(slot)
+                    if status == "ok":
+                        summaries[stage.name] = self._finish(stage, payload, time.time() - t0)
+                        logger.info("stage %s: done in %.0f s", stage.name, time.time() - t0)
+                    else:
+                        failed.append(
+                            f"stage '{stage.name}' failed (exit code {proc.exitcode}):"
+                            f"\n{payload}"
+                        )
+                        logger.error(
+                            "stage %s failed; running stages finish, none starts", stage.name
+                        )
+        except BaseException:  # Ctrl-C or an error here: the stages' processes go too
+            for _, proc, _, _ in running.values():
+                proc.terminate()
+            for _, proc, _, _ in running.values():
+                proc.join()
+            raise
+        if failed:
+            raise RuntimeError("\n".join(failed))
+
+
+def core_shares(jobs: int) -> list[tuple[int, ...]]:
+    """This process's cores dealt into ``jobs`` shares (a core shared when jobs exceed cores)."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no pinning, every share is every core
+        return [tuple(range(os.cpu_count() or 1))] * jobs
+    if jobs >= len(cores):
+        return [(cores[i % len(cores)],) for i in range(jobs)]
+    return [tuple(cores[i::jobs]) for i in range(jobs)]
+
+
+def _run_stage_in_child(conn, cores, execute, stage, opts, resume) -> None:
+    """A side-by-side stage's process: pinned to ``cores``, one torch thread per core; sends
+    ``("ok", results)`` or ``("error", traceback)``."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(len(cores))
+    import torch
+
+    torch.set_num_threads(len(cores))
+    try:
+        conn.send(("ok", execute(stage, opts, resume) or {}))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise SystemExit(1) from None
+    finally:
+        conn.close()
