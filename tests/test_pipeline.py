@@ -391,11 +391,11 @@ def _timing(tmp_path, name):
 
 
 def test_side_by_side_stages_overlap_and_wait_for_their_inputs(tmp_path):
-    from wsss_d2.engine.pipeline import core_shares
+    from wsss_d2.engine.pipeline_jobs import chain_lengths, core_shares
 
     pipe = _best_of_pipeline(tmp_path)
     pipe.round_of = lambda name: f"round of {name}"
-    assert pipe.chain_lengths() == {"cam": 3, "plda": 3, "labels": 2, "labels_2": 2, "seg": 1}
+    assert chain_lengths(pipe.stages) == {"cam": 3, "plda": 3, "labels": 2, "labels_2": 2, "seg": 1}
     summaries = pipe.run({"train": _timed_stage, "pseudo_labels": _timed_stage}, jobs=2)
     assert [s["name"] for s in summaries] == ["cam", "plda", "labels", "labels_2", "seg"]
     t = {n: _timing(tmp_path, n) for n in _SCORES}
@@ -436,7 +436,7 @@ def test_side_by_side_failure_lets_the_running_stage_finish_and_resumes(tmp_path
 
 
 def test_core_shares_deal_every_core_once():
-    from wsss_d2.engine.pipeline import core_shares
+    from wsss_d2.engine.pipeline_jobs import core_shares
 
     cores = sorted(os.sched_getaffinity(0))
     for jobs in (1, 2, 3):

@@ -22,21 +22,14 @@ supervised ceiling of a segmentor trained with ``round_from`` it).
 same overrides for every stage, e.g. another dataset: ``OPTS: [DATASETS.TRAIN, ...]``).
 ``weights_from`` and ``round_from`` may name a list of stages: the one whose primary metric
 (:func:`primary_metric`) is highest is taken, the first on a tie (``round_from: [labels_cam,
-labels_plda]``: train on the better pseudo labels).
+labels_plda]``: train on the better pseudo labels). ``tools/run_pipeline.py --jobs N`` runs
+independent stages side by side (:mod:`wsss_d2.engine.pipeline_jobs`).
 
 IRN (``configs/irn_*.yaml``) is two stages after a CAM labelling stage ``labels`` (the CRF band,
 which also leaves the CAM files): ``{name: irn, kind: train, config: configs/irn_toy.yaml,
 weights_from: cam, round_from: labels}`` trains IRNet on the band, and ``{name: irn_labels, kind:
 pseudo_labels, config: configs/irn_toy.yaml, weights_from: irn, cams_from: labels}`` walks the
 same CAMs with its boundaries.
-
-Side by side (``tools/run_pipeline.py --jobs N``): up to N stages run at once, each in a fresh
-process pinned to its share of the cores, with one torch thread (and one CRF worker) per core of
-the share. A stage starts when every stage it reads from (``weights_from``, ``round_from``,
-``cams_from``) is done; among ready stages, the one heading the longest chain of readers first.
-On a CPU, where a second thread speeds a stage up far less than a second stage on the other core
-does, this shortens a pipeline with independent branches (CAM and PLDA, their label rounds, the
-segmentors and the ceiling). One stage failing lets the running ones finish; ``--resume`` goes on.
 
 Completion and resume: a stage is complete when its folder holds ``stage_done.json`` whose hash
 matches the stage's current hash — the merged Detectron2 config of the stage (``_BASE_`` files and
@@ -50,11 +43,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -65,6 +55,7 @@ from ..config import get_wsss_cfg
 from ..io.files import atomic_write_bytes
 from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round, read_manifest
+from .pipeline_jobs import run_side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +68,6 @@ __all__ = [
     "DONE_FILE",
     "primary_metric",
     "summary_rows",
-    "core_shares",
 ]
 
 STAGE_KINDS = ("train", "evaluate", "pseudo_labels", "sam_labels", "gt_labels")
@@ -319,7 +309,7 @@ class Pipeline:
         """Run (or resume) every stage. ``executors[kind](stage, opts, resume) -> results``.
 
         ``jobs`` > 1 runs independent stages side by side, each in its own process
-        (:meth:`_run_side_by_side`; the executors must then pickle). Returns one summary dict
+        (:func:`~wsss_d2.engine.pipeline_jobs.run_side_by_side`; the executors must then pickle). Returns one summary dict
         per stage, in the file's order: name, kind, status ("ran" | "skipped"), seconds,
         results (flattened metrics), folder.
         """
@@ -369,12 +359,10 @@ class Pipeline:
                 results = executors[stage.kind](stage, opts, resume) or {}
                 summaries[stage.name] = self._finish(stage, results, time.time() - t0)
         else:
-            self._run_side_by_side(executors, resume, jobs, todo, summaries)
+            run_side_by_side(self, executors, resume, jobs, todo, summaries)
         ordered = [summaries[s.name] for s in self.stages]
-        atomic_write_bytes(
-            os.path.join(self.output_dir, "pipeline_summary.json"),
-            json.dumps(ordered, indent=2).encode(),
-        )
+        summary_file = os.path.join(self.output_dir, "pipeline_summary.json")
+        atomic_write_bytes(summary_file, json.dumps(ordered, indent=2).encode())
         return ordered
 
     def _begin(self, stage: Stage) -> list[str]:
@@ -410,115 +398,3 @@ class Pipeline:
         }
         atomic_write_bytes(os.path.join(folder, DONE_FILE), json.dumps(done, indent=2).encode())
         return {**done, "status": "ran"}
-
-    # ------------------------------------------------------------------ side by side
-    def inputs_of(self, stage: Stage) -> set[str]:
-        """The stages whose outputs ``stage`` reads (weights, rounds, CAM folders)."""
-        refs = (*_as_tuple(stage.weights_from), *_as_tuple(stage.round_from), stage.cams_from)
-        return {n for n in refs if n}
-
-    def chain_lengths(self) -> dict[str, int]:
-        """Per stage, the number of stages on the longest chain of readers starting at it
-        (itself included): what side-by-side runs start first, the longest chain first."""
-        length: dict[str, int] = {}
-        for stage in reversed(self.stages):  # readers come after the stages they read
-            readers = [length[s.name] for s in self.stages if stage.name in self.inputs_of(s)]
-            length[stage.name] = 1 + max(readers, default=0)
-        return length
-
-    def _run_side_by_side(self, executors, resume, jobs, todo, summaries) -> None:
-        """Run up to ``jobs`` stages at once, each in a fresh process pinned to its share of
-        this process's cores (``torch`` threads and CRF workers follow the share). A stage
-        starts once every stage it reads from is done; among ready stages the one heading the
-        longest chain of readers starts first, the earlier in the file on a tie. When a stage
-        fails, the running ones finish (their results are kept for ``--resume``), none starts,
-        and the failure is raised naming the stage."""
-        chain = self.chain_lengths()
-        order = {s.name: i for i, s in enumerate(self.stages)}
-        slots = core_shares(jobs)
-        free = list(range(len(slots)))
-        running: dict = {}  # result connection -> (stage, process, slot, start time)
-        failed: list[str] = []
-        ctx = multiprocessing.get_context("spawn")
-        try:
-            while todo or running:
-                ready = (
-                    [s for s in todo if self.inputs_of(s) <= set(summaries)] if not failed else []
-                )
-                ready.sort(key=lambda s: (-chain[s.name], order[s.name]))
-                for stage in ready[: len(free)]:
-                    opts = self._begin(stage)
-                    slot = free.pop(0)
-                    recv, send = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(
-                        target=_run_stage_in_child,
-                        args=(send, slots[slot], executors[stage.kind], stage, opts, resume),
-                        name=f"stage-{stage.name}",
-                    )
-                    proc.start()
-                    send.close()
-                    running[recv] = (stage, proc, slot, time.time())
-                    todo.remove(stage)
-                    logger.info("stage %s: started on cores %s", stage.name, list(slots[slot]))
-                if not running:
-                    if todo and not failed:  # not reachable: inputs are earlier stages
-                        raise RuntimeError(f"stages {[s.name for s in todo]} cannot start")
-                    break
-                for recv in multiprocessing.connection.wait(list(running)):
-                    stage, proc, slot, t0 = running.pop(recv)
-                    try:
-                        status, payload = recv.recv()
-                    except EOFError:
-                        status, payload = "error", "the stage's process ended without a result"
-                    recv.close()
-                    proc.join()
-                    free.append(slot)
-                    if status == "ok":
-                        summaries[stage.name] = self._finish(stage, payload, time.time() - t0)
-                        logger.info("stage %s: done in %.0f s", stage.name, time.time() - t0)
-                    else:
-                        failed.append(
-                            f"stage '{stage.name}' failed (exit code {proc.exitcode}):"
-                            f"\n{payload}"
-                        )
-                        logger.error(
-                            "stage %s failed; running stages finish, none starts", stage.name
-                        )
-        except BaseException:  # Ctrl-C or an error here: the stages' processes go too
-            for _, proc, _, _ in running.values():
-                proc.terminate()
-            for _, proc, _, _ in running.values():
-                proc.join()
-            raise
-        if failed:
-            raise RuntimeError("\n".join(failed))
-
-
-def core_shares(jobs: int) -> list[tuple[int, ...]]:
-    """This process's cores dealt into ``jobs`` shares (a core shared when jobs exceed cores)."""
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux: no pinning, every share is every core
-        return [tuple(range(os.cpu_count() or 1))] * jobs
-    if jobs >= len(cores):
-        return [(cores[i % len(cores)],) for i in range(jobs)]
-    return [tuple(cores[i::jobs]) for i in range(jobs)]
-
-
-def _run_stage_in_child(conn, cores, execute, stage, opts, resume) -> None:
-    """A side-by-side stage's process: pinned to ``cores``, one torch thread per core; sends
-    ``("ok", results)`` or ``("error", traceback)``."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(len(cores))
-    import torch
-
-    torch.set_num_threads(len(cores))
-    try:
-        conn.send(("ok", execute(stage, opts, resume) or {}))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise SystemExit(1) from None
-    finally:
-        conn.close()
