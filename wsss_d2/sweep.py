@@ -12,13 +12,11 @@ below turn the stage summaries into the tables the project READMEs show.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import statistics
 from typing import Sequence
 
-from .engine.pipeline import DONE_FILE, parse_pipeline
+from .engine.pipeline import parse_pipeline
 from .runs import STAGE_RUNNERS, stage_executor
 
 logger = logging.getLogger(__name__)
@@ -42,13 +40,8 @@ def run_stages(
         {"OUTPUT_DIR": output_dir, "STAGES": stages}, f"sweep in {output_dir}", repo_root
     )
     if collect_only:
-        out = {}
-        for s in pipe.stages:
-            done = os.path.join(pipe.stage_dir(s.name), DONE_FILE)
-            if os.path.isfile(done):
-                with open(done) as f:
-                    out[s.name] = json.load(f)
-        return out
+        records = {s.name: pipe.done_record(s.name) for s in pipe.stages}
+        return {name: r for name, r in records.items() if r is not None}
     args = argparse.Namespace(num_gpus=num_gpus, num_machines=1, machine_rank=0, dist_url="auto")
     execute = stage_executor(args)
     summaries = pipe.run({kind: execute for kind in STAGE_RUNNERS}, resume=True)

@@ -52,7 +52,7 @@ import yaml
 from detectron2.utils.file_io import PathManager
 
 from ..config import get_wsss_cfg
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, read_json
 from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round, read_manifest
 from .pipeline_jobs import run_side_by_side
@@ -85,6 +85,12 @@ class Stage:
     weights_from: str | tuple = ""  # a tuple: the best of these stages
     round_from: str | tuple = ""
     cams_from: str = ""
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The stages whose outputs this one reads (weights, rounds, CAM folders), in that order."""
+        refs = (*_as_tuple(self.weights_from), *_as_tuple(self.round_from), self.cams_from)
+        return tuple(n for n in refs if n)
 
 
 def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
@@ -275,17 +281,12 @@ class Pipeline:
     def stage_hash(self, stage: Stage) -> str:
         """Hash of the merged config (minus paths of this run), the kind and the inputs' hashes."""
         cfg = get_wsss_cfg(stage.config, stage.opts)
-        refs = (*_as_tuple(stage.weights_from), *_as_tuple(stage.round_from), stage.cams_from)
-        upstream = [self._hashes[n] for n in refs if n]
+        upstream = [self._hashes[n] for n in stage.inputs]
         return config_hash({"cfg": cfg.dump(), "kind": stage.kind, "inputs": upstream})
 
     def done_record(self, name: str) -> dict | None:
         """Stage ``name``'s ``stage_done.json`` (hash, seconds, results), None if it has none."""
-        done = os.path.join(self.stage_dir(name), DONE_FILE)
-        if not os.path.isfile(done):
-            return None
-        with open(done) as f:
-            return json.load(f)
+        return read_json(os.path.join(self.stage_dir(name), DONE_FILE))
 
     def is_complete(self, stage: Stage) -> bool:
         record = self.done_record(stage.name)
@@ -308,10 +309,10 @@ class Pipeline:
     ) -> list[dict]:
         """Run (or resume) every stage. ``executors[kind](stage, opts, resume) -> results``.
 
-        ``jobs`` > 1 runs independent stages side by side, each in its own process
-        (:func:`~wsss_d2.engine.pipeline_jobs.run_side_by_side`; the executors must then pickle). Returns one summary dict
-        per stage, in the file's order: name, kind, status ("ran" | "skipped"), seconds,
-        results (flattened metrics), folder.
+        ``jobs`` > 1 runs independent stages side by side, each in its own process (the
+        executors must then pickle; :func:`~wsss_d2.engine.pipeline_jobs.run_side_by_side`).
+        Returns one summary dict per stage, in the file's order: name, kind, status ("ran" |
+        "skipped"), seconds, results (flattened metrics), folder.
         """
         os.makedirs(self.output_dir, exist_ok=True)
         with FolderLock(self.output_dir, "running a pipeline"):
@@ -372,11 +373,9 @@ class Pipeline:
         folder = self.stage_dir(stage.name)
         started = os.path.join(folder, STARTED_FILE)
         if os.path.exists(folder):
-            prev = None
-            if os.path.isfile(started):
-                with open(started) as f:
-                    prev = json.load(f).get("hash")
-            if prev != h:  # a different configuration ran here: keep it aside, start anew
+            if (read_json(started) or {}).get(
+                "hash"
+            ) != h:  # a different configuration ran here: keep it aside, start anew
                 self._set_aside(folder)
         os.makedirs(folder, exist_ok=True)
         atomic_write_bytes(started, json.dumps({"hash": h, "time": time.time()}).encode())

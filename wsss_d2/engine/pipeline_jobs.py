@@ -20,17 +20,7 @@ import traceback
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_side_by_side", "core_shares", "inputs_of", "chain_lengths"]
-
-
-def _names(refs) -> tuple:
-    return refs if isinstance(refs, tuple) else (refs,)
-
-
-def inputs_of(stage) -> set[str]:
-    """The stages whose outputs ``stage`` reads (weights, rounds, CAM folders)."""
-    refs = (*_names(stage.weights_from), *_names(stage.round_from), stage.cams_from)
-    return {n for n in refs if n}
+__all__ = ["run_side_by_side", "core_shares", "chain_lengths"]
 
 
 def chain_lengths(stages) -> dict[str, int]:
@@ -38,7 +28,7 @@ def chain_lengths(stages) -> dict[str, int]:
     (itself included): what side-by-side runs start first, the longest chain first."""
     length: dict[str, int] = {}
     for stage in reversed(stages):  # readers come after the stages they read
-        readers = [length[s.name] for s in stages if stage.name in inputs_of(s)]
+        readers = [length[s.name] for s in stages if stage.name in s.inputs]
         length[stage.name] = 1 + max(readers, default=0)
     return length
 
@@ -58,7 +48,7 @@ def run_side_by_side(pipe, executors, resume, jobs, todo, summaries) -> None:
     ctx = multiprocessing.get_context("spawn")
     try:
         while todo or running:
-            ready = [s for s in todo if inputs_of(s) <= set(summaries)] if not failed else []
+            ready = [s for s in todo if set(s.inputs) <= set(summaries)] if not failed else []
             ready.sort(key=lambda s: (-chain[s.name], order[s.name]))
             for stage in ready[: len(free)]:
                 opts = pipe._begin(stage)
@@ -91,9 +81,8 @@ def run_side_by_side(pipe, executors, resume, jobs, todo, summaries) -> None:
                     summaries[stage.name] = pipe._finish(stage, payload, time.time() - t0)
                     logger.info("stage %s: done in %.0f s", stage.name, time.time() - t0)
                 else:
-                    failed.append(
-                        f"stage '{stage.name}' failed (exit code {proc.exitcode}):" f"\n{payload}"
-                    )
+                    msg = f"stage '{stage.name}' failed (exit code {proc.exitcode}):\n{payload}"
+                    failed.append(msg)
                     logger.error("stage %s failed; running stages finish, none starts", stage.name)
     except BaseException:  # Ctrl-C or an error here: the stages' processes go too
         for _, proc, _, _ in running.values():

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from detectron2.utils.file_io import PathManager
 
-from .files import atomic_write_bytes, safe_join
+from .files import atomic_write_bytes, read_json, safe_join
 from .rounds import fingerprint_diff, label_stem
 
 __all__ = [
@@ -111,11 +111,7 @@ def _cam_files(cam_dir: str) -> list[str]:
 
 def read_cam_manifest(cam_dir: str) -> dict | None:
     """The fingerprint ``cams.json`` of a CAM folder (None when the folder has none)."""
-    path = os.path.join(cam_dir, CAM_DIR_MANIFEST) if cam_dir else ""
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json(os.path.join(cam_dir, CAM_DIR_MANIFEST) if cam_dir else "")
 
 
 def check_cam_dir(cam_dir: str, fingerprint: dict, overwrite: bool = False) -> None:

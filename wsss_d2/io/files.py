@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import posixpath
 import shutil
@@ -74,6 +75,14 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
 
 
 _PALETTE_FLAT = [v for rgb in voc_palette(256) for v in rgb]
+
+
+def read_json(path: str) -> dict | list | None:
+    """The JSON document of ``path``; None when there is no such file."""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

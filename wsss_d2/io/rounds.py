@@ -41,6 +41,7 @@ from detectron2.utils.file_io import PathManager
 from .files import (
     IGNORE_LABEL,
     atomic_write_bytes,
+    read_json,
     read_label_png,
     safe_join,
     safe_stem,
@@ -132,10 +133,7 @@ def partial_round_problem(root: str, k: int, fingerprint: dict) -> str | None:
     if not os.path.isdir(partial):
         return None
     fp_file = os.path.join(partial, FINGERPRINT)
-    old = None
-    if os.path.isfile(fp_file):
-        with open(fp_file) as f:
-            old = json.load(f)
+    old = read_json(fp_file)
     fingerprint = json.loads(json.dumps(fingerprint, default=str))
     if old is None:
         if any(n.endswith(".png") for _, _, names in os.walk(partial) for n in names):
