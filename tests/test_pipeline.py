@@ -180,6 +180,39 @@ def test_pipeline_validation_errors(tmp_path):
         load_pipeline(str(bad), repo_root=str(REPO))
 
 
+def test_pipeline_base_file_adds_stages_and_keeps_the_base_ones(tmp_path):
+    """``_BASE_``: the base's stages come first, unchanged (same folders and hashes), then the
+    file's own; its top-level keys replace the base's; cycles and missing files are errors."""
+    base = {
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "STAGES": [{"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml"}],
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    seg = {"name": "seg", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+           "weights_from": "cam", "opts": ["SEED", 1]}  # fmt: skip
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text(yaml.safe_dump({"_BASE_": "../base.yaml", "STAGES": [seg]}))
+    pipe, alone = (
+        load_pipeline(str(p), repo_root=str(REPO)) for p in (child, tmp_path / "base.yaml")
+    )
+    assert [s.name for s in pipe.stages] == ["cam", "seg"]
+    assert pipe.output_dir == alone.output_dir == str(tmp_path / "out")
+    assert pipe.stage_hash(pipe.stages[0]) == alone.stage_hash(alone.stages[0])
+    assert pipe.stages[1].weights_from == "cam" and pipe.stages[1].opts == ["SEED", "1"]
+    child.write_text(yaml.safe_dump({"_BASE_": "../base.yaml", "OUTPUT_DIR": "elsewhere"}))
+    assert load_pipeline(str(child), repo_root=str(REPO)).output_dir == os.path.abspath("elsewhere")
+    child.write_text(yaml.safe_dump({"_BASE_": "../base.yaml", "STAGES": [base["STAGES"][0]]}))
+    with pytest.raises(ValueError, match="stage name 'cam' is repeated"):
+        load_pipeline(str(child), repo_root=str(REPO))
+    child.write_text(yaml.safe_dump({"_BASE_": "child.yaml"}))
+    with pytest.raises(ValueError, match="makes a cycle"):
+        load_pipeline(str(child), repo_root=str(REPO))
+    child.write_text(yaml.safe_dump({"_BASE_": "nowhere.yaml"}))
+    with pytest.raises(FileNotFoundError, match="_BASE_ file not found: .*nowhere.yaml"):
+        load_pipeline(str(child), repo_root=str(REPO))
+
+
 @HOOK_REGISTRY.register()
 class _SigintAt(HookBase):
     """Sends this process a real SIGINT (what Ctrl-C does) before iteration ``at``, once."""

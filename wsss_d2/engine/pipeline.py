@@ -23,7 +23,8 @@ same overrides for every stage, e.g. another dataset: ``OPTS: [DATASETS.TRAIN, .
 ``weights_from`` and ``round_from`` may name a list of stages: the one whose primary metric
 (:func:`primary_metric`) is highest is taken, the first on a tie (``round_from: [labels_cam,
 labels_plda]``: train on the better pseudo labels). ``tools/run_pipeline.py --jobs N`` runs
-independent stages side by side (:mod:`wsss_d2.engine.pipeline_jobs`).
+independent stages side by side (:mod:`wsss_d2.engine.pipeline_jobs`). A pipeline file with
+``_BASE_: <another pipeline file>`` adds stages to that one (:mod:`.pipeline_spec`).
 
 IRN (``configs/irn_*.yaml``) is two stages after a CAM labelling stage ``labels`` (the CRF band,
 which also leaves the CAM files): ``{name: irn, kind: train, config: configs/irn_toy.yaml,
@@ -48,7 +49,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import yaml
 from detectron2.utils.file_io import PathManager
 
 from ..config import get_wsss_cfg
@@ -56,6 +56,7 @@ from ..io.files import atomic_write_bytes, read_json
 from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round, read_manifest
 from .pipeline_jobs import run_side_by_side
+from .pipeline_spec import read_pipeline_spec
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +95,9 @@ class Stage:
 
 
 def load_pipeline(path: str, repo_root: str | None = None) -> "Pipeline":
-    """Read and validate a pipeline YAML; config paths are relative to ``repo_root``."""
-    with PathManager.open(path) as f:
-        spec = yaml.safe_load(f) or {}
-    return parse_pipeline(spec, path, repo_root)
+    """Read (``_BASE_`` files merged: :mod:`.pipeline_spec`) and validate a pipeline YAML; config
+    paths are relative to ``repo_root``."""
+    return parse_pipeline(read_pipeline_spec(path), path, repo_root)
 
 
 def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> "Pipeline":
