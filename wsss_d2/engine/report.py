@@ -22,7 +22,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..config import get_wsss_cfg
 from ..data.mappers import build_mapper
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, read_json
 from ..io.rounds import list_complete_rounds, read_manifest
 from .pipeline import primary_metric, summary_rows
 from .report_charts import (
@@ -156,9 +156,8 @@ def _round_metrics(pipe, stage, k: int, folder: str) -> dict:
             os.path.dirname(folder), f"eval_round_{k:02d}", "pseudo_label_evaluation.json"
         ),
     ):
-        if os.path.isfile(path):
-            with open(path) as f:
-                data = json.load(f)
+        data = read_json(path)
+        if data is not None:
             return data.get("metrics", data)
     return read_manifest(folder).get("scores", {}).get("sem_seg", {})
 

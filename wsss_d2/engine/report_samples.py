@@ -3,7 +3,6 @@ and each image's own score (from the evaluation's ``sem_seg_per_image.json`` whe
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import OrderedDict
@@ -15,7 +14,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_mod
 
 from ..evaluation.metrics import confusion_matrix
 from ..evaluation.sem_seg import image_scores
-from ..io.files import read_image_checked, read_label_png
+from ..io.files import read_image_checked, read_json, read_label_png
 from ..io.rounds import label_stem
 from ..modeling.checkpoint import load_model_weights
 from ..modeling.meta_arch.cam import CAMClassifier
@@ -52,10 +51,7 @@ def load_model(cfg, weights: str | None = None):
 
 def read_per_image(path: str) -> dict[str, tuple[float, float]]:
     """``file_name -> (mIoU, pACC)`` of an evaluator's ``sem_seg_per_image.json`` ({} if none)."""
-    if not path or not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return {r["file_name"]: (r["mIoU"], r["pACC"]) for r in json.load(f)}
+    return {r["file_name"]: (r["mIoU"], r["pACC"]) for r in read_json(path) or []}
 
 
 def pick_samples(dicts: Sequence[dict], scores: dict, first: int, worst: int):
