@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Choose IRN's background threshold (``MODEL.IRN.SEM_SEG_BG_THRES``) on the training masks.
+"""Choose IRN's background threshold (``MODEL.IRN.SEM_SEG_BG_THRES``) on the training masks, and
+optionally the walk's ``MODEL.IRN.BETA`` and ``MODEL.IRN.EXP_TIMES``.
 
 IRN's labels are the arg-max of ``[threshold, walked CAMs / their maximum]``; the walk itself does
-not depend on the threshold. This script runs the trained IRNet and the random walk once per
-image (:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of an IRN round) and scores every
-threshold of a grid against the ground truth of the images the tags train on (the WSSS protocol:
-never the validation set), so that the band and IRN are compared at their best settings.
+not depend on the threshold. This script runs the trained IRNet once per image and the random walk
+once per (beta, exp_times) of the grid (:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of
+an IRN round) and scores every threshold against the ground truth of the images the tags train on
+(the WSSS protocol: never the validation set), so that the band and IRN are compared at their best
+settings. ``--betas`` / ``--exp-times`` default to the config's values.
 
     python benchmarks/sweep_irn_bg.py --config-file configs/voc_mini/irn.yaml \
         --weights output/voc_mini/irn/model_final.pth \
         --cam-dir output/voc_mini/band/pseudo_labels/cams/round_01 \
-        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40
+        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8]
 
 Printed per threshold, best first: mIoU (IRN labels have no unsure pixels, so it is also the
 labelled-pixel mIoU), background share of the labels against the ground truth's, background
@@ -50,6 +52,8 @@ def score_walk(walked, dicts, thresholds, stride, num_classes, ignore) -> np.nda
 
 def main(argv=None) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import dataclasses
+
     import torch
 
     import wsss_d2  # noqa: F401  (registers the datasets and models)
@@ -57,6 +61,7 @@ def main(argv=None) -> list[dict]:
     from wsss_d2.engine.trainer import WSSSTrainer
     from wsss_d2.io.files import atomic_write_bytes
     from wsss_d2.modeling.checkpoint import load_model_weights
+    from wsss_d2.ops.amp import inference_autocast
     from wsss_d2.pseudo.irn_round import same_size_batches, walk_batch
     from wsss_d2.pseudo.random_walk import WalkParams
 
@@ -66,34 +71,49 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--weights", required=True, help="the trained IRNet")
     ap.add_argument("--cam-dir", required=True, help="the CAM folder the walk propagates")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
+    ap.add_argument("--betas", type=float, nargs="+", help="MODEL.IRN.BETA values (the config's)")
+    ap.add_argument("--exp-times", type=int, nargs="+", help="MODEL.IRN.EXP_TIMES values")
     args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
     model = WSSSTrainer.build_model(cfg).eval()
     load_model_weights(model, args.weights)
-    params = WalkParams.from_config(cfg)
+    base = WalkParams.from_config(cfg)
+    walks = [
+        dataclasses.replace(base, beta=b, exp_times=e)
+        for b in sorted(set(args.betas or [base.beta]))
+        for e in sorted(set(args.exp_times or [base.exp_times]))
+    ]
     mapper = build_mapper(cfg, is_train=False)
     thresholds = sorted(set(args.thresholds))
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
     class_names = sweep.class_names_of(names[0], k1)
-    conf = np.zeros((len(thresholds), k1, k1 + 1), np.int64)
+    conf = np.zeros((len(walks), len(thresholds), k1, k1 + 1), np.int64)
     start, done = time.perf_counter(), 0
     for batch in same_size_batches(dicts, mapper, cfg.WSSS.PSEUDO.IMS_PER_BATCH):
+        inputs, batch_dicts = [x for x, _ in batch], [d for _, d in batch]
         with torch.no_grad():
-            inputs = [x for x, _ in batch]
-            walked = walk_batch(model, inputs, args.cam_dir, params, cfg.WSSS.PSEUDO.AMP)
-        conf += score_walk(
-            walked, [d for _, d in batch], thresholds, model.stride, k1, cfg.MODEL.IGNORE_VALUE
-        )
+            with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
+                outs = model(inputs)
+            for w, params in enumerate(walks):
+                walked = walk_batch(model, inputs, args.cam_dir, params, outs=outs)
+                conf[w] += score_walk(
+                    walked, batch_dicts, thresholds, model.stride, k1, cfg.MODEL.IGNORE_VALUE
+                )
         done += len(batch)
         logger.info("%d / %d images, %.1f s", done, len(dicts), time.perf_counter() - start)
     seconds = time.perf_counter() - start
-    rows = [{"threshold": t, **sweep._row(c, class_names)} for t, c in zip(thresholds, conf)]
+    rows = [
+        {"beta": p.beta, "exp_times": p.exp_times, "threshold": t, **sweep._row(c, class_names)}
+        for p, cw in zip(walks, conf)
+        for t, c in zip(thresholds, cw)
+    ]
     rows.sort(key=lambda r: -r["mIoU"])
-    print(f"{len(dicts)} images of {', '.join(names)}; IRNet + walk in {seconds:.0f} s "
-          f"(load {os.getloadavg()[0]:.2f})")  # fmt: skip
-    print("threshold   mIoU  bg share% (GT)  bg prec  bg rec")
+    print(f"{len(dicts)} images of {', '.join(names)}; IRNet + {len(walks)} walk(s) in "
+          f"{seconds:.0f} s (load {os.getloadavg()[0]:.2f})")  # fmt: skip
+    print(" beta  exp  threshold   mIoU  bg share% (GT)  bg prec  bg rec")
     for r in rows:
-        print(f"{r['threshold']:9.2f} {r['mIoU']:6.2f} {r['bg_share_pct']:9.1f} "
-              f"({r['gt_bg_share_pct']:.1f}) {r['bg_precision']:8.1f} {r['bg_recall']:7.1f}")  # fmt: skip
+        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['threshold']:10.2f} {r['mIoU']:6.2f} "
+              f"{r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) {r['bg_precision']:8.1f} "
+              f"{r['bg_recall']:7.1f}")  # fmt: skip
     if args.output:
         atomic_write_bytes(
             args.output, json.dumps({"rows": rows, "seconds": seconds}, indent=2).encode()

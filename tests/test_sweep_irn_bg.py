@@ -1,6 +1,7 @@
 """benchmarks/sweep_irn_bg.py: the label it scores for a threshold is the IRN round's label."""
 
 import numpy as np
+import torch
 from conftest import load_script
 from test_irn import _mapper, _tiny_irn
 from test_pseudo_labels import _toy_set
@@ -39,3 +40,22 @@ def test_scores_are_those_of_the_round_labels(tmp_path):
 
 def _gts(dicts):
     return [read_label_png(d["sem_seg_file_name"]) for d in dicts]
+
+
+def test_walks_from_given_outputs_equal_the_forward_and_beta_changes_them(tmp_path):
+    """The sweep walks several (beta, exp_times) from one IRNet forward (``outs``): each walk is
+    the one ``walk_batch`` computes with its own forward, and beta does change the walk."""
+    dicts, cam_dir = _toy_set(tmp_path, n=3)
+    net = _tiny_irn().eval()
+    inputs = [_mapper()(d) for d in dicts]
+    with torch.no_grad():
+        outs = net(inputs)
+        walked = {}
+        for beta in (2.0, 10.0):
+            params = WalkParams(beta=beta, exp_times=4)
+            given = walk_batch(net, inputs, cam_dir, params, outs=outs)
+            own = walk_batch(net, inputs, cam_dir, params)
+            for (a, ka, *_), (b, kb, *_) in zip(given, own):
+                assert torch.equal(a, b) and np.array_equal(ka, kb)
+            walked[beta] = given
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(walked[2.0], walked[10.0]))

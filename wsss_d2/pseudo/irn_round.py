@@ -70,15 +70,22 @@ def _load_cams(cam_dir: str, x: dict) -> tuple[torch.Tensor, np.ndarray]:
 
 @torch.no_grad()
 def walk_batch(
-    net, inputs: list[dict], cam_dir: str, params: WalkParams, amp: bool = False
+    net,
+    inputs: list[dict],
+    cam_dir: str,
+    params: WalkParams,
+    amp: bool = False,
+    outs: list[dict] | None = None,
 ) -> list[tuple]:
     """IRNet boundaries + CAM files -> the walked scores, for mapped inputs of one image size:
     per input ``(rw (k, h, w) at the IRNet's stride, keys, input_hw, out_hw)``, what
     :func:`~wsss_d2.pseudo.random_walk.walk_to_label` turns into a label (so that several
     background thresholds can be scored from one walk). ``amp``: the IRNet's forward in fp16
-    autocast on CUDA (the walk itself keeps ``params.dtype``)."""
-    with inference_autocast(next(net.parameters()).device, amp):
-        outs = net(inputs)
+    autocast on CUDA (the walk itself keeps ``params.dtype``). ``outs``: the IRNet's outputs for
+    ``inputs`` when the caller already has them (walks with other parameters from one forward)."""
+    if outs is None:
+        with inference_autocast(next(net.parameters()).device, amp):
+            outs = net(inputs)
     dt = params.torch_dtype
     cams, keys, edges = [], [], []
     for x, out in zip(inputs, outs):
