@@ -61,6 +61,26 @@ def test_demo_runs_every_method_on_toyparts_large():
     assert get_wsss_cfg(stages["irn"].config).WSSS.PSEUDO.METHOD == "irn"
 
 
+def test_voc_mini_pipeline_has_the_irn_stages():
+    """The real-image pipeline: IRNet on the CAM model's band, its walk of that round's CAMs, and
+    the segmentors taking the best of the three rounds (chosen on the train masks)."""
+    from wsss_d2.config import get_wsss_cfg
+    from wsss_d2.engine.pipeline import load_pipeline
+
+    for name in ("voc_mini_effnet", "voc_mini_effnet_seeds"):
+        pipe = load_pipeline(str(REPO / f"configs/pipelines/{name}.yaml"), repo_root=str(REPO))
+        stages = {s.name: s for s in pipe.stages}
+        assert (stages["irn"].round_from, stages["irn_labels"].weights_from) == ("labels", "irn")
+        assert stages["irn_labels"].cams_from == "labels"
+        assert get_wsss_cfg(stages["irn_labels"].config).WSSS.PSEUDO.METHOD == "irn"
+        segs = [n for n, s in stages.items() if s.kind == "train" and s.round_from]
+        segs = [n for n in segs if n.startswith(("deeplab", "cian_s", "cian")) and "gt" not in n]
+        segs = [n for n in segs if "retrain" not in n]
+        assert len(segs) == (2 if name == "voc_mini_effnet" else 6), segs
+        for seg in segs:
+            assert stages[seg].round_from == ("labels", "labels_plda", "irn_labels"), seg
+
+
 # ---------------------------------------------------------------------- paper-row recipes
 # IRN's CAM step (jiwoon-ahn/irn run_sample.py + step/train_cam.py) and SIPE's training
 # (chenqi1126/SIPE train_resnet50_SIPE.py), which PLDA's ResNet-50 rows follow (the paper, Sec.
