@@ -423,9 +423,12 @@ def _timing(tmp_path, name):
         return json.load(f)
 
 
-def test_side_by_side_stages_overlap_and_wait_for_their_inputs(tmp_path):
+def test_side_by_side_stages_overlap_and_wait_for_their_inputs(tmp_path, monkeypatch):
     from wsss_d2.engine.pipeline_jobs import chain_lengths, core_shares
 
+    # each stage lasts longer than a loaded machine takes to start the other's process (1 s did
+    # not: cam had ended before plda's process began)
+    monkeypatch.setenv("WSSS_TEST_STAGE_SECONDS", "5")
     pipe = _best_of_pipeline(tmp_path)
     pipe.round_of = lambda name: f"round of {name}"
     assert chain_lengths(pipe.stages) == {"cam": 3, "plda": 3, "labels": 2, "labels_2": 2, "seg": 1}
