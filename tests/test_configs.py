@@ -62,26 +62,36 @@ def test_demo_runs_every_method_on_toyparts_large():
 
 
 def test_voc_mini_pipeline_has_the_irn_stages():
-    """The real-image pipeline: IRNet on the CAM model's band, its walk of that round's CAMs, and
-    the segmentors taking the best of the three rounds (chosen on the train masks)."""
+    """The real-image pipeline: IRNet on the CAM model's band, its walk of that round's CAMs,
+    DeepLab-v2 on each of the three rounds scored on the train masks, and the segmentors taking
+    the round whose DeepLab-v2 scored highest there (never val)."""
     from wsss_d2.config import get_wsss_cfg
     from wsss_d2.engine.pipeline import load_pipeline
 
+    rounds = ("labels", "labels_plda", "irn_labels")
+    judges = tuple(f"deeplab_{r}" for r in rounds)
     for name in ("voc_mini_effnet", "voc_mini_effnet_seeds"):
         pipe = load_pipeline(str(REPO / f"configs/pipelines/{name}.yaml"), repo_root=str(REPO))
         stages = {s.name: s for s in pipe.stages}
         assert (stages["irn"].round_from, stages["irn_labels"].weights_from) == ("labels", "irn")
         assert stages["irn_labels"].cams_from == "labels"
         assert get_wsss_cfg(stages["irn_labels"].config).WSSS.PSEUDO.METHOD == "irn"
-        segs = ["deeplab", "cian"]
+        for judge, r in zip(judges, rounds):
+            assert stages[judge].round_from == r
+            cfg = get_wsss_cfg(stages[judge].config, stages[judge].opts)
+            assert cfg.DATASETS.TEST == ("voc_2012_train_tags",), judge
+        assert (stages["deeplab"].kind, stages["deeplab"].weights_from) == ("evaluate", judges)
+        deeplab_cfg = get_wsss_cfg(stages["deeplab"].config, stages["deeplab"].opts)
+        assert deeplab_cfg.DATASETS.TEST == ("voc_2012_val_tags",)
+        segs = ["cian"]
         if name.endswith("_seeds"):
-            segs += [f"{m}_s{k}" for m in segs for k in (1, 2)]
-        # the segmentors are the only stages that choose among rounds
+            segs += [f"{m}_s{k}" for m in ("deeplab", "cian") for k in (1, 2)]
+        # the segmentors are the only stages that choose among rounds, and by DeepLab-v2's score
         assert sorted(n for n, s in stages.items() if isinstance(s.round_from, tuple)) == sorted(
             segs
         )
         for seg in segs:
-            assert stages[seg].round_from == ("labels", "labels_plda", "irn_labels"), seg
+            assert (stages[seg].round_from, stages[seg].choose_by) == (rounds, judges), seg
 
 
 # ---------------------------------------------------------------------- paper-row recipes

@@ -348,6 +348,71 @@ def test_weights_from_a_list_needs_metrics_and_earlier_stages(tmp_path):
         parse_pipeline(spec, "pipe.yaml", str(REPO))
 
 
+def _choose_by_spec(tmp_path, **seg):
+    return {
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "STAGES": [
+            {"name": "cam", "kind": "train", "config": "configs/cam_toy.yaml"},
+            {"name": "labels", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
+             "weights_from": "cam"},
+            {"name": "irn_labels", "kind": "pseudo_labels", "config": "configs/pseudo_toy.yaml",
+             "weights_from": "cam"},
+            {"name": "seg_labels", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+             "round_from": "labels"},
+            {"name": "seg_irn", "kind": "train", "config": "configs/deeplabv2_toy.yaml",
+             "round_from": "irn_labels"},
+            {"name": "seg", "kind": "evaluate", "config": "configs/deeplabv2_toy.yaml",
+             "weights_from": ["seg_labels", "seg_irn"]},
+            {"name": "cian", "kind": "train", "config": "configs/cian_toy.yaml", **seg},
+        ],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seg_scores, chosen", [((30.0, 24.0), "labels"), ((30.0, 31.0), "irn")])
+def test_choose_by_takes_the_round_whose_segmentor_scored_higher(tmp_path, seg_scores, chosen):
+    """irn_labels scores higher as a round (40.7 > 39.0), but the round taken is the one whose
+    segmentor scored higher: the choice follows choose_by, position by position."""
+    from wsss_d2.engine.pipeline import parse_pipeline
+
+    spec = _choose_by_spec(tmp_path, round_from=["labels", "irn_labels"],
+                           choose_by=["seg_labels", "seg_irn"])  # fmt: skip
+    pipe, seen = parse_pipeline(spec, "pipe.yaml", str(REPO)), {}
+    assert pipe.stages[-1].inputs == ("labels", "irn_labels", "seg_labels", "seg_irn")
+    pipe.round_of = lambda name: f"round of {name}"
+    metrics = {"cam": 35.6, "labels": 39.0, "irn_labels": 40.7, "seg_labels": seg_scores[0],
+               "seg_irn": seg_scores[1], "seg": 1.0, "cian": 1.0}  # fmt: skip
+
+    def run(stage, opts, resume):
+        seen[stage.name] = opts
+        return {"sem_seg": {"mIoU": metrics[stage.name]}}
+
+    pipe.run({"train": run, "pseudo_labels": run, "evaluate": run})
+    round_taken = seen["cian"][seen["cian"].index("WSSS.PSEUDO.TRAIN_ROUND") + 1]
+    assert round_taken == ("round of labels" if chosen == "labels" else "round of irn_labels")
+    weights = seen["seg"][seen["seg"].index("MODEL.WEIGHTS") + 1]
+    assert weights == str(tmp_path / "out" / f"seg_{chosen}" / "model_final.pth")
+
+
+@pytest.mark.parametrize(
+    "seg, match",
+    [
+        ({"round_from": ["labels", "irn_labels"], "choose_by": ["seg_labels"]},
+         "choose_by names 1 stages but round_from has 2 candidates"),
+        ({"round_from": ["labels", "irn_labels"], "choose_by": ["seg_labels", "later"]},
+         "choose_by 'later' is not an earlier stage"),
+        ({"round_from": "labels", "choose_by": ["seg_labels"]},
+         "choose_by needs a list-valued weights_from or round_from"),
+        ({"round_from": ["labels", "irn_labels"], "choose_by": "seg_labels"},
+         "choose_by must be a list of stage names"),
+    ],
+)  # fmt: skip
+def test_choose_by_is_checked_when_the_pipeline_is_read(tmp_path, seg, match):
+    from wsss_d2.engine.pipeline import parse_pipeline
+
+    with pytest.raises(ValueError, match=match):
+        parse_pipeline(_choose_by_spec(tmp_path, **seg), "pipe.yaml", str(REPO))
+
+
 def test_gt_labels_stage_trains_a_segmentor_on_the_masks(tmp_path):
     seg_opts = MINI + ["SOLVER.MAX_ITER", "2", "MODEL.SEG_HEAD.CONV_DIMS", "16",
                        "MODEL.SEG_HEAD.TEST_FLIP", "False"]  # fmt: skip

@@ -22,7 +22,11 @@ supervised ceiling of a segmentor trained with ``round_from`` it).
 same overrides for every stage, e.g. another dataset: ``OPTS: [DATASETS.TRAIN, ...]``).
 ``weights_from`` and ``round_from`` may name a list of stages: the one whose primary metric
 (:func:`primary_metric`) is highest is taken, the first on a tie (``round_from: [labels_cam,
-labels_plda]``: train on the better pseudo labels). ``tools/run_pipeline.py --jobs N`` runs
+labels_plda]``: train on the better pseudo labels). ``choose_by``, a list of earlier stages as long
+as those lists, ranks the candidates by *its* stages' metrics instead: ``round_from: [labels,
+irn_labels], choose_by: [deeplab_labels, deeplab_irn]`` takes the round whose segmentor scored
+higher (e.g. on the train masks: a round's own mIoU does not say how well a segmentor learns from
+it). ``tools/run_pipeline.py --jobs N`` runs
 independent stages side by side (:mod:`wsss_d2.engine.pipeline_jobs`). A pipeline file with
 ``_BASE_: <another pipeline file>`` adds stages to that one (:mod:`.pipeline_spec`).
 
@@ -86,11 +90,18 @@ class Stage:
     weights_from: str | tuple = ""  # a tuple: the best of these stages
     round_from: str | tuple = ""
     cams_from: str = ""
+    choose_by: tuple = ()  # ranks the candidates of the list-valued refs, position by position
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """The stages whose outputs this one reads (weights, rounds, CAM folders), in that order."""
-        refs = (*_as_tuple(self.weights_from), *_as_tuple(self.round_from), self.cams_from)
+        """The stages whose outputs this one reads (weights, rounds, CAM folders, the metrics it
+        chooses by), in that order."""
+        refs = (
+            *_as_tuple(self.weights_from),
+            *_as_tuple(self.round_from),
+            self.cams_from,
+            *self.choose_by,
+        )
         return tuple(n for n in refs if n)
 
 
@@ -115,6 +126,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
         raise ValueError(f"{path}: OPTS must be KEY VALUE pairs, got {common}")
     stages, seen = [], set()
     allowed = {"name", "kind", "config", "opts", "weights_from", "round_from", "cams_from"}
+    allowed.add("choose_by")
     for i, s in enumerate(spec["STAGES"]):
         where = f"{path}: STAGES[{i}]"
         unknown = set(s) - allowed
@@ -136,6 +148,8 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
                 if not isinstance(n, str) or n not in seen:
                     raise ValueError(f"{where}: {ref} '{n}' is not an earlier stage")
             refs[ref] = value
+        if s.get("choose_by"):
+            refs["choose_by"] = _choose_by(s["choose_by"], refs, seen, where)
         seen.add(s["name"])
         cfg_path = s["config"]
         if repo_root and not os.path.isabs(cfg_path):
@@ -188,6 +202,26 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _choose_by(value, refs: dict, seen: set, where: str) -> tuple:
+    """Validate a stage's ``choose_by``: earlier stages, one per candidate of each list-valued
+    ``weights_from`` / ``round_from``."""
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError(f"{where}: choose_by must be a list of stage names, got {value!r}")
+    for n in value:
+        if n not in seen:
+            raise ValueError(f"{where}: choose_by '{n}' is not an earlier stage")
+    lists = {r: v for r, v in refs.items() if r in _CHOICE_REFS and isinstance(v, tuple)}
+    if not lists:
+        raise ValueError(f"{where}: choose_by needs a list-valued weights_from or round_from")
+    for ref, names in lists.items():
+        if len(names) != len(value):
+            raise ValueError(
+                f"{where}: choose_by names {len(value)} stages but {ref} has {len(names)} "
+                "candidates; give one per candidate, in the same order"
+            )
+    return tuple(value)
+
+
 class Pipeline:
     """Stages run in order; see the module docstring for completion and resume rules."""
 
@@ -232,32 +266,33 @@ class Pipeline:
 
     def best_of(self, stage: Stage, names: str | tuple) -> str:
         """``names`` itself, or of a tuple the finished stage with the highest primary metric
-        (the first on a tie)."""
+        (the first on a tie); with ``stage.choose_by``, the candidate whose ``choose_by`` stage
+        (same position) has the highest one."""
         if isinstance(names, str):
             return names
-        scored = []
-        for name in names:
-            record = self.done_record(name)
-            if record is None:
-                raise FileNotFoundError(
-                    f"stage '{stage.name}': its input stage '{name}' has not finished "
-                    f"({os.path.join(self.stage_dir(name), DONE_FILE)} is missing)"
-                )
-            m = primary_metric(record.get("results", {}))
-            if m is None:
-                raise ValueError(
-                    f"stage '{stage.name}': its input stage '{name}' reported no metric to "
-                    "choose by (give its config an evaluator)"
-                )
-            scored.append((m[1], name))
+        judges = stage.choose_by or names
+        scored = [(self._metric_of(stage, judge), name) for judge, name in zip(judges, names)]
         best = max(scored, key=lambda t: t[0])  # max keeps the first of equal scores
-        logger.info(
-            "stage %s: input from %s, the best of %s",
-            stage.name,
-            best[1],
-            ", ".join(f"{n} {v:.2f}" for v, n in scored),
-        )
+        how = ", ".join(f"{n} {v:.2f}" for v, n in scored)
+        if stage.choose_by:
+            how = ", ".join(f"{n} (by {j}) {v:.2f}" for (v, n), j in zip(scored, judges))
+        logger.info("stage %s: input from %s, the best of %s", stage.name, best[1], how)
         return best[1]
+
+    def _metric_of(self, stage: Stage, name: str) -> float:
+        record = self.done_record(name)
+        if record is None:
+            raise FileNotFoundError(
+                f"stage '{stage.name}': its input stage '{name}' has not finished "
+                f"({os.path.join(self.stage_dir(name), DONE_FILE)} is missing)"
+            )
+        m = primary_metric(record.get("results", {}))
+        if m is None:
+            raise ValueError(
+                f"stage '{stage.name}': its input stage '{name}' reported no metric to "
+                "choose by (give its config an evaluator)"
+            )
+        return m[1]
 
     def round_of(self, name: str) -> str:
         """The latest complete pseudo-label round written by stage ``name``."""
