@@ -60,7 +60,8 @@ from ..io.files import atomic_write_bytes, read_json
 from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round, read_manifest
 from .pipeline_jobs import run_side_by_side
-from .pipeline_spec import read_pipeline_spec
+from .pipeline_results import flatten_results, primary_metric, summary_rows
+from .pipeline_spec import check_choose_by, read_pipeline_spec
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
                     raise ValueError(f"{where}: {ref} '{n}' is not an earlier stage")
             refs[ref] = value
         if s.get("choose_by"):
-            refs["choose_by"] = _choose_by(s["choose_by"], refs, seen, where)
+            refs["choose_by"] = check_choose_by(s["choose_by"], refs, seen, where, _CHOICE_REFS)
         seen.add(s["name"])
         cfg_path = s["config"]
         if repo_root and not os.path.isabs(cfg_path):
@@ -163,63 +164,8 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
     return Pipeline(spec.get("OUTPUT_DIR", "output/pipeline"), stages, source=path)
 
 
-def primary_metric(results: dict) -> tuple[str, float] | None:
-    """The number a stage is summarised by: CAM mIoU, segmentation mIoU or pseudo-label mIoU."""
-    for key in ("cam/mIoU", "sem_seg/mIoU", "pseudo_seg/mIoU", "mIoU", "sam_labels/mIoU"):
-        if key in results:
-            return key, float(results[key])
-    for key, v in results.items():
-        if key.endswith("mIoU"):
-            return key, float(v)
-    return None
-
-
-def summary_rows(summaries: list[dict], digits: int = 1, config: bool = False) -> list[list]:
-    """One table row per stage summary: name, kind, (config,) metric, mIoU, status, seconds."""
-    rows = []
-    for s in summaries:
-        m = primary_metric(s["results"])
-        cfg = [os.path.relpath(s["config"]) if s["config"] else ""] if config else []
-        rows.append(
-            [s["name"], s["kind"], *cfg, m[0] if m else "-", f"{m[1]:.{digits}f}" if m else "-"]
-            + [s["status"], s["seconds"]]
-        )
-    return rows
-
-
 def _as_tuple(names: str | tuple) -> tuple:
     return names if isinstance(names, tuple) else (names,)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(_flatten(v, key))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(v)
-    return out
-
-
-def _choose_by(value, refs: dict, seen: set, where: str) -> tuple:
-    """Validate a stage's ``choose_by``: earlier stages, one per candidate of each list-valued
-    ``weights_from`` / ``round_from``."""
-    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-        raise ValueError(f"{where}: choose_by must be a list of stage names, got {value!r}")
-    for n in value:
-        if n not in seen:
-            raise ValueError(f"{where}: choose_by '{n}' is not an earlier stage")
-    lists = {r: v for r, v in refs.items() if r in _CHOICE_REFS and isinstance(v, tuple)}
-    if not lists:
-        raise ValueError(f"{where}: choose_by needs a list-valued weights_from or round_from")
-    for ref, names in lists.items():
-        if len(names) != len(value):
-            raise ValueError(
-                f"{where}: choose_by names {len(value)} stages but {ref} has {len(names)} "
-                "candidates; give one per candidate, in the same order"
-            )
-    return tuple(value)
 
 
 class Pipeline:
@@ -427,7 +373,7 @@ class Pipeline:
             "config": stage.config,
             "hash": self._hashes[stage.name],
             "seconds": round(seconds, 1),
-            "results": _flatten(results),
+            "results": flatten_results(results),
             "folder": folder,
         }
         atomic_write_bytes(os.path.join(folder, DONE_FILE), json.dumps(done, indent=2).encode())
