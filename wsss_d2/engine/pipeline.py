@@ -126,8 +126,7 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
     if len(common) % 2:
         raise ValueError(f"{path}: OPTS must be KEY VALUE pairs, got {common}")
     stages, seen = [], set()
-    allowed = {"name", "kind", "config", "opts", "weights_from", "round_from", "cams_from"}
-    allowed.add("choose_by")
+    allowed = {"name", "kind", "config", "opts", *_CHOICE_REFS, "cams_from", "choose_by"}
     for i, s in enumerate(spec["STAGES"]):
         where = f"{path}: STAGES[{i}]"
         unknown = set(s) - allowed
