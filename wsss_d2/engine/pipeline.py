@@ -61,7 +61,7 @@ from ..io.locks import FolderLock
 from ..io.rounds import config_hash, latest_complete_round, read_manifest
 from .pipeline_jobs import run_side_by_side
 from .pipeline_results import flatten_results, primary_metric, summary_rows
-from .pipeline_spec import check_choose_by, read_pipeline_spec
+from .pipeline_spec import read_pipeline_spec
 
 logger = logging.getLogger(__name__)
 
@@ -140,16 +140,17 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
         if s["name"] in seen or "/" in s["name"] or s["name"].startswith("."):
             raise ValueError(f"{where}: stage name '{s['name']}' is repeated or not a folder name")
         refs = {}
-        for ref in ("weights_from", "round_from", "cams_from"):
+        for ref in ("weights_from", "round_from", "cams_from", "choose_by"):
             value = s.get(ref) or ""
-            if ref in _CHOICE_REFS and isinstance(value, list):
+            if ref == "choose_by" and value and not isinstance(value, list):
+                raise ValueError(f"{where}: choose_by must be a list of stage names, got {value!r}")
+            if ref in (*_CHOICE_REFS, "choose_by") and isinstance(value, list):
                 value = tuple(value)
             for n in _as_tuple(value) if value else ():
                 if not isinstance(n, str) or n not in seen:
                     raise ValueError(f"{where}: {ref} '{n}' is not an earlier stage")
             refs[ref] = value
-        if s.get("choose_by"):
-            refs["choose_by"] = check_choose_by(s["choose_by"], refs, seen, where, _CHOICE_REFS)
+        refs["choose_by"] = _one_judge_per_candidate(refs, where) if refs["choose_by"] else ()
         seen.add(s["name"])
         cfg_path = s["config"]
         if repo_root and not os.path.isabs(cfg_path):
@@ -165,6 +166,22 @@ def parse_pipeline(spec: dict, path: str = "", repo_root: str | None = None) -> 
 
 def _as_tuple(names: str | tuple) -> tuple:
     return names if isinstance(names, tuple) else (names,)
+
+
+def _one_judge_per_candidate(refs: dict, where: str) -> tuple:
+    """A stage's ``choose_by``, checked: one stage per candidate of each list-valued
+    ``weights_from`` / ``round_from``, in the same order."""
+    judges = refs["choose_by"]
+    lists = {r: refs[r] for r in _CHOICE_REFS if isinstance(refs[r], tuple)}
+    if not lists:
+        raise ValueError(f"{where}: choose_by needs a list-valued weights_from or round_from")
+    for ref, names in lists.items():
+        if len(names) != len(judges):
+            raise ValueError(
+                f"{where}: choose_by names {len(judges)} stages but {ref} has {len(names)} "
+                "candidates; give one per candidate, in the same order"
+            )
+    return judges
 
 
 class Pipeline:
@@ -218,9 +235,10 @@ class Pipeline:
         judges = stage.choose_by or names
         scored = [(self._metric_of(stage, judge), name) for judge, name in zip(judges, names)]
         best = max(scored, key=lambda t: t[0])  # max keeps the first of equal scores
-        how = ", ".join(f"{n} {v:.2f}" for v, n in scored)
-        if stage.choose_by:
-            how = ", ".join(f"{n} (by {j}) {v:.2f}" for (v, n), j in zip(scored, judges))
+        how = ", ".join(
+            f"{n} {v:.2f}" if j == n else f"{n} (by {j}) {v:.2f}"
+            for (v, n), j in zip(scored, judges)
+        )
         logger.info("stage %s: input from %s, the best of %s", stage.name, best[1], how)
         return best[1]
 

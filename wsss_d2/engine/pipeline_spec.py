@@ -19,7 +19,7 @@ import os
 import yaml
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["read_pipeline_spec", "check_choose_by"]
+__all__ = ["read_pipeline_spec"]
 
 
 def read_pipeline_spec(path: str, _children: tuple[str, ...] = ()) -> dict:
@@ -49,23 +49,3 @@ def read_pipeline_spec(path: str, _children: tuple[str, ...] = ()) -> dict:
     merged.update(spec)
     merged["STAGES"] = list(merged.get("STAGES") or []) + own_stages
     return merged
-
-
-def check_choose_by(value, refs: dict, seen: set, where: str, choice_refs: tuple) -> tuple:
-    """Validate a stage's ``choose_by``: earlier stages, one per candidate of each list-valued
-    ``weights_from`` / ``round_from``."""
-    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-        raise ValueError(f"{where}: choose_by must be a list of stage names, got {value!r}")
-    for n in value:
-        if n not in seen:
-            raise ValueError(f"{where}: choose_by '{n}' is not an earlier stage")
-    lists = {r: v for r, v in refs.items() if r in choice_refs and isinstance(v, tuple)}
-    if not lists:
-        raise ValueError(f"{where}: choose_by needs a list-valued weights_from or round_from")
-    for ref, names in lists.items():
-        if len(names) != len(value):
-            raise ValueError(
-                f"{where}: choose_by names {len(value)} stages but {ref} has {len(names)} "
-                "candidates; give one per candidate, in the same order"
-            )
-    return tuple(value)
