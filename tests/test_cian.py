@@ -164,6 +164,39 @@ def test_head_loss_switches(cross, cross_ce, completion):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_completion_warmup_ramps_the_completion_losses_only():
+    def losses_at(it, warmup):
+        torch.manual_seed(0)
+        head = CIANHead(
+            SHAPE,
+            in_feature="res5",
+            num_classes=4,
+            conv_dims=0,
+            fov_dilation=2,
+            completion_warmup_iters=warmup,
+        ).train()
+        feats = {"res5": torch.randn(2, 8, 4, 4)}
+        targets = torch.randint(0, 4, (2, 32, 32))
+        tags = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+        with EventStorage(it) as storage:
+            _, losses = head(feats, targets, torch.tensor([[1], [0]]), tags)
+            scale = storage.latest().get("cian/completion_scale")
+        return {k: float(v) for k, v in losses.items()}, scale
+
+    full, scale = losses_at(10, 0)
+    assert scale is None  # no warm-up: nothing logged
+    assert full["loss_cp_self"] > 0 and full["loss_cp_cross"] > 0
+    for it, expect in ((0, 0.0), (10, 0.25), (40, 1.0), (100, 1.0)):
+        ramped, scale = losses_at(it, 40)
+        assert scale[0] == pytest.approx(expect)
+        for k in ("loss_cp_self", "loss_cp_cross"):
+            assert ramped[k] == pytest.approx(expect * full[k], rel=1e-6)
+        for k in ("loss_ce_self", "loss_ce_cross"):
+            assert ramped[k] == pytest.approx(full[k], rel=1e-6)
+    with pytest.raises(ValueError, match="COMPLETION_WARMUP_ITERS"):
+        CIANHead(SHAPE, in_feature="res5", num_classes=4, completion_warmup_iters=-1)
+
+
 # ---------------------------------------------------------------------- sampler
 def _random_tags(rng: random.Random, n: int, k: int) -> list[list[int]]:
     return [sorted(rng.sample(range(1, k + 1), rng.randint(0, min(3, k)))) for _ in range(n)]

@@ -271,6 +271,9 @@ def _add_cian_config(_C: CN) -> None:
     _C.MODEL.CIAN.COMPLETION = True  # "+CP": completion loss from the cross prediction
     _C.MODEL.CIAN.COMPLETION_WEIGHT = 1.0  # weight of loss_cp_cross / loss_cp_self
     _C.MODEL.CIAN.COMPLETION_ON_SELF = True  # completion labels also supervise the self branch
+    # ramp the completion weight linearly from 0 over this many iterations (0 = full weight from
+    # the first step, the official code; ours: configs/voc_mini/cian.yaml)
+    _C.MODEL.CIAN.COMPLETION_WARMUP_ITERS = 0
     _C.DATALOADER.PAIR_STRICT = False  # pair loaders: error (not self-pair) for partnerless images
 
 
