@@ -134,19 +134,19 @@ def test_completion_targets_follow_the_prediction_within_tags():
     assert (completion_targets(bg, torch.zeros(1, 3), (4, 4)) == 0).all()
 
 
+def _small_head(**kwargs) -> CIANHead:
+    """A seeded 4-class CIAN head on 8-channel res5 features, in training mode."""
+    torch.manual_seed(0)
+    return CIANHead(
+        SHAPE, in_feature="res5", num_classes=4, conv_dims=0, fov_dilation=2, **kwargs
+    ).train()
+
+
 @pytest.mark.parametrize("cross,cross_ce,completion", list(itertools.product([0, 1], repeat=3)))
 def test_head_loss_switches(cross, cross_ce, completion):
-    torch.manual_seed(0)
-    head = CIANHead(
-        SHAPE,
-        in_feature="res5",
-        num_classes=4,
-        conv_dims=0,
-        fov_dilation=2,
-        cross=bool(cross),
-        cross_ce_weight=float(cross_ce),
-        completion_weight=float(completion),
-    ).train()
+    head = _small_head(
+        cross=bool(cross), cross_ce_weight=float(cross_ce), completion_weight=float(completion)
+    )
     feats = {"res5": torch.randn(2, 8, 4, 4, requires_grad=True)}
     targets = torch.randint(0, 4, (2, 32, 32))
     targets[:, :8] = 255
@@ -166,15 +166,7 @@ def test_head_loss_switches(cross, cross_ce, completion):
 
 def test_completion_warmup_ramps_the_completion_losses_only():
     def losses_at(it, warmup):
-        torch.manual_seed(0)
-        head = CIANHead(
-            SHAPE,
-            in_feature="res5",
-            num_classes=4,
-            conv_dims=0,
-            fov_dilation=2,
-            completion_warmup_iters=warmup,
-        ).train()
+        head = _small_head(completion_warmup_iters=warmup)
         feats = {"res5": torch.randn(2, 8, 4, 4)}
         targets = torch.randint(0, 4, (2, 32, 32))
         tags = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
