@@ -111,7 +111,7 @@ class CIANHead(DeepLabLargeFOVHead):
         self.completion_warmup_iters = int(completion_warmup_iters)
         if self.completion_warmup_iters < 0:
             raise ValueError(
-                "MODEL.CIAN.COMPLETION_WARMUP_ITERS must be >= 0, " f"got {completion_warmup_iters}"
+                f"MODEL.CIAN.COMPLETION_WARMUP_ITERS must be >= 0, got {completion_warmup_iters}"
             )
 
     @classmethod
