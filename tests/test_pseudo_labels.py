@@ -263,6 +263,49 @@ def test_segmentor_round_only_uses_tags(tmp_path):
         assert (lab == (2 if 2 in d["tags"] else 0)).all()
 
 
+def test_segmentor_round_conf_marks_unsure_pixels(tmp_path):
+    """WSSS.PSEUDO.SEG_CONF: a pixel whose label's probability, renormalised over the background
+    and the image's tags, is under it becomes 255; 0 labels every pixel. With the CRF on, the
+    probability read is that of the CRF's label (a pixel the CRF relabels is scored as such)."""
+    dicts, _ = _toy_set(tmp_path, n=4)
+
+    class HalfSure(torch.nn.Module):
+        def forward(self, inputs):  # left: class 2 at 0.6 / bg 0.1; right: 0.35 / bg 0.3
+            h, w = inputs[0]["height"], inputs[0]["width"]
+            s = torch.zeros(4, h, w)
+            s[0, :, : w // 2], s[2, :, : w // 2], s[3, :, : w // 2] = 0.1, 0.6, 0.3
+            s[0, :, w // 2 :], s[2, :, w // 2 :], s[3, :, w // 2 :] = 0.3, 0.35, 0.35
+            return [{"sem_seg": s}]
+
+    def labels(conf, crf=None, name="seg"):
+        folder = write_segmentation_round(
+            HalfSure(),
+            dicts,
+            lambda d: dict(d),
+            rounds.RoundWriter(str(tmp_path / name), 1, 4),
+            crf=crf,
+            progress=False,
+            conf=conf,
+        )
+        return [read_label_png(os.path.join(folder, rounds.label_stem(d) + ".png")) for d in dicts]
+
+    halves = ({0: 0.1, 1: 0.0, 2: 0.6, 3: 0.3}, {0: 0.3, 1: 0.0, 2: 0.35, 3: 0.35})
+    w = dicts[0]["width"]
+    kinds = set()
+    for d, dense, sure in zip(dicts, labels(0.0, name="dense"), labels(0.7, name="sure")):
+        for half, cols in zip(halves, (slice(0, w // 2), slice(w // 2, w))):
+            ids = [0, *d["tags"]]
+            best = max(ids, key=lambda c: (half[c], -c))  # the first of equal scores
+            p = half[best] / sum(half[c] for c in ids)
+            assert (dense[:, cols] == best).all()
+            assert (sure[:, cols] == (best if p >= 0.7 else 255)).all()
+            kinds.add(p >= 0.7)
+    assert kinds == {True, False}  # both cases occur in the toy set
+    crf = CRFParams(iterations=2)
+    for dense, sure in zip(labels(0.0, crf, "dense_crf"), labels(0.99, crf, "sure_crf")):
+        assert (dense != 255).all() and (sure == 255).all()  # nothing reaches 0.99
+
+
 # ---------------------------------------------------------------------- bad input
 def test_truncated_or_mismatched_cam_file_is_named(tmp_path):
     dicts, cam_dir = _toy_set(tmp_path, n=1)

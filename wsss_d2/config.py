@@ -190,6 +190,9 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.PAMR.DILATIONS = (1, 2, 4, 8, 12, 24)  # affinity kernel dilations
     _C.WSSS.PSEUDO.PAMR.DOWNSCALE = 1.0  # run PAMR at this fraction of the image size
     _C.WSSS.PSEUDO.SEG_METHOD = "crf"  # segmentor outputs -> labels: "argmax" | "crf" (tags + bg)
+    # segmentor labels: a pixel whose label has a probability (softmax over bg + the image's tags)
+    # under SEG_CONF is unsure (255); 0 = every pixel labelled (CIAN's official retraining seeds)
+    _C.WSSS.PSEUDO.SEG_CONF = 0.0
     _C.WSSS.PSEUDO.TRAIN_ROUND = ""  # round folder training starts on ("" = latest under ROOT)
     _C.WSSS.PSEUDO.REFRESH = CN()  # PseudoLabelRefreshHook
     _C.WSSS.PSEUDO.REFRESH.PERIOD = 0  # write round k+1 every PERIOD iterations (0 = never)

@@ -219,3 +219,5 @@ def check_method(cfg, source: str) -> None:
         )
     if source == "segmentor" and p.SEG_METHOD not in ("argmax", "crf"):
         raise ValueError(f"WSSS.PSEUDO.SEG_METHOD must be 'argmax' or 'crf', got '{p.SEG_METHOD}'")
+    if source == "segmentor" and not 0.0 <= p.SEG_CONF < 1.0:
+        raise ValueError(f"WSSS.PSEUDO.SEG_CONF must lie in [0, 1), got {p.SEG_CONF}")

@@ -123,9 +123,19 @@ def write_cam_round(
 
 # ---------------------------------------------------------------------- segmentor outputs
 def _seg_job(job: tuple) -> np.ndarray:
-    d, local, ids, crf = job
+    d, local, n, crf = job
     image = read_image_checked(d["file_name"], "RGB")
-    return ids[crf_inference_label(image, local, len(ids), crf)].astype(np.uint8)
+    return crf_inference_label(image, local, n, crf)
+
+
+def _seg_label(local: np.ndarray, probs: torch.Tensor, ids: np.ndarray, conf: float) -> np.ndarray:
+    """Local ids -> dataset ids; with ``conf`` > 0 a pixel whose label's probability (among the
+    background and the image's tags) is under ``conf`` becomes 255 (unsure)."""
+    label = ids[local].astype(np.uint8)
+    if conf > 0:
+        p = probs.gather(0, torch.from_numpy(local.astype(np.int64))[None])[0].numpy()
+        label[p < conf] = 255
+    return label
 
 
 @torch.no_grad()
@@ -139,12 +149,16 @@ def write_segmentation_round(
     meta: dict | None = None,
     finalize: bool = True,
     progress: bool = True,
+    conf: float = 0.0,
 ) -> str | None:
     """Predict labels for ``dicts`` with a segmentor (``[{"sem_seg": (K+1, H, W)}]`` outputs).
 
     Resumable and sharded like :func:`write_cam_round`; the CRF (optional) runs in a pool. The
     labels get one dense CRF, ``crf``: a segmentor's own test-time CRF (``test_crf``, used for
     evaluation) is switched off meanwhile, as CIAN's official retraining labels are refined once.
+    ``conf`` (``WSSS.PSEUDO.SEG_CONF``): pixels whose final label has a probability under it,
+    the segmentor's scores renormalised over the background and the image's tags, are unsure
+    (255); 0 labels every pixel, as CIAN's official retraining seeds.
     """
     dicts = list(dicts)
     todo = writer.pending(dicts)
@@ -158,20 +172,22 @@ def write_segmentation_round(
     chunk = 64  # images predicted before their CRFs go to the pool (bounds memory)
     try:
         for start in range(0, len(todo), chunk):
-            jobs = []
+            jobs, held = [], []
             for d in todo[start : start + chunk]:
                 out = net([mapper(d)])[0]["sem_seg"].float().cpu()
                 ids = local_ids(sorted(int(t) for t in d.get("tags", [])))
-                local = out[torch.as_tensor(ids)].argmax(0).numpy().astype(np.uint8)
+                probs = out[torch.as_tensor(ids)]
+                probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)
+                local = probs.argmax(0).numpy().astype(np.uint8)
                 if crf is None or len(ids) <= 1:
-                    writer.write(d, ids[local].astype(np.uint8))
+                    writer.write(d, _seg_label(local, probs, ids, conf))
                 else:
-                    jobs.append((d, local, ids, crf))
+                    jobs.append((d, local, len(ids), crf))
+                    held.append((probs if conf > 0 else None, ids))
                 bar.update(1)
-            for (d, *_), label in zip(
-                jobs, map_in_pool(_seg_job, jobs, num_workers, progress=False)
-            ):
-                writer.write(d, label)
+            results = map_in_pool(_seg_job, jobs, num_workers, progress=False)
+            for (d, *_), (probs, ids), local in zip(jobs, held, results):
+                writer.write(d, _seg_label(local, probs, ids, conf))
     finally:
         net.train(was_training)
         if test_crf is not None:
@@ -327,6 +343,8 @@ def _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, pr
         )
     crf = CRFParams.from_config(cfg) if p.SEG_METHOD == "crf" else None
     info.update(source="segmentor", seg_method=p.SEG_METHOD, crf=crf.to_dict() if crf else None)
+    if p.SEG_CONF > 0:  # recorded only when used: rounds written before the key keep their info
+        info.update(seg_conf=p.SEG_CONF)
     return write_segmentation_round(
         model,
         dicts,
@@ -336,6 +354,7 @@ def _write_round(cfg, model, dicts, writer, source, cam_dir, overwrite, meta, pr
         p.NUM_WORKERS,
         meta=info,
         progress=progress,
+        conf=p.SEG_CONF,
     )
 
 
