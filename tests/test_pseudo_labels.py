@@ -265,8 +265,8 @@ def test_segmentor_round_only_uses_tags(tmp_path):
 
 def test_segmentor_round_conf_marks_unsure_pixels(tmp_path):
     """WSSS.PSEUDO.SEG_CONF: a pixel whose label's probability, renormalised over the background
-    and the image's tags, is under it becomes 255; 0 labels every pixel. With the CRF on, the
-    probability read is that of the CRF's label (a pixel the CRF relabels is scored as such)."""
+    and the image's tags, is under it becomes 255; 0 labels every pixel, with or without the CRF
+    (with it, no label reaches 0.99 here, so every pixel is unsure)."""
     dicts, _ = _toy_set(tmp_path, n=4)
 
     class HalfSure(torch.nn.Module):

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_path, check_cam_dir, load_cam_file
-from ..io.files import read_image_checked
+from ..io.files import IGNORE_LABEL, read_image_checked
 from ..io.rounds import (
     MANIFEST,
     RoundWriter,
@@ -134,7 +134,7 @@ def _seg_label(local: np.ndarray, probs: torch.Tensor, ids: np.ndarray, conf: fl
     label = ids[local].astype(np.uint8)
     if conf > 0:
         p = probs.gather(0, torch.from_numpy(local.astype(np.int64))[None])[0].numpy()
-        label[p < conf] = 255
+        label[p < conf] = IGNORE_LABEL
     return label
 
 
@@ -172,7 +172,7 @@ def write_segmentation_round(
     chunk = 64  # images predicted before their CRFs go to the pool (bounds memory)
     try:
         for start in range(0, len(todo), chunk):
-            jobs, held = [], []
+            jobs, held = [], []  # held: each CRF job's (probabilities or None, ids)
             for d in todo[start : start + chunk]:
                 out = net([mapper(d)])[0]["sem_seg"].float().cpu()
                 ids = local_ids(sorted(int(t) for t in d.get("tags", [])))
