@@ -12,12 +12,14 @@ settings. ``--betas`` / ``--exp-times`` default to the config's values.
     python benchmarks/sweep_irn_bg.py --config-file configs/voc_mini/irn.yaml \
         --weights output/voc_mini/irn/model_final.pth \
         --cam-dir output/voc_mini/band/pseudo_labels/cams/round_01 \
-        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8]
+        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8] [--crf]
 
 Printed per threshold, best first: mIoU (IRN labels have no unsure pixels, so it is also the
 labelled-pixel mIoU), background share of the labels against the ground truth's, background
 precision / recall. The label for the threshold ``MODEL.IRN.SEM_SEG_BG_THRES`` of the config is
-the one ``tools/make_pseudo_labels.py`` writes with it. ``--output`` writes every row as JSON.
+the one ``tools/make_pseudo_labels.py`` writes with it. ``--crf`` also scores every label after
+the dense CRF of ``MODEL.IRN.CRF`` (:func:`wsss_d2.pseudo.irn_round.crf_refine_label`, the band's
+label CRF; ``--workers`` processes). ``--output`` writes every row as JSON.
 """
 
 from __future__ import annotations
@@ -34,20 +36,51 @@ import numpy as np
 logger = logging.getLogger("wsss_d2.sweep_irn_bg")
 
 
+def score_labels(labels, dicts, num_classes, ignore) -> np.ndarray:
+    """(T, C, C + 1) confusions of ``labels`` (per image of ``dicts``, its label at each of ``T``
+    thresholds) against the ground truth."""
+    from wsss_d2.evaluation.pseudo_eval import _confusion_with_unsure
+    from wsss_d2.io.files import read_label_png
+
+    conf = np.zeros((len(labels[0]), num_classes, num_classes + 1), np.int64)
+    for labs, d in zip(labels, dicts):
+        gt = read_label_png(d["sem_seg_file_name"], labs[0].shape, d["file_name"])
+        for i, label in enumerate(labs):
+            conf[i] += _confusion_with_unsure(label, gt, num_classes, ignore)
+    return conf
+
+
 def score_walk(walked, dicts, thresholds, stride, num_classes, ignore) -> np.ndarray:
     """(T, C, C + 1) confusions of the labels of every threshold (``walked``: what
     ``walk_batch`` returned for ``dicts``)."""
+    return score_labels(walk_labels(walked, thresholds, stride), dicts, num_classes, ignore)
+
+
+def _crf_job(job: tuple) -> np.ndarray:
+    """One image: (L, C, C + 1) confusions of its ``L`` labels after the label CRF."""
     from wsss_d2.evaluation.pseudo_eval import _confusion_with_unsure
-    from wsss_d2.io.files import read_label_png
+    from wsss_d2.io.files import read_image_checked, read_label_png
+    from wsss_d2.pseudo.irn_round import crf_refine_label
+
+    d, labels, keys, crf, num_classes, ignore = job
+    gt = read_label_png(d["sem_seg_file_name"], labels[0].shape, d["file_name"])
+    image = read_image_checked(d["file_name"], "RGB")
+    return np.stack(
+        [
+            _confusion_with_unsure(crf_refine_label(image, lab, keys, crf), gt, num_classes, ignore)
+            for lab in labels
+        ]
+    )
+
+
+def walk_labels(walked, thresholds, stride) -> list[list[np.ndarray]]:
+    """Per image of ``walked``, its label at every threshold."""
     from wsss_d2.pseudo.random_walk import walk_to_label
 
-    conf = np.zeros((len(thresholds), num_classes, num_classes + 1), np.int64)
-    for (rw, keys, hw_in, hw_out), d in zip(walked, dicts):
-        gt = read_label_png(d["sem_seg_file_name"], hw_out, d["file_name"])
-        for i, t in enumerate(thresholds):
-            label = walk_to_label(rw, keys, stride, hw_in, hw_out, t)
-            conf[i] += _confusion_with_unsure(label, gt, num_classes, ignore)
-    return conf
+    return [
+        [walk_to_label(rw, keys, stride, hw_in, hw_out, t) for t in thresholds]
+        for rw, keys, hw_in, hw_out in walked
+    ]
 
 
 def main(argv=None) -> list[dict]:
@@ -62,6 +95,8 @@ def main(argv=None) -> list[dict]:
     from wsss_d2.io.files import atomic_write_bytes
     from wsss_d2.modeling.checkpoint import load_model_weights
     from wsss_d2.ops.amp import inference_autocast
+    from wsss_d2.ops.crf import CRFParams
+    from wsss_d2.ops.pool import map_in_pool
     from wsss_d2.pseudo.irn_round import same_size_batches, walk_batch
     from wsss_d2.pseudo.random_walk import WalkParams
 
@@ -73,6 +108,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
     ap.add_argument("--betas", type=float, nargs="+", help="MODEL.IRN.BETA values (the config's)")
     ap.add_argument("--exp-times", type=int, nargs="+", help="MODEL.IRN.EXP_TIMES values")
+    ap.add_argument("--crf", action="store_true", help="also score the labels after the CRF")
+    ap.add_argument("--workers", type=int, default=0, help="CRF processes (0 = every core)")
     args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
     model = WSSSTrainer.build_model(cfg).eval()
     load_model_weights(model, args.weights)
@@ -87,33 +124,52 @@ def main(argv=None) -> list[dict]:
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
     class_names = sweep.class_names_of(names[0], k1)
     conf = np.zeros((len(walks), len(thresholds), k1, k1 + 1), np.int64)
+    crf_conf = np.zeros_like(conf)
+    crf = CRFParams.from_config(cfg) if args.crf else None
     start, done = time.perf_counter(), 0
     for batch in same_size_batches(dicts, mapper, cfg.WSSS.PSEUDO.IMS_PER_BATCH):
         inputs, batch_dicts = [x for x, _ in batch], [d for _, d in batch]
         with torch.no_grad():
             with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
                 outs = model(inputs)
+            labels = [[] for _ in batch]  # per image: (walk, threshold) labels, for the CRF
             for w, params in enumerate(walks):
                 walked = walk_batch(model, inputs, args.cam_dir, params, outs=outs)
-                conf[w] += score_walk(
-                    walked, batch_dicts, thresholds, model.stride, k1, cfg.MODEL.IGNORE_VALUE
-                )
+                labs = walk_labels(walked, thresholds, model.stride)
+                conf[w] += score_labels(labs, batch_dicts, k1, cfg.MODEL.IGNORE_VALUE)
+                for i, lab in enumerate(labs):
+                    labels[i] += lab
+        if crf is not None:
+            jobs = [
+                (d, labs, walked[i][1], crf, k1, cfg.MODEL.IGNORE_VALUE)
+                for i, (d, labs) in enumerate(zip(batch_dicts, labels))
+            ]
+            for c in map_in_pool(_crf_job, jobs, args.workers, desc="crf", progress=False):
+                crf_conf += c.reshape(crf_conf.shape)
         done += len(batch)
         logger.info("%d / %d images, %.1f s", done, len(dicts), time.perf_counter() - start)
     seconds = time.perf_counter() - start
     rows = [
-        {"beta": p.beta, "exp_times": p.exp_times, "threshold": t, **sweep._row(c, class_names)}
-        for p, cw in zip(walks, conf)
+        {
+            "beta": p.beta,
+            "exp_times": p.exp_times,
+            "threshold": t,
+            "crf": bool(use_crf),
+            **sweep._row(c, class_names),
+        }
+        for use_crf, confs in ((False, conf), (True, crf_conf))[: 2 if crf is not None else 1]
+        for p, cw in zip(walks, confs)
         for t, c in zip(thresholds, cw)
     ]
     rows.sort(key=lambda r: -r["mIoU"])
     print(f"{len(dicts)} images of {', '.join(names)}; IRNet + {len(walks)} walk(s) in "
           f"{seconds:.0f} s (load {os.getloadavg()[0]:.2f})")  # fmt: skip
-    print(" beta  exp  threshold   mIoU  bg share% (GT)  bg prec  bg rec")
+    print(" beta  exp  threshold  crf   mIoU  bg share% (GT)  bg prec  bg rec")
     for r in rows:
-        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['threshold']:10.2f} {r['mIoU']:6.2f} "
-              f"{r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) {r['bg_precision']:8.1f} "
-              f"{r['bg_recall']:7.1f}")  # fmt: skip
+        crf_col = "yes" if r["crf"] else "no"
+        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['threshold']:10.2f} {crf_col:>4} "
+              f"{r['mIoU']:6.2f} {r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) "
+              f"{r['bg_precision']:8.1f} {r['bg_recall']:7.1f}")  # fmt: skip
     if args.output:
         atomic_write_bytes(
             args.output, json.dumps({"rows": rows, "seconds": seconds}, indent=2).encode()

@@ -270,14 +270,45 @@ def _mapper():
     return TagDatasetMapper(False, augmentations=[], image_format="RGB", num_classes=3)
 
 
-def _irn_round(root, dicts, cam_dir, state_path, ims_per_batch=3, writer=None):
+def _irn_round(root, dicts, cam_dir, state_path, ims_per_batch=3, writer=None, **kw):
     model = _tiny_irn()
     if state_path:
         model.load_state_dict(torch.load(state_path, weights_only=True))
     writer = writer or rounds.RoundWriter(root, 1, 4)
+    params = kw.pop("params", WalkParams())
     return write_irn_round(
-        dicts, cam_dir, model, _mapper(), writer, WalkParams(), ims_per_batch, progress=False
+        dicts, cam_dir, model, _mapper(), writer, params, ims_per_batch, progress=False, **kw
     )
+
+
+def test_irn_round_with_crf_is_the_crf_of_the_walk_labels(tmp_path):
+    """``MODEL.IRN.CRF``: each label is :func:`crf_refine_label` of the walk's label (the same in
+    a pool of two workers as inline), and the CRF does change labels."""
+    from wsss_d2.io.files import read_image_checked
+    from wsss_d2.ops.crf import CRFParams
+    from wsss_d2.pseudo.irn_round import crf_refine_label
+
+    dicts, cam_dir = _toy_set(tmp_path, n=4)
+    params = WalkParams(exp_times=1, bg_threshold=0.3)  # the untrained walk of 2 ** 8 is uniform
+    crf = CRFParams(bilateral_sxy=10, bilateral_srgb=10)  # for 20 x 28 images
+    plain = _irn_round(str(tmp_path / "plain"), dicts, cam_dir, None, params=params)
+    folders = [
+        _irn_round(str(tmp_path / f"crf{n}"), dicts, cam_dir, None, params=params, crf=crf,
+                   num_workers=n)  # fmt: skip
+        for n in (1, 2)
+    ]
+    changed = 0
+    for d in dicts:
+        stem = rounds.label_stem(d) + ".png"
+        walk = read_label_png(os.path.join(plain, stem))
+        want = crf_refine_label(read_image_checked(d["file_name"], "RGB"), walk, d["tags"], crf)
+        for folder in folders:
+            assert np.array_equal(read_label_png(os.path.join(folder, stem)), want)
+        changed += int((want != walk).sum())
+    assert changed > 0
+    # an untagged image stays all background
+    label = np.zeros((5, 6), np.uint8)
+    assert np.array_equal(crf_refine_label(np.zeros((5, 6, 3), np.uint8), label, []), label)
 
 
 def test_interrupted_irn_round_resumes_to_identical_files(tmp_path, monkeypatch):
@@ -387,6 +418,10 @@ def test_make_round_irn_method_on_toy_data(tmp_path, cfg_factory):
     man = rounds.read_manifest(folder)
     assert man["source"] == "irn" and man["cam_dir"] == cam_dir and man["num_images"] == 4
     assert man["walk_params"]["beta"] == 10.0 and man["walk_params"]["exp_times"] == 8
+    assert "crf" not in man  # the official walk: no CRF
+    cfg.MODEL.IRN.CRF = True
+    folder = make_round(cfg, model, dicts, 2, root=str(tmp_path / "labels"), progress=False)
+    assert rounds.read_manifest(folder)["crf"]["gt_prob"] == cfg.WSSS.PSEUDO.CRF.GT_PROB
     # a CAM model with METHOD irn is refused with a clear message
     cam_cfg = cfg_factory("configs/cam_toy.yaml", "WSSS.PSEUDO.METHOD", "irn")
     with pytest.raises(ValueError, match="IRNet"):

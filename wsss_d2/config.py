@@ -306,3 +306,6 @@ def _add_irn_config(_C: CN) -> None:
     # "sparse" (2**EXP_TIMES sparse mat-vec steps) | "dense" (N x N matrix squared EXP_TIMES times)
     _C.MODEL.IRN.WALK_METHOD = "sparse"
     _C.MODEL.IRN.WALK_DTYPE = "float64"  # "float64" | "float32": arithmetic of the random walk
+    # the walk's labels refined by the label CRF of the CRF band (WSSS.PSEUDO.CRF parameters,
+    # WSSS.PSEUDO.NUM_WORKERS processes); False = the official make_sem_seg_labels (no CRF)
+    _C.MODEL.IRN.CRF = False

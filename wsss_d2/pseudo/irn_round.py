@@ -25,10 +25,13 @@ from detectron2.utils import comm
 
 from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_path, load_cam_file, read_cam_manifest
+from ..io.files import read_image_checked
 from ..io.rounds import RoundWriter
 from ..modeling.meta_arch.irn import IRNet
 from ..modeling.utils import unwrap_model
 from ..ops.amp import inference_autocast
+from ..ops.crf import CRFParams, crf_inference_label, local_ids
+from ..ops.pool import map_in_pool
 from ..ops.progress import Progress
 from .random_walk import WalkParams, cams_at_stride, random_walk, walk_to_label
 
@@ -39,6 +42,7 @@ __all__ = [
     "irn_cam_dir",
     "walk_batch",
     "label_batch",
+    "crf_refine_label",
     "write_irn_round",
     "make_irn_round",
 ]
@@ -59,7 +63,7 @@ def irn_cam_dir(cfg, cam_dir: str | None = None) -> str:
 def _load_cams(cam_dir: str, x: dict) -> tuple[torch.Tensor, np.ndarray]:
     path = cam_file_path(cam_dir, x)
     cams, keys = load_cam_file(path, (int(x["height"]), int(x["width"])), x["file_name"])
-    tags = np.flatnonzero(np.asarray(x["tags"]) > 0) + 1
+    tags = _tag_ids(x)
     if not np.array_equal(keys, tags):
         raise ValueError(
             f"CAM file {path} has classes {keys.tolist()} but image {x['file_name']} is tagged "
@@ -128,6 +132,31 @@ def label_batch(
     ]
 
 
+def crf_refine_label(
+    image: np.ndarray, label: np.ndarray, keys, params: CRFParams = CRFParams()
+) -> np.ndarray:
+    """An IRN label (class ids over background and ``keys``) refined by the dense CRF the CRF
+    band runs on its thresholded CAMs (:func:`~wsss_d2.ops.crf.crf_inference_label`: the label as
+    the unary at ``params.gt_prob``, the image's colours pairwise). Not in the official
+    ``make_sem_seg_labels``: ``MODEL.IRN.CRF`` (default off)."""
+    ids = local_ids(keys)
+    if len(ids) <= 1:
+        return np.asarray(label, dtype=np.uint8)
+    lut = np.zeros(256, np.int64)
+    lut[ids] = np.arange(len(ids))
+    local = lut[np.asarray(label, dtype=np.uint8)]
+    return ids[crf_inference_label(image, local, len(ids), params)].astype(np.uint8)
+
+
+def _crf_job(job: tuple) -> np.ndarray:
+    file_name, label, keys, params = job
+    return crf_refine_label(read_image_checked(file_name, "RGB"), label, keys, params)
+
+
+def _tag_ids(x: dict) -> np.ndarray:
+    return np.flatnonzero(np.asarray(x["tags"]) > 0) + 1
+
+
 def same_size_batches(dicts: Iterable[dict], mapper, ims_per_batch: int):
     """Yield ``[(mapped input, dict), ...]`` batches of up to ``ims_per_batch`` inputs of one
     image size (the dicts taken by size, a batch yielded as soon as it is full, the partial ones
@@ -154,6 +183,8 @@ def write_irn_round(
     finalize: bool = True,
     progress: bool = True,
     amp: bool = False,
+    crf: CRFParams | None = None,
+    num_workers: int = 0,
 ) -> str | None:
     """Label ``dicts`` by IRN's random walk: round ``writer.k`` (resumable, rank-sharded).
 
@@ -163,6 +194,8 @@ def write_irn_round(
         mapper: test mapper (dict -> ``image``, ``tags``, ``height``, ``width``, ``file_name``).
         ims_per_batch: same-size images per network pass and per batched walk.
         amp: the IRNet's forward in fp16 autocast on CUDA (``WSSS.PSEUDO.AMP``).
+        crf: refine every label by :func:`crf_refine_label` with these parameters
+            (``MODEL.IRN.CRF``), over a pool of ``num_workers`` processes; None (official) = no CRF.
     Every rank labels ``dicts[rank::world_size]`` not done yet, the ranks meet at a barrier and
     the main process finalizes the round. Returns the round folder (or None if not ``finalize``).
     """
@@ -175,7 +208,11 @@ def write_irn_round(
     try:
         for batch in same_size_batches(todo, mapper, ims_per_batch):
             inputs = [x for x, _ in batch]
-            for x, label in zip(inputs, label_batch(net, inputs, cam_dir, params, amp)):
+            labels = label_batch(net, inputs, cam_dir, params, amp)
+            if crf is not None:
+                jobs = [(x["file_name"], lab, _tag_ids(x), crf) for x, lab in zip(inputs, labels)]
+                labels = list(map_in_pool(_crf_job, jobs, num_workers, progress=False))
+            for x, label in zip(inputs, labels):
                 writer.write(x, label)
             bar.update(len(batch))
     finally:
@@ -200,6 +237,7 @@ def make_irn_round(
         raise TypeError(f"an IRN round needs an IRNet, got {type(net).__name__}")
     cam_dir = irn_cam_dir(cfg, cam_dir)
     params = WalkParams.from_config(cfg)
+    crf = CRFParams.from_config(cfg) if cfg.MODEL.IRN.CRF else None
     meta = {
         **(info or {}),
         "source": "irn",
@@ -207,6 +245,8 @@ def make_irn_round(
         "cams": read_cam_manifest(cam_dir),
         "walk_params": params.to_dict(),
     }
+    if crf is not None:
+        meta["crf"] = crf.to_dict()
     return write_irn_round(
         dicts,
         cam_dir,
@@ -218,4 +258,6 @@ def make_irn_round(
         meta=meta,
         progress=progress,
         amp=cfg.WSSS.PSEUDO.AMP,
+        crf=crf,
+        num_workers=cfg.WSSS.PSEUDO.NUM_WORKERS,
     )
