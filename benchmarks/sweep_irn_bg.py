@@ -7,12 +7,14 @@ not depend on the threshold. This script runs the trained IRNet once per image a
 once per (beta, exp_times) of the grid (:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of
 an IRN round) and scores every threshold against the ground truth of the images the tags train on
 (the WSSS protocol: never the validation set), so that the band and IRN are compared at their best
-settings. ``--betas`` / ``--exp-times`` default to the config's values.
+settings. ``--betas`` / ``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes
+the labels, not the walk) default to the config's values.
 
     python benchmarks/sweep_irn_bg.py --config-file configs/voc_mini/irn.yaml \
         --weights output/voc_mini/irn/model_final.pth \
         --cam-dir output/voc_mini/band/pseudo_labels/cams/round_01 \
-        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8] [--crf]
+        --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8] \
+        [--normalize global class] [--crf]
 
 Printed per threshold, best first: mIoU (IRN labels have no unsure pixels, so it is also the
 labelled-pixel mIoU), background share of the labels against the ground truth's, background
@@ -50,10 +52,13 @@ def score_labels(labels, dicts, num_classes, ignore) -> np.ndarray:
     return conf
 
 
-def score_walk(walked, dicts, thresholds, stride, num_classes, ignore) -> np.ndarray:
+def score_walk(
+    walked, dicts, thresholds, stride, num_classes, ignore, normalize="global"
+) -> np.ndarray:
     """(T, C, C + 1) confusions of the labels of every threshold (``walked``: what
     ``walk_batch`` returned for ``dicts``)."""
-    return score_labels(walk_labels(walked, thresholds, stride), dicts, num_classes, ignore)
+    labels = walk_labels(walked, thresholds, stride, normalize)
+    return score_labels(labels, dicts, num_classes, ignore)
 
 
 def _crf_job(job: tuple) -> np.ndarray:
@@ -73,12 +78,13 @@ def _crf_job(job: tuple) -> np.ndarray:
     )
 
 
-def walk_labels(walked, thresholds, stride) -> list[list[np.ndarray]]:
-    """Per image of ``walked``, its label at every threshold."""
+def walk_labels(walked, thresholds, stride, normalize="global") -> list[list[np.ndarray]]:
+    """Per image of ``walked``, its label at every threshold (``MODEL.IRN.WALK_NORM``
+    ``normalize``)."""
     from wsss_d2.pseudo.random_walk import walk_to_label
 
     return [
-        [walk_to_label(rw, keys, stride, hw_in, hw_out, t) for t in thresholds]
+        [walk_to_label(rw, keys, stride, hw_in, hw_out, t, normalize) for t in thresholds]
         for rw, keys, hw_in, hw_out in walked
     ]
 
@@ -108,6 +114,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
     ap.add_argument("--betas", type=float, nargs="+", help="MODEL.IRN.BETA values (the config's)")
     ap.add_argument("--exp-times", type=int, nargs="+", help="MODEL.IRN.EXP_TIMES values")
+    ap.add_argument(
+        "--normalize", nargs="+", choices=("global", "class"), help="MODEL.IRN.WALK_NORM values"
+    )
     ap.add_argument("--crf", action="store_true", help="also score the labels after the CRF")
     ap.add_argument("--workers", type=int, default=0, help="CRF processes (0 = every core)")
     args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
@@ -115,9 +124,10 @@ def main(argv=None) -> list[dict]:
     load_model_weights(model, args.weights)
     base = WalkParams.from_config(cfg)
     walks = [
-        dataclasses.replace(base, beta=b, exp_times=e)
+        dataclasses.replace(base, beta=b, exp_times=e, normalize=n)
         for b in sorted(set(args.betas or [base.beta]))
         for e in sorted(set(args.exp_times or [base.exp_times]))
+        for n in sorted(set(args.normalize or [base.normalize]))
     ]
     mapper = build_mapper(cfg, is_train=False)
     thresholds = sorted(set(args.thresholds))
@@ -133,9 +143,13 @@ def main(argv=None) -> list[dict]:
             with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
                 outs = model(inputs)
             labels = [[] for _ in batch]  # per image: (walk, threshold) labels, for the CRF
+            walked_by = {}  # (beta, exp_times) -> the walk: the normalisation does not change it
             for w, params in enumerate(walks):
-                walked = walk_batch(model, inputs, args.cam_dir, params, outs=outs)
-                labs = walk_labels(walked, thresholds, model.stride)
+                key = (params.beta, params.exp_times)
+                if key not in walked_by:
+                    walked_by[key] = walk_batch(model, inputs, args.cam_dir, params, outs=outs)
+                walked = walked_by[key]
+                labs = walk_labels(walked, thresholds, model.stride, params.normalize)
                 conf[w] += score_labels(labs, batch_dicts, k1, cfg.MODEL.IGNORE_VALUE)
                 for i, lab in enumerate(labs):
                     labels[i] += lab
@@ -153,6 +167,7 @@ def main(argv=None) -> list[dict]:
         {
             "beta": p.beta,
             "exp_times": p.exp_times,
+            "normalize": p.normalize,
             "threshold": t,
             "crf": bool(use_crf),
             **sweep._row(c, class_names),
@@ -164,10 +179,11 @@ def main(argv=None) -> list[dict]:
     rows.sort(key=lambda r: -r["mIoU"])
     print(f"{len(dicts)} images of {', '.join(names)}; IRNet + {len(walks)} walk(s) in "
           f"{seconds:.0f} s (load {os.getloadavg()[0]:.2f})")  # fmt: skip
-    print(" beta  exp  threshold  crf   mIoU  bg share% (GT)  bg prec  bg rec")
+    print(" beta  exp    norm  threshold  crf   mIoU  bg share% (GT)  bg prec  bg rec")
     for r in rows:
         crf_col = "yes" if r["crf"] else "no"
-        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['threshold']:10.2f} {crf_col:>4} "
+        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['normalize']:>7} {r['threshold']:10.2f} "
+              f"{crf_col:>4} "
               f"{r['mIoU']:6.2f} {r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) "
               f"{r['bg_precision']:8.1f} {r['bg_recall']:7.1f}")  # fmt: skip
     if args.output:

@@ -234,6 +234,30 @@ def test_walk_fills_a_closed_ring_and_two_classes_keep_their_sides():
     assert (label[outside] == 5).all()
 
 
+def test_class_normalisation_keeps_a_weaker_class_above_the_background():
+    """``MODEL.IRN.WALK_NORM``: with the official global maximum, a tag whose walked scores peak
+    at 0.3 falls under a background of 0.5; divided by its own maximum it keeps its region. An
+    image with one tag gets the same label either way."""
+    rw = torch.zeros(2, 4, 8, dtype=torch.float64)
+    rw[0, :, :4] = 1.0  # class 3, strong, left half
+    rw[1, :, 4:] = 0.3  # class 9, weak, right half
+    rw[1, 0, 7] = 0.1  # below its own maximum's 0.5: background under both
+    glob = walk_to_label(rw, [3, 9], 1, (4, 8), (4, 8), 0.5)
+    per_class = walk_to_label(rw, [3, 9], 1, (4, 8), (4, 8), 0.5, "class")
+    assert (glob[:, :4] == 3).all() and (glob[:, 4:] == 0).all()
+    want = np.zeros((4, 8), np.uint8)
+    want[:, :4], want[:, 4:] = 3, 9
+    want[0, 7] = 0
+    assert np.array_equal(per_class, want)
+    one = rw[1:] * 0.5
+    assert np.array_equal(
+        walk_to_label(one, [9], 1, (4, 8), (4, 8), 0.5),
+        walk_to_label(one, [9], 1, (4, 8), (4, 8), 0.5, "class"),
+    )
+    with pytest.raises(ValueError, match="WALK_NORM"):
+        WalkParams(normalize="max")
+
+
 def test_sparse_and_dense_walks_agree_and_batches_do_not_matter():
     g = torch.Generator().manual_seed(0)
     edge = torch.rand(3, 9, 11, generator=g) ** 3

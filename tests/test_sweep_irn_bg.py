@@ -27,15 +27,16 @@ def test_scores_are_those_of_the_round_labels(tmp_path):
     inputs = [_mapper()(d) for d in dicts]
     thresholds = [0.05, 0.5, 1.0]  # 1.0: all background (ties go to it)
     walked = walk_batch(net, inputs, cam_dir, WalkParams())
-    conf = sweep.score_walk(walked, dicts, thresholds, net.stride, 4, 255)
-    for t, c in zip(thresholds, conf):
-        labels = label_batch(net, inputs, cam_dir, WalkParams(bg_threshold=t))
-        ref = sum(
-            _confusion_with_unsure(lab, sweep_gt, 4, 255)
-            for lab, sweep_gt in zip(labels, _gts(dicts))
-        )
-        assert np.array_equal(c, ref), t
-    assert len({c.tobytes() for c in conf}) > 1  # the thresholds change the labels
+    for norm in ("global", "class"):
+        conf = sweep.score_walk(walked, dicts, thresholds, net.stride, 4, 255, norm)
+        for t, c in zip(thresholds, conf):
+            labels = label_batch(net, inputs, cam_dir, WalkParams(bg_threshold=t, normalize=norm))
+            ref = sum(
+                _confusion_with_unsure(lab, sweep_gt, 4, 255)
+                for lab, sweep_gt in zip(labels, _gts(dicts))
+            )
+            assert np.array_equal(c, ref), (norm, t)
+        assert len({c.tobytes() for c in conf}) > 1  # the thresholds change the labels
     row = sweep.load_sweep_rows()._row(conf[1], None)
     assert row["unsure_pct"] == 0 and row["mIoU"] == row["mIoU_labeled"]
 

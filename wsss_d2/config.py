@@ -306,6 +306,9 @@ def _add_irn_config(_C: CN) -> None:
     # "sparse" (2**EXP_TIMES sparse mat-vec steps) | "dense" (N x N matrix squared EXP_TIMES times)
     _C.MODEL.IRN.WALK_METHOD = "sparse"
     _C.MODEL.IRN.WALK_DTYPE = "float64"  # "float64" | "float32": arithmetic of the random walk
+    # walked scores divided by "global" (their maximum over classes and pixels, the official
+    # make_sem_seg_labels) | "class" (each class by its own maximum) before the background score
+    _C.MODEL.IRN.WALK_NORM = "global"
     # the walk's labels refined by the label CRF of the CRF band (WSSS.PSEUDO.CRF parameters,
     # WSSS.PSEUDO.NUM_WORKERS processes); False = the official make_sem_seg_labels (no CRF)
     _C.MODEL.IRN.CRF = False

@@ -127,7 +127,7 @@ def label_batch(
     """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size
     (:func:`walk_batch`, then the background threshold ``params.bg_threshold``)."""
     return [
-        walk_to_label(rw, keys, net.stride, hw_in, hw_out, params.bg_threshold)
+        walk_to_label(rw, keys, net.stride, hw_in, hw_out, params.bg_threshold, params.normalize)
         for rw, keys, hw_in, hw_out in walk_batch(net, inputs, cam_dir, params, amp)
     ]
 

@@ -9,9 +9,10 @@ Ahn, Cho & Kwak, CVPR 2019 (official ``make_sem_seg_labels`` / ``propagate_to_ed
   and multiplies row vectors from the left, the same operator);
 - the CAMs of the image's tags, at stride 4, times ``1 - B`` (as the official code), are propagated
   ``2^exp_times`` steps: ``T^(2^exp_times) x``;
-- upsampled to the image (bilinear, x stride), divided by their maximum over classes and pixels,
-  a constant background channel ``bg_threshold`` is prepended, and the arg-max over background +
-  the image's tags is the label.
+- upsampled to the image (bilinear, x stride), divided by their maximum over classes and pixels
+  (``normalize="global"``, official; ``"class"``: each class by its own maximum, ours), a constant
+  background channel ``bg_threshold`` is prepended, and the arg-max over background + the image's
+  tags is the label.
 
 Two ways to apply ``T^n`` (the same operator, float rounding apart): ``"sparse"`` multiplies the
 scores ``2^exp_times`` times by ``T`` stored as one block-diagonal CSR matrix for the whole batch
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 WALK_METHODS = ("sparse", "dense")
+WALK_NORMS = ("global", "class")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -64,8 +66,13 @@ class WalkParams:
     bg_threshold: float = 0.25
     method: str = "sparse"
     dtype: str = "float64"
+    normalize: str = "global"
 
     def __post_init__(self):
+        if self.normalize not in WALK_NORMS:
+            raise ValueError(
+                f"MODEL.IRN.WALK_NORM must be one of {WALK_NORMS}, got {self.normalize}"
+            )
         if self.method not in WALK_METHODS:
             raise ValueError(
                 f"MODEL.IRN.WALK_METHOD must be one of {WALK_METHODS}, got {self.method}"
@@ -85,6 +92,7 @@ class WalkParams:
             bg_threshold=c.SEM_SEG_BG_THRES,
             method=c.WALK_METHOD,
             dtype=c.WALK_DTYPE,
+            normalize=c.WALK_NORM,
         )
 
     def to_dict(self) -> dict:
@@ -244,12 +252,16 @@ def walk_to_label(
     input_hw: tuple[int, int],
     out_hw: tuple[int, int],
     bg_threshold: float = 0.25,
+    normalize: str = "global",
 ) -> np.ndarray:
     """(k, h, w) walked scores of classes ``keys`` -> (H, W) uint8 label (0 background).
 
     Upsampled by ``stride`` (bilinear), cropped to ``input_hw``, resized to ``out_hw`` when it
-    differs, divided by the maximum, background ``bg_threshold`` first, arg-max (ties go to the
-    background). No tags, or nothing left after the walk: all background.
+    differs, divided by the maximum (``"global"``: over classes and pixels, the official
+    ``make_sem_seg_labels``; ``"class"``: each class by its own, so a class whose walked scores
+    are weaker than another tag's is not pushed under the background), background
+    ``bg_threshold`` first, arg-max (ties go to the background). No tags, or nothing left after
+    the walk: all background.
     """
     ids = np.concatenate([[0], np.asarray(keys, dtype=np.int64)])
     if len(keys) == 0:
@@ -258,8 +270,11 @@ def walk_to_label(
     up = up[:, : input_hw[0], : input_hw[1]]
     if tuple(input_hw) != tuple(out_hw):
         up = F.interpolate(up[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
-    peak = up.max()
-    if not peak > 0:
+    if normalize not in WALK_NORMS:
+        raise ValueError(f"normalize must be one of {WALK_NORMS}, got {normalize}")
+    peak = up.flatten(1).amax(1)[:, None, None] if normalize == "class" else up.max()
+    if not up.max() > 0:
         return np.zeros(out_hw, dtype=np.uint8)
-    scores = torch.cat([torch.full_like(up[:1], bg_threshold), up / peak])
+    # a class with nothing left (peak 0) stays at 0, under any background score
+    scores = torch.cat([torch.full_like(up[:1], bg_threshold), up / peak.clamp_min(1e-12)])
     return ids[scores.argmax(0).cpu().numpy()].astype(np.uint8)
