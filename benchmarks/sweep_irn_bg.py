@@ -14,12 +14,14 @@ the labels, not the walk) default to the config's values.
         --weights output/voc_mini/irn/model_final.pth \
         --cam-dir output/voc_mini/band/pseudo_labels/cams/round_01 \
         --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8] \
-        [--normalize global class] [--crf]
+        [--normalize global class] [--bands] [--crf]
 
-Printed per threshold, best first: mIoU (IRN labels have no unsure pixels, so it is also the
-labelled-pixel mIoU), background share of the labels against the ground truth's, background
-precision / recall. The label for the threshold ``MODEL.IRN.SEM_SEG_BG_THRES`` of the config is
-the one ``tools/make_pseudo_labels.py`` writes with it. ``--crf`` also scores every label after
+Printed per row, best first: mIoU, the unsure share (IRN labels have none, so their mIoU is also
+the labelled-pixel mIoU), background share of the labels against the ground truth's, background
+precision / recall. ``--bands`` also scores every pair of thresholds as a band
+(``MODEL.IRN.UNSURE_BG_THRES``: the pixels whose labels at the two differ are unsure and count as
+errors in ``mIoU``; ``mIoU_labeled`` in the JSON scores the others). The label of a row is the one
+``tools/make_pseudo_labels.py`` writes with its settings. ``--crf`` also scores every row after
 the dense CRF of ``MODEL.IRN.CRF`` (:func:`wsss_d2.pseudo.irn_round.crf_refine_label`, the band's
 label CRF; ``--workers`` processes). ``--output`` writes every row as JSON.
 """
@@ -39,8 +41,8 @@ logger = logging.getLogger("wsss_d2.sweep_irn_bg")
 
 
 def score_labels(labels, dicts, num_classes, ignore) -> np.ndarray:
-    """(T, C, C + 1) confusions of ``labels`` (per image of ``dicts``, its label at each of ``T``
-    thresholds) against the ground truth."""
+    """(R, C, C + 1) confusions of ``labels`` (per image of ``dicts``, its ``R`` labels) against
+    the ground truth."""
     from wsss_d2.evaluation.pseudo_eval import _confusion_with_unsure
     from wsss_d2.io.files import read_label_png
 
@@ -52,41 +54,44 @@ def score_labels(labels, dicts, num_classes, ignore) -> np.ndarray:
     return conf
 
 
+def label_rows(labels, pairs) -> list[np.ndarray]:
+    """An image's labels at the ``T`` thresholds -> its label of every row: each threshold alone,
+    then each band ``(i, j)`` of ``pairs`` (``SEM_SEG_BG_THRES`` ``t_i``, ``UNSURE_BG_THRES``
+    ``t_j``: :func:`~wsss_d2.pseudo.random_walk.band_label`)."""
+    from wsss_d2.pseudo.random_walk import band_label
+
+    return list(labels) + [band_label([labels[i], labels[j]]) for i, j in pairs]
+
+
 def score_walk(
-    walked, dicts, thresholds, stride, num_classes, ignore, normalize="global"
+    walked, dicts, thresholds, stride, num_classes, ignore, normalize="global", pairs=()
 ) -> np.ndarray:
-    """(T, C, C + 1) confusions of the labels of every threshold (``walked``: what
-    ``walk_batch`` returned for ``dicts``)."""
-    labels = walk_labels(walked, thresholds, stride, normalize)
-    return score_labels(labels, dicts, num_classes, ignore)
+    """(R, C, C + 1) confusions of the labels of every row (``walked``: what ``walk_batch``
+    returned for ``dicts``; rows: :func:`label_rows`)."""
+    from wsss_d2.pseudo.irn_round import walk_labels
+
+    labels = walk_labels(walked, stride, thresholds, normalize)
+    return score_labels([label_rows(labs, pairs) for labs in labels], dicts, num_classes, ignore)
 
 
 def _crf_job(job: tuple) -> np.ndarray:
-    """One image: (L, C, C + 1) confusions of its ``L`` labels after the label CRF."""
+    """One image: (W, R, C, C + 1) confusions of its rows after the label CRF (``labels``: its
+    ``W`` walks' labels at the ``T`` thresholds, walk by walk; each label refined once, then the
+    rows made from them as the IRN round makes its label from the refined labels)."""
     from wsss_d2.evaluation.pseudo_eval import _confusion_with_unsure
-    from wsss_d2.io.files import read_image_checked, read_label_png
-    from wsss_d2.pseudo.irn_round import crf_refine_label
+    from wsss_d2.io.files import read_label_png
+    from wsss_d2.pseudo.irn_round import crf_refine_labels
 
-    d, labels, keys, crf, num_classes, ignore = job
+    d, labels, keys, crf, n_walks, pairs, num_classes, ignore = job
+    refined = crf_refine_labels((d["file_name"], labels, keys, crf))
     gt = read_label_png(d["sem_seg_file_name"], labels[0].shape, d["file_name"])
-    image = read_image_checked(d["file_name"], "RGB")
-    return np.stack(
-        [
-            _confusion_with_unsure(crf_refine_label(image, lab, keys, crf), gt, num_classes, ignore)
-            for lab in labels
-        ]
-    )
-
-
-def walk_labels(walked, thresholds, stride, normalize="global") -> list[list[np.ndarray]]:
-    """Per image of ``walked``, its label at every threshold (``MODEL.IRN.WALK_NORM``
-    ``normalize``)."""
-    from wsss_d2.pseudo.random_walk import walk_to_label
-
-    return [
-        [walk_to_label(rw, keys, stride, hw_in, hw_out, t, normalize) for t in thresholds]
-        for rw, keys, hw_in, hw_out in walked
+    t = len(labels) // n_walks
+    rows = [
+        _confusion_with_unsure(label, gt, num_classes, ignore)
+        for w in range(n_walks)
+        for label in label_rows(refined[w * t : (w + 1) * t], pairs)
     ]
+    return np.stack(rows).reshape(n_walks, -1, num_classes, num_classes + 1)
 
 
 def main(argv=None) -> list[dict]:
@@ -103,7 +108,7 @@ def main(argv=None) -> list[dict]:
     from wsss_d2.ops.amp import inference_autocast
     from wsss_d2.ops.crf import CRFParams
     from wsss_d2.ops.pool import map_in_pool
-    from wsss_d2.pseudo.irn_round import same_size_batches, walk_batch
+    from wsss_d2.pseudo.irn_round import same_size_batches, walk_batch, walk_labels
     from wsss_d2.pseudo.random_walk import WalkParams
 
     sweep = load_sweep_rows()
@@ -116,6 +121,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--exp-times", type=int, nargs="+", help="MODEL.IRN.EXP_TIMES values")
     ap.add_argument(
         "--normalize", nargs="+", choices=("global", "class"), help="MODEL.IRN.WALK_NORM values"
+    )
+    ap.add_argument(
+        "--bands", action="store_true", help="also score every pair of thresholds as a band"
     )
     ap.add_argument("--crf", action="store_true", help="also score the labels after the CRF")
     ap.add_argument("--workers", type=int, default=0, help="CRF processes (0 = every core)")
@@ -133,7 +141,11 @@ def main(argv=None) -> list[dict]:
     thresholds = sorted(set(args.thresholds))
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
     class_names = sweep.class_names_of(names[0], k1)
-    conf = np.zeros((len(walks), len(thresholds), k1, k1 + 1), np.int64)
+    pairs = [
+        (i, j) for i in range(len(thresholds)) for j in range(i + 1, len(thresholds)) if args.bands
+    ]
+    settings = [(t, 0.0) for t in thresholds] + [(thresholds[i], thresholds[j]) for i, j in pairs]
+    conf = np.zeros((len(walks), len(settings), k1, k1 + 1), np.int64)
     crf_conf = np.zeros_like(conf)
     crf = CRFParams.from_config(cfg) if args.crf else None
     start, done = time.perf_counter(), 0
@@ -149,13 +161,14 @@ def main(argv=None) -> list[dict]:
                 if key not in walked_by:
                     walked_by[key] = walk_batch(model, inputs, args.cam_dir, params, outs=outs)
                 walked = walked_by[key]
-                labs = walk_labels(walked, thresholds, model.stride, params.normalize)
-                conf[w] += score_labels(labs, batch_dicts, k1, cfg.MODEL.IGNORE_VALUE)
+                labs = walk_labels(walked, model.stride, thresholds, params.normalize)
+                rows = [label_rows(lab, pairs) for lab in labs]
+                conf[w] += score_labels(rows, batch_dicts, k1, cfg.MODEL.IGNORE_VALUE)
                 for i, lab in enumerate(labs):
                     labels[i] += lab
         if crf is not None:
             jobs = [
-                (d, labs, walked[i][1], crf, k1, cfg.MODEL.IGNORE_VALUE)
+                (d, labs, walked[i][1], crf, len(walks), pairs, k1, cfg.MODEL.IGNORE_VALUE)
                 for i, (d, labs) in enumerate(zip(batch_dicts, labels))
             ]
             for c in map_in_pool(_crf_job, jobs, args.workers, desc="crf", progress=False):
@@ -169,22 +182,25 @@ def main(argv=None) -> list[dict]:
             "exp_times": p.exp_times,
             "normalize": p.normalize,
             "threshold": t,
+            "unsure_threshold": u,
             "crf": bool(use_crf),
             **sweep._row(c, class_names),
         }
         for use_crf, confs in ((False, conf), (True, crf_conf))[: 2 if crf is not None else 1]
         for p, cw in zip(walks, confs)
-        for t, c in zip(thresholds, cw)
+        for (t, u), c in zip(settings, cw)
     ]
     rows.sort(key=lambda r: -r["mIoU"])
     print(f"{len(dicts)} images of {', '.join(names)}; IRNet + {len(walks)} walk(s) in "
           f"{seconds:.0f} s (load {os.getloadavg()[0]:.2f})")  # fmt: skip
-    print(" beta  exp    norm  threshold  crf   mIoU  bg share% (GT)  bg prec  bg rec")
+    print(
+        " beta  exp    norm  threshold  unsure  crf   mIoU  unsure%  bg share% (GT)  bg prec  bg rec"
+    )
     for r in rows:
         crf_col = "yes" if r["crf"] else "no"
         print(f"{r['beta']:5g} {r['exp_times']:4d} {r['normalize']:>7} {r['threshold']:10.2f} "
-              f"{crf_col:>4} "
-              f"{r['mIoU']:6.2f} {r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) "
+              f"{r['unsure_threshold']:7.2f} {crf_col:>4} {r['mIoU']:6.2f} {r['unsure_pct']:8.1f} "
+              f"{r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) "
               f"{r['bg_precision']:8.1f} {r['bg_recall']:7.1f}")  # fmt: skip
     if args.output:
         atomic_write_bytes(

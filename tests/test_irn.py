@@ -258,6 +258,22 @@ def test_class_normalisation_keeps_a_weaker_class_above_the_background():
         WalkParams(normalize="max")
 
 
+def test_unsure_band_of_two_background_scores():
+    """``MODEL.IRN.UNSURE_BG_THRES``: a pixel whose best score lies between the two background
+    scores is labelled differently at them and becomes unsure; the others keep their label."""
+    from wsss_d2.pseudo.random_walk import band_label
+
+    rw = torch.tensor([[[1.0, 0.7, 0.5, 0.2]]], dtype=torch.float64)  # one tag, 1 x 4
+    params = WalkParams(bg_threshold=0.6, unsure_threshold=0.4)
+    assert params.thresholds == (0.6, 0.4) and WalkParams().thresholds == (0.25,)
+    labels = [walk_to_label(rw, [5], 1, (1, 4), (1, 4), t) for t in params.thresholds]
+    assert labels[0].tolist() == [[5, 5, 0, 0]] and labels[1].tolist() == [[5, 5, 5, 0]]
+    assert band_label(labels).tolist() == [[5, 5, 255, 0]]
+    assert band_label(labels[:1]).tolist() == [[5, 5, 0, 0]]  # no second score: as official
+    with pytest.raises(ValueError, match="UNSURE_BG_THRES"):
+        WalkParams(unsure_threshold=-0.1)
+
+
 def test_sparse_and_dense_walks_agree_and_batches_do_not_matter():
     g = torch.Generator().manual_seed(0)
     edge = torch.rand(3, 9, 11, generator=g) ** 3
@@ -443,6 +459,7 @@ def test_make_round_irn_method_on_toy_data(tmp_path, cfg_factory):
     assert man["source"] == "irn" and man["cam_dir"] == cam_dir and man["num_images"] == 4
     assert man["walk_params"]["beta"] == 10.0 and man["walk_params"]["exp_times"] == 8
     assert "crf" not in man  # the official walk: no CRF
+    assert man["walk_params"]["unsure_threshold"] == 0.0
     cfg.MODEL.IRN.CRF = True
     folder = make_round(cfg, model, dicts, 2, root=str(tmp_path / "labels"), progress=False)
     assert rounds.read_manifest(folder)["crf"]["gt_prob"] == cfg.WSSS.PSEUDO.CRF.GT_PROB
@@ -480,7 +497,7 @@ def test_irn_round_of_cams_from_another_model_is_refused(tmp_path, cfg_factory, 
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("irn")
     cfg.MODEL.WEIGHTS = str(tmp_path / "irn.pth")
     root = str(tmp_path / "labels")
-    real, calls = irn_round.label_batch, []
+    real, calls = irn_round.walk_batch, []
 
     def dying(*a, **k):  # the first batch is written, then the run dies
         if calls:
@@ -488,11 +505,11 @@ def test_irn_round_of_cams_from_another_model_is_refused(tmp_path, cfg_factory, 
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(irn_round, "label_batch", dying)
+    monkeypatch.setattr(irn_round, "walk_batch", dying)
     cfg.WSSS.PSEUDO.IMS_PER_BATCH = 2
     with pytest.raises(KeyboardInterrupt):
         make_round(cfg, model, dicts, 1, root=root, progress=False)
-    monkeypatch.setattr(irn_round, "label_batch", real)
+    monkeypatch.setattr(irn_round, "walk_batch", real)
     with open(manifest, "w") as f:  # the CAM folder now holds another model's CAMs
         json.dump({"model": "PLDA", "weights": {"sha256": "bbb"}}, f)
     with pytest.raises(FileExistsError, match="cams"):

@@ -64,12 +64,16 @@ def test_walks_from_given_outputs_equal_the_forward_and_beta_changes_them(tmp_pa
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(walked[2.0], walked[10.0]))
 
 
-def test_crf_scores_are_those_of_the_crf_refined_round_labels(tmp_path):
-    """``--crf``: an image's CRF confusions are those of :func:`crf_refine_label` applied to the
-    round's label at each threshold, and the CRF changes some label."""
-    from wsss_d2.io.files import read_image_checked
+def test_crf_and_band_rows_are_those_of_the_round_labels(tmp_path):
+    """``--crf`` / ``--bands``: every row's confusions (each threshold alone, then the band of
+    the two, without and with the label CRF) are those of the labels the IRN round writes with
+    the same settings (``SEM_SEG_BG_THRES``, ``UNSURE_BG_THRES``, ``CRF``); the band leaves
+    pixels unsure and the CRF changes labels."""
+    from test_irn import _irn_round
+
+    from wsss_d2.io import rounds
     from wsss_d2.ops.crf import CRFParams
-    from wsss_d2.pseudo.irn_round import crf_refine_label
+    from wsss_d2.pseudo.irn_round import walk_labels
 
     sweep = load_script("benchmarks/sweep_irn_bg.py")
     dicts, cam_dir = _toy_set(tmp_path, n=3)
@@ -80,19 +84,26 @@ def test_crf_scores_are_those_of_the_crf_refined_round_labels(tmp_path):
         d["sem_seg_file_name"] = str(tmp_path / f"gt{i}.png")
     net = _tiny_irn().eval()
     inputs = [_mapper()(d) for d in dicts]
-    thresholds = [0.3, 0.6]
+    thresholds, pairs = [0.3, 0.6], [(0, 1)]
     params = WalkParams(exp_times=1)  # the untrained IRNet's walk of 2 ** 8 steps is uniform
     walked = walk_batch(net, inputs, cam_dir, params)
-    labels = sweep.walk_labels(walked, thresholds, net.stride)
     crf = CRFParams(bilateral_sxy=10, bilateral_srgb=10)  # for 20 x 28 images
-    changed = False
-    for (_, keys, *_), d, labs in zip(walked, dicts, labels):
-        got = sweep._crf_job((d, labs, keys, crf, 4, 255))
-        image = read_image_checked(d["file_name"], "RGB")
-        for t, lab, c in zip(thresholds, labs, got):
-            one = dataclasses.replace(params, bg_threshold=t)
-            assert np.array_equal(lab, label_batch(net, [_mapper()(d)], cam_dir, one)[0])
-            ref = crf_refine_label(image, lab, keys, crf)
-            changed |= not np.array_equal(ref, lab)
-            assert np.array_equal(c, _confusion_with_unsure(ref, _gts([d])[0], 4, 255))
-    assert changed
+    plain = sweep.score_walk(walked, dicts, thresholds, net.stride, 4, 255, pairs=pairs)
+    refined = sum(
+        sweep._crf_job((d, labs, keys, crf, 1, pairs, 4, 255))[0]
+        for (_, keys, *_), d, labs in zip(walked, dicts, walk_labels(walked, 4, thresholds))
+    )
+    for row, (t, u) in enumerate([(0.3, 0.0), (0.6, 0.0), (0.3, 0.6)]):
+        one = dataclasses.replace(params, bg_threshold=t, unsure_threshold=u)
+        for name, use_crf, conf in (("plain", None, plain), ("crf", crf, refined)):
+            folder = _irn_round(str(tmp_path / f"{name}{row}"), dicts, cam_dir, None,
+                                params=one, crf=use_crf)  # fmt: skip
+            ref = sum(
+                _confusion_with_unsure(
+                    read_label_png(f"{folder}/{rounds.label_stem(d)}.png"), g, 4, 255
+                )
+                for d, g in zip(dicts, _gts(dicts))
+            )
+            assert np.array_equal(conf[row], ref), (name, t, u)
+    assert plain[2][:, -1].sum() > 0 and plain[0][:, -1].sum() == 0  # the band's unsure pixels
+    assert not np.array_equal(plain, refined)

@@ -309,6 +309,9 @@ def _add_irn_config(_C: CN) -> None:
     # walked scores divided by "global" (their maximum over classes and pixels, the official
     # make_sem_seg_labels) | "class" (each class by its own maximum) before the background score
     _C.MODEL.IRN.WALK_NORM = "global"
+    # a second background score: pixels whose label differs between it and SEM_SEG_BG_THRES are
+    # unsure (255, ignored by the segmentor); 0 = every pixel labelled (official)
+    _C.MODEL.IRN.UNSURE_BG_THRES = 0.0
     # the walk's labels refined by the label CRF of the CRF band (WSSS.PSEUDO.CRF parameters,
     # WSSS.PSEUDO.NUM_WORKERS processes); False = the official make_sem_seg_labels (no CRF)
     _C.MODEL.IRN.CRF = False

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from ..ops.amp import inference_autocast
 from ..ops.crf import CRFParams, crf_inference_label, local_ids
 from ..ops.pool import map_in_pool
 from ..ops.progress import Progress
-from .random_walk import WalkParams, cams_at_stride, random_walk, walk_to_label
+from .random_walk import WalkParams, band_label, cams_at_stride, random_walk, walk_to_label
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ __all__ = [
     "same_size_batches",
     "irn_cam_dir",
     "walk_batch",
+    "walk_labels",
     "label_batch",
     "crf_refine_label",
+    "crf_refine_labels",
     "write_irn_round",
     "make_irn_round",
 ]
@@ -120,15 +122,28 @@ def walk_batch(
     return out
 
 
+def walk_labels(
+    walked: list[tuple], stride: int, thresholds: Sequence[float], normalize: str = "global"
+) -> list[list[np.ndarray]]:
+    """Per image of ``walked`` (what :func:`walk_batch` returns), its label at every background
+    score of ``thresholds``."""
+    return [
+        [walk_to_label(rw, keys, stride, hw_in, hw_out, t, normalize) for t in thresholds]
+        for rw, keys, hw_in, hw_out in walked
+    ]
+
+
 @torch.no_grad()
 def label_batch(
     net, inputs: list[dict], cam_dir: str, params: WalkParams, amp: bool = False
 ) -> list[np.ndarray]:
     """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size
-    (:func:`walk_batch`, then the background threshold ``params.bg_threshold``)."""
+    (:func:`walk_batch`, then the background threshold ``params.bg_threshold``; unsure pixels
+    with ``params.unsure_threshold``, :func:`~wsss_d2.pseudo.random_walk.band_label`)."""
+    walked = walk_batch(net, inputs, cam_dir, params, amp)
     return [
-        walk_to_label(rw, keys, net.stride, hw_in, hw_out, params.bg_threshold, params.normalize)
-        for rw, keys, hw_in, hw_out in walk_batch(net, inputs, cam_dir, params, amp)
+        band_label(labs)
+        for labs in walk_labels(walked, net.stride, params.thresholds, params.normalize)
     ]
 
 
@@ -148,9 +163,12 @@ def crf_refine_label(
     return ids[crf_inference_label(image, local, len(ids), params)].astype(np.uint8)
 
 
-def _crf_job(job: tuple) -> np.ndarray:
-    file_name, label, keys, params = job
-    return crf_refine_label(read_image_checked(file_name, "RGB"), label, keys, params)
+def crf_refine_labels(job: tuple) -> list[np.ndarray]:
+    """``(file_name, labels, keys, params)`` -> each of an image's labels refined by
+    :func:`crf_refine_label` (the image read once; a process pool's job)."""
+    file_name, labels, keys, params = job
+    image = read_image_checked(file_name, "RGB")
+    return [crf_refine_label(image, label, keys, params) for label in labels]
 
 
 def _tag_ids(x: dict) -> np.ndarray:
@@ -208,12 +226,13 @@ def write_irn_round(
     try:
         for batch in same_size_batches(todo, mapper, ims_per_batch):
             inputs = [x for x, _ in batch]
-            labels = label_batch(net, inputs, cam_dir, params, amp)
+            walked = walk_batch(net, inputs, cam_dir, params, amp)
+            labels = walk_labels(walked, net.stride, params.thresholds, params.normalize)
             if crf is not None:
                 jobs = [(x["file_name"], lab, _tag_ids(x), crf) for x, lab in zip(inputs, labels)]
-                labels = list(map_in_pool(_crf_job, jobs, num_workers, progress=False))
-            for x, label in zip(inputs, labels):
-                writer.write(x, label)
+                labels = list(map_in_pool(crf_refine_labels, jobs, num_workers, progress=False))
+            for x, labs in zip(inputs, labels):
+                writer.write(x, band_label(labs))
             bar.update(len(batch))
     finally:
         net.train(was_training)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.files import IGNORE_LABEL
 from ..modeling.layers.pixel_pairs import PairPaths, pair_offsets
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "random_walk",
     "cams_at_stride",
     "walk_to_label",
+    "band_label",
 ]
 
 WALK_METHODS = ("sparse", "dense")
@@ -67,8 +69,13 @@ class WalkParams:
     method: str = "sparse"
     dtype: str = "float64"
     normalize: str = "global"
+    # a second background score: pixels labelled differently at it and at ``bg_threshold`` are
+    # unsure (255); 0 = off, every pixel labelled (the official walk)
+    unsure_threshold: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.unsure_threshold:
+            raise ValueError(f"MODEL.IRN.UNSURE_BG_THRES must be >= 0, got {self.unsure_threshold}")
         if self.normalize not in WALK_NORMS:
             raise ValueError(
                 f"MODEL.IRN.WALK_NORM must be one of {WALK_NORMS}, got {self.normalize}"
@@ -93,10 +100,18 @@ class WalkParams:
             method=c.WALK_METHOD,
             dtype=c.WALK_DTYPE,
             normalize=c.WALK_NORM,
+            unsure_threshold=c.UNSURE_BG_THRES,
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The background scores whose labels make an image's label (:func:`band_label`)."""
+        if self.unsure_threshold > 0:
+            return (self.bg_threshold, self.unsure_threshold)
+        return (self.bg_threshold,)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -278,3 +293,14 @@ def walk_to_label(
     # a class with nothing left (peak 0) stays at 0, under any background score
     scores = torch.cat([torch.full_like(up[:1], bg_threshold), up / peak.clamp_min(1e-12)])
     return ids[scores.argmax(0).cpu().numpy()].astype(np.uint8)
+
+
+def band_label(labels: Sequence[np.ndarray], ignore: int = IGNORE_LABEL) -> np.ndarray:
+    """The first of an image's labels at :attr:`WalkParams.thresholds`; with a second (the
+    unsure threshold), the pixels where the two differ become ``ignore``: those whose best class
+    score lies between the two background scores (the walk's analogue of the CRF band's unsure
+    pixels), and, after a CRF of each, where the CRFs disagree."""
+    label = np.array(labels[0], dtype=np.uint8, copy=True)
+    for other in labels[1:]:
+        label[label != other] = ignore
+    return label
