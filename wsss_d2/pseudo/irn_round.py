@@ -139,7 +139,8 @@ def label_batch(
 ) -> list[np.ndarray]:
     """IRNet boundaries + CAM files -> labels, for mapped inputs of one image size
     (:func:`walk_batch`, then the background threshold ``params.bg_threshold``; unsure pixels
-    with ``params.unsure_threshold``, :func:`~wsss_d2.pseudo.random_walk.band_label`)."""
+    with ``params.unsure_threshold``, :func:`~wsss_d2.pseudo.random_walk.band_label`): the labels
+    of an IRN round without its optional CRF (``MODEL.IRN.CRF``, :func:`write_irn_round`)."""
     walked = walk_batch(net, inputs, cam_dir, params, amp)
     return [
         band_label(labs)

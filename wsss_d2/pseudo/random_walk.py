@@ -287,9 +287,10 @@ def walk_to_label(
         up = F.interpolate(up[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
     if normalize not in WALK_NORMS:
         raise ValueError(f"normalize must be one of {WALK_NORMS}, got {normalize}")
-    peak = up.flatten(1).amax(1)[:, None, None] if normalize == "class" else up.max()
-    if not up.max() > 0:
+    top = up.max()
+    if not top > 0:
         return np.zeros(out_hw, dtype=np.uint8)
+    peak = up.flatten(1).amax(1)[:, None, None] if normalize == "class" else top
     # a class with nothing left (peak 0) stays at 0, under any background score
     scores = torch.cat([torch.full_like(up[:1], bg_threshold), up / peak.clamp_min(1e-12)])
     return ids[scores.argmax(0).cpu().numpy()].astype(np.uint8)
