@@ -164,7 +164,7 @@ def main(argv=None) -> list[dict]:
                 labs = walk_labels(walked, model.stride, thresholds, params.normalize)
                 rows = [label_rows(lab, pairs) for lab in labs]
                 conf[w] += score_labels(rows, batch_dicts, k1, cfg.MODEL.IGNORE_VALUE)
-                for i, lab in enumerate(labs):
+                for i, lab in enumerate(labs if crf is not None else ()):
                     labels[i] += lab
         if crf is not None:
             jobs = [
