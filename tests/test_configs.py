@@ -62,13 +62,13 @@ def test_demo_runs_every_method_on_toyparts_large():
 
 
 def test_voc_mini_pipeline_has_the_irn_stages():
-    """The real-image pipeline: IRNet on the CAM model's band, its walk of that round's CAMs,
-    DeepLab-v2 on each of the three rounds scored on the train masks, and the segmentors taking
+    """The real-image pipeline: IRNet on the CAM model's band, its walk of that round's CAMs
+    (official, and with the CRF and unsure band), DeepLab-v2 on each of the four rounds scored on the train masks, and the segmentors taking
     the round whose DeepLab-v2 scored highest there (never val)."""
     from wsss_d2.config import get_wsss_cfg
     from wsss_d2.engine.pipeline import load_pipeline
 
-    rounds = ("labels", "labels_plda", "irn_labels")
+    rounds = ("labels", "labels_plda", "irn_labels", "irn_band_labels")
     judges = tuple(f"deeplab_{r}" for r in rounds)
     for name in ("voc_mini_effnet", "voc_mini_effnet_seeds"):
         pipe = load_pipeline(str(REPO / f"configs/pipelines/{name}.yaml"), repo_root=str(REPO))
@@ -76,6 +76,14 @@ def test_voc_mini_pipeline_has_the_irn_stages():
         assert (stages["irn"].round_from, stages["irn_labels"].weights_from) == ("labels", "irn")
         assert stages["irn_labels"].cams_from == "labels"
         assert get_wsss_cfg(stages["irn_labels"].config).WSSS.PSEUDO.METHOD == "irn"
+        # the same IRNet and CAMs, labelled with the CRF and the unsure band
+        band = stages["irn_band_labels"]
+        assert (band.weights_from, band.cams_from) == ("irn", "labels")
+        band_irn = get_wsss_cfg(band.config).MODEL.IRN
+        assert (band_irn.CRF, band_irn.UNSURE_BG_THRES) == (True, 0.35)
+        official_irn = get_wsss_cfg(stages["irn_labels"].config).MODEL.IRN
+        assert (official_irn.CRF, official_irn.UNSURE_BG_THRES) == (False, 0.0)
+        assert band_irn.SEM_SEG_BG_THRES == official_irn.SEM_SEG_BG_THRES
         for judge, r in zip(judges, rounds):
             assert stages[judge].round_from == r
             cfg = get_wsss_cfg(stages[judge].config, stages[judge].opts)
