@@ -230,3 +230,97 @@ def test_fold_batchnorm_folds_every_efficientnet_norm(norm):
         a, b = net(x), folded(x)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+
+
+def _folded_effnet(seed=0):
+    from wsss_d2.modeling.utils import fold_batchnorm
+
+    torch.manual_seed(seed)
+    net = EfficientNetLite0(output_stride=16, norm="FrozenBN").eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in net.modules():  # non-trivial statistics, so that the folded biases are not zero
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return net, fold_batchnorm(net)
+
+
+def test_fused_convolutions_compute_what_the_folded_copy_does():
+    """fuse_conv_activation: every convolution of the blocks, stem and head becomes one oneDNN
+    call with its ReLU6 as post-op; the outputs are those of the folded copy, in float32 and
+    channels-last, on the odd sizes whose "SAME" padding the strided convolutions pad by hand."""
+    import copy
+
+    from wsss_d2.modeling.utils import FusedConvAct, fuse_conv_activation
+
+    net, folded = _folded_effnet()
+    fused = fuse_conv_activation(copy.deepcopy(folded))
+    convs = [m for m in fused.modules() if isinstance(m, SameConv2d)]
+    wrapped = [m for m in fused.modules() if isinstance(m, FusedConvAct)]
+    assert len(convs) == len(wrapped) > 40  # every convolution, each inside its FusedConvAct
+    # every ReLU6 went into its convolution (kept there only for the fallback path)
+    acts = [fused._act0, fused._act1, *(getattr(b, a) for b in fused._blocks for a in ("_act1",))]
+    assert all(isinstance(m, torch.nn.Identity) for m in acts)
+    assert sum(isinstance(m.act, torch.nn.ReLU6) for m in wrapped) == len(wrapped) - 16
+    assert sum(m.attr == "hardtanh" for m in wrapped) == len(wrapped) - 16  # 16 projections
+    assert any(isinstance(m, torch.nn.ReLU6) for m in folded.modules())  # the copy is untouched
+    for shape in [(2, 3, 61, 83), (1, 3, 64, 48)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            a, b = folded(x), fused(x)
+            c = fused.to(memory_format=torch.channels_last)(
+                x.contiguous(memory_format=torch.channels_last)
+            )
+            fused.to(memory_format=torch.contiguous_format)
+        for k in a:
+            assert a[k].abs().max() > 0
+            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(c[k], a[k], atol=1e-4, rtol=1e-4)
+
+
+def test_fusion_needs_the_norms_folded_and_falls_back_when_gradients_are_needed():
+    from wsss_d2.modeling.utils import FusedConvAct, fuse_conv_activation
+
+    net, folded = _folded_effnet()
+    unfolded = fuse_conv_activation(EfficientNetLite0(output_stride=16).eval())
+    assert not any(isinstance(m, FusedConvAct) for m in unfolded.modules())  # norms in between
+    fuse_conv_activation(folded)
+    x = torch.randn(1, 3, 40, 56, requires_grad=True)
+    out = folded(x)["res5"]  # gradients needed: the plain convolution and activation
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().max() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x)["res5"], out.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_fused_bfloat16_under_autocast_keeps_float32_where_asked():
+    """Under CPU bfloat16 autocast the fused convolutions run in bfloat16 (close to float32),
+    and keep_float32 holds the named first stages in float32: their outputs are float32 and
+    equal to the float32 copy's."""
+    import copy
+
+    from wsss_d2.modeling.utils import fuse_conv_activation
+    from wsss_d2.ops.amp import Float32, keep_float32
+
+    net, folded = _folded_effnet()
+    fused = fuse_conv_activation(copy.deepcopy(folded))
+    names = ["_conv_stem", "_blocks.0", "_blocks.1", "_blocks.2"]
+    kept = keep_float32(copy.deepcopy(fused), names)
+    assert all(isinstance(kept.get_submodule(n), Float32) for n in names)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        ref = folded(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, mixed = fused(x), kept(x)
+            stem32 = kept._conv_stem(x)
+    assert low["res5"].dtype == torch.bfloat16 and mixed["res5"].dtype == torch.bfloat16
+    assert mixed["res2"].dtype == torch.float32  # the end of block 2: kept in float32
+    torch.testing.assert_close(mixed["res2"], ref["res2"], atol=1e-4, rtol=1e-4)
+    assert stem32.dtype == torch.float32
+    for k in ("res4", "res5"):
+        scale = ref[k].abs().max()
+        err_low = (low[k].float() - ref[k]).abs().max() / scale
+        err_mixed = (mixed[k].float() - ref[k]).abs().max() / scale
+        assert 0 < err_mixed < 0.1 and 0 < err_low < 0.1, (k, err_low, err_mixed)
+    with pytest.raises(KeyError, match="_blocks.99"):
+        keep_float32(kept, ["_blocks.99"])
