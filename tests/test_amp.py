@@ -140,3 +140,45 @@ def test_cpu_bf16_cam_inference_is_its_own_fingerprint_and_close_to_float32(cfg_
     for a, b in zip(plain, engine.cams_for_batch(model, batch)):
         assert b.dtype == np.float32 and a.shape == b.shape
         assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.05  # bfloat16: 8-bit mantissa
+
+
+def test_engine_keeps_named_modules_float32_under_cpu_bf16_on_a_copy(cfg_factory, tmp_path):
+    """WSSS.PSEUDO.CPU_BF16_FLOAT32: the engine's inference copy keeps the named submodules in
+    float32 (the whole backbone here: only the classifier rounds, so the CAMs are far closer to
+    float32's than in bfloat16 throughout); the names enter the fingerprint; the caller's model
+    is not wrapped; an unknown name is an error naming it."""
+    from wsss_d2.io.cam_files import cam_file_path, load_cam_file
+    from wsss_d2.ops.amp import Float32
+
+    cfg = cfg_factory("configs/cam_toy.yaml", *MINI_TOY_OPTS, "WSSS.PSEUDO.SCALES", "(1.0, 0.5)")
+    model, batch, plain = _mini_cams(cfg)
+    dicts = DatasetCatalog.get("toyparts_mini_val")[:2]
+    cfg.WSSS.PSEUDO.CPU_BF16 = True
+    low = CAMInferenceEngine(cfg)
+    cfg.WSSS.PSEUDO.CPU_BF16_FLOAT32 = ("backbone",)
+    mixed = CAMInferenceEngine(cfg)
+    assert mixed.fingerprint("cpu")["float32_modules"] == ["backbone"]
+    assert "float32_modules" not in low.fingerprint("cpu")
+    assert "float32_modules" not in mixed.fingerprint("cuda")  # no bfloat16 there
+    errs = {}
+    for name, engine in (("low", low), ("mixed", mixed)):
+        engine.run(model, dicts, str(tmp_path / name), progress=False)
+        cams = [load_cam_file(cam_file_path(str(tmp_path / name), d))[0] for d in dicts]
+        errs[name] = max(float(np.abs(a - c).max()) for a, c in zip(plain, cams))
+    assert not any(isinstance(m, Float32) for m in model.modules())
+    assert 0 < errs["mixed"] < errs["low"], errs
+    cfg.WSSS.PSEUDO.CPU_BF16_FLOAT32 = ("backbone.nothing_here",)
+    with pytest.raises(KeyError, match="backbone.nothing_here"):
+        CAMInferenceEngine(cfg).run(model, dicts, str(tmp_path / "bad"), progress=False)
+
+
+def test_retaining_freed_buffers_is_glibc_only_and_idempotent():
+    import platform
+
+    from wsss_d2.ops.allocator import retain_freed_buffers
+
+    first = retain_freed_buffers()
+    assert first == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert retain_freed_buffers() == first
+    x = torch.randn(64, 1 << 16)  # 16 MiB: allocated and freed as before
+    assert float((x - x).abs().max()) == 0.0

@@ -165,12 +165,21 @@ def _add_pseudo_config(_C: CN) -> None:
     _C.WSSS.PSEUDO.NUM_LOADER_WORKERS = 0  # CAM inference: image-decoding processes
     _C.WSSS.PSEUDO.CHANNELS_LAST = True  # CAM inference: NHWC tensors (CPU convs ~2x faster)
     _C.WSSS.PSEUDO.FOLD_BN = True  # CAM inference: fold BatchNorms into convs (a model copy)
+    # CAM inference on CPU: glibc malloc keeps freed buffers below 1 GiB for the next forward
+    # instead of unmapping them (wsss_d2/ops/allocator.py; process-wide, no effect on results)
+    _C.WSSS.PSEUDO.CPU_RETAIN_BUFFERS = True
+    # CAM inference on CPU with FOLD_BN: each convolution and its activation in one oneDNN call
+    # (modeling/utils.py fuse_conv_activation; the EfficientNet blocks)
+    _C.WSSS.PSEUDO.CPU_FUSE = True
     # fp16 autocast on CUDA of CAM inference and of the IRNet's forward in IRN rounds (the walk
     # keeps MODEL.IRN.WALK_DTYPE)
     _C.WSSS.PSEUDO.AMP = False
     # CAM inference in bfloat16 autocast on CPU: faster only on CPUs with native bfloat16
     # (AVX-512 BF16 / AMX); the CAM fingerprint records it
     _C.WSSS.PSEUDO.CPU_BF16 = False
+    # with CPU_BF16: submodules (model.get_submodule paths) CAM inference keeps in float32, e.g.
+    # a backbone's first stages (configs/voc_mini/Base-VOCMini-EffNet.yaml); in the fingerprint
+    _C.WSSS.PSEUDO.CPU_BF16_FLOAT32 = ()
     # "threshold" | "crf" | "pamr": CAM -> label refinement; "irn": the random walk of an IRNet
     _C.WSSS.PSEUDO.METHOD = "crf"
     _C.WSSS.PSEUDO.BG_THRESHOLD = 0.15  # "threshold": background score against max-normed CAMs

@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-__all__ = ["inference_autocast", "amp_active", "autocast_name"]
+__all__ = ["inference_autocast", "amp_active", "autocast_name", "Float32", "keep_float32"]
 
 
 def amp_active(device, enabled: bool) -> bool:
@@ -43,3 +43,52 @@ def inference_autocast(
     if name == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class Float32(torch.nn.Module):
+    """Runs ``module`` in float32 inside an autocast region: autocast off, floating inputs cast
+    to float32 (so its output is float32 too, and the next autocast op casts it down again)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # the wrapped module's attributes (a backbone's size_divisibility)
+            return getattr(super().__getattr__("module"), name)
+
+    def forward(self, *args, **kwargs):
+        def up(a):
+            return a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+
+        args = [up(a) for a in args]
+        kwargs = {k: up(v) for k, v in kwargs.items()}
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return self.module(*args, **kwargs)
+
+
+def keep_float32(model: torch.nn.Module, names) -> torch.nn.Module:
+    """Wrap the submodules of ``model`` named in ``names`` (``model.get_submodule`` paths) in
+    :class:`Float32`, in place, and return ``model``: under a lower-precision autocast they keep
+    float32. Meant for an inference copy (CAM inference keeps a backbone's first stages in
+    float32 under CPU bfloat16, where rounding the image's fine detail costs the most). An
+    unknown name raises an error naming it and the model's class."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as e:
+            raise KeyError(
+                f"{type(model).__name__} has no submodule {name!r} to keep in float32"
+            ) from e
+        if isinstance(module, Float32):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(parent, (torch.nn.Sequential, torch.nn.ModuleList)) and attr.isdigit():
+            parent[int(attr)] = Float32(module)
+        else:
+            setattr(parent, attr, Float32(module))
+    return model

@@ -12,6 +12,7 @@ when present, so an interrupted run resumes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -28,13 +29,19 @@ from ..data.mappers import build_mapper
 from ..io.cam_files import cam_file_ok, cam_file_path, save_cam_file
 from ..io.rounds import check_unique_stems
 from ..modeling.meta_arch.cam import normalize_cams
-from ..modeling.utils import fold_batchnorm, unwrap_model
-from ..ops.amp import autocast_name, inference_autocast
+from ..modeling.utils import fold_batchnorm, fuse_conv_activation, unwrap_model
+from ..ops.allocator import retain_freed_buffers
+from ..ops.amp import autocast_name, inference_autocast, keep_float32
 from ..ops.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CAMInferenceEngine"]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return torch.device("cpu") if p is None else p.device
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -68,6 +75,9 @@ class CAMInferenceEngine:
         fold_bn: bool = True,
         amp: bool = False,
         cpu_bf16: bool = False,
+        cpu_bf16_float32: Sequence[str] = (),
+        cpu_retain_buffers: bool = True,
+        cpu_fuse: bool = True,
     ):
         """
         Args:
@@ -84,6 +94,17 @@ class CAMInferenceEngine:
                 and normalised in float32. Ignored on CPU.
             cpu_bf16: the same in bfloat16 autocast when the model is on CPU (fast only on
                 CPUs with native bfloat16; ``benchmarks/bench_cam_inference.py --bf16``).
+            cpu_bf16_float32: with ``cpu_bf16``, the submodules (``model.get_submodule``
+                paths) that :meth:`run` keeps in float32 (:func:`~wsss_d2.ops.amp.keep_float32`
+                on its inference copy): a backbone's first, high-resolution stages, where
+                bfloat16's rounding of the image's detail changes the labels most.
+            cpu_retain_buffers: when :meth:`run` runs on CPU, let malloc keep the forwards'
+                freed buffers for the next one (:func:`~wsss_d2.ops.allocator.retain_freed_buffers`:
+                process-wide; results unchanged).
+            cpu_fuse: with ``fold_bn``, on CPU, fuse each convolution of the inference copy
+                with its activation into one oneDNN call
+                (:func:`~wsss_d2.modeling.utils.fuse_conv_activation`; modules that list
+                ``CONV_ACT``, e.g. the EfficientNet blocks).
         """
         self.mapper = mapper
         self.scales = tuple(float(s) for s in scales)
@@ -94,6 +115,9 @@ class CAMInferenceEngine:
         self.fold_bn = bool(fold_bn)
         self.amp = bool(amp)
         self.cpu_bf16 = bool(cpu_bf16)
+        self.cpu_bf16_float32 = tuple(str(n) for n in cpu_bf16_float32)
+        self.cpu_retain_buffers = bool(cpu_retain_buffers)
+        self.cpu_fuse = bool(cpu_fuse)
 
     @classmethod
     def from_config(cls, cfg):
@@ -108,6 +132,9 @@ class CAMInferenceEngine:
             "fold_bn": p.FOLD_BN,
             "amp": p.AMP,
             "cpu_bf16": p.CPU_BF16,
+            "cpu_bf16_float32": p.CPU_BF16_FLOAT32,
+            "cpu_retain_buffers": p.CPU_RETAIN_BUFFERS,
+            "cpu_fuse": p.CPU_FUSE,
         }
 
     def fingerprint(self, device="cpu") -> dict:
@@ -117,6 +144,8 @@ class CAMInferenceEngine:
         dtype = autocast_name(device, self.amp, self.cpu_bf16)
         if dtype:
             fp["amp"] = dtype
+        if dtype == "bf16" and self.cpu_bf16_float32:
+            fp["float32_modules"] = list(self.cpu_bf16_float32)
         return fp
 
     # ------------------------------------------------------------------ core
@@ -180,9 +209,18 @@ class CAMInferenceEngine:
         todo.sort(key=lambda d: (d.get("height", 0), d.get("width", 0)))
         t0 = time.perf_counter()
         net = unwrap_model(model)
+        device = _device_of(net)
+        if self.cpu_retain_buffers and todo and device.type == "cpu":
+            retain_freed_buffers()
         was_training = net.training
         net.eval()
         infer = fold_batchnorm(net) if self.fold_bn and todo else net
+        if infer is not net and self.cpu_fuse and device.type == "cpu":
+            fuse_conv_activation(infer)
+        if todo and self.cpu_bf16_float32 and self.fingerprint(device).get("amp") == "bf16":
+            # the first stages in float32, on a copy (the caller's model stays as it is)
+            infer = copy.deepcopy(infer) if infer is net else infer
+            keep_float32(infer, self.cpu_bf16_float32)
         if self.channels_last and todo:
             # same Parameter objects, new layout: an optimizer holding them is unaffected
             infer.to(memory_format=torch.channels_last)
