@@ -20,7 +20,10 @@ The real workload (voc_mini train images at their size, IRN's four scales + flip
 
 ``--ranks N`` runs ours as the tools run it with ``--num-gpus N MODEL.DEVICE cpu``: N processes
 (Detectron2's launch, gloo), each labelling ``dicts[rank::N]`` with ``threads / N`` torch threads;
-the reference keeps one process with every thread. ``--bf16`` adds ``WSSS.PSEUDO.CPU_BF16``. Both
+the reference keeps one process with every thread (with ``--ranks 1`` ours runs in the
+reference's process, without ``WSSS.PSEUDO.CPU_RETAIN_BUFFERS``: that malloc setting is
+process-wide and would speed the reference up too). ``--bf16`` adds ``WSSS.PSEUDO.CPU_BF16`` (with
+the config's ``CPU_BF16_FLOAT32`` stages in float32). Both
 times exclude start-up (imports, model building, warm-up), which is printed apart. The CAMs are
 compared as float values and as the labels they give at the background threshold
 (``--bg-threshold``, default ``MODEL.CAM.BG_THRESHOLD``) by the label tool's ``threshold_labels``:
