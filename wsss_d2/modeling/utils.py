@@ -88,20 +88,18 @@ class FusedConvAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         x = conv.pad_input(x) if hasattr(conv, "pad_input") else x
+        on_cpu = x.device.type == "cpu"
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-        if x.device.type != "cpu" or needs_grad or not torch.backends.mkldnn.is_available():
+        if (
+            not on_cpu
+            or needs_grad
+            or dtype not in (torch.float32, torch.bfloat16)
+            or not torch.backends.mkldnn.is_available()
+        ):
             y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
                          conv.groups)  # fmt: skip
             return self.act(y)
-        if torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
-        else:
-            dtype = x.dtype
-        if dtype not in (torch.float32, torch.bfloat16):
-            return self.act(
-                F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                         conv.groups)  # fmt: skip
-            )
         w, b = self._params(dtype)
         return torch.ops.mkldnn._convolution_pointwise(
             x.to(dtype), w, b, list(conv.padding), list(conv.stride), list(conv.dilation),

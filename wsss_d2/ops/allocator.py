@@ -3,10 +3,10 @@
 glibc's ``malloc`` serves every allocation above its mmap threshold (128 KiB, raised dynamically
 up to 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``. A CPU forward of a convolutional
 network at several scales allocates and frees activations of tens of MB each time, so every
-forward page-faults and zero-fills them again: in the multi-scale CAM inference of the voc_mini
-EfficientNet-Lite0 model, the bias copies, paddings and activations that touch fresh memory took
-about a third of the time. Raising the mmap and trim thresholds lets the heap keep those buffers
-for the next forward. This is what PyTorch's CPU tuning guide gets by swapping in jemalloc or
+forward page-faults and zero-fills them again. Raising the mmap and trim thresholds lets the
+heap keep those buffers for the next forward: in the multi-scale CAM inference of the voc_mini
+EfficientNet-Lite0 model on one thread, ~15 % of the time with out-of-place activations, ~5 %
+with the engine's in-place ones (projects/PseudoLabels/README.md, "Speed"). This is what PyTorch's CPU tuning guide gets by swapping in jemalloc or
 tcmalloc, done with glibc's own ``mallopt``.
 
 The setting is process-wide and lasts for the rest of the process (as ``torch.set_num_threads``

@@ -153,7 +153,8 @@ class MBConvBlock(nn.Module):
         mid = cin * expand
         self.has_expand = expand != 1
         # ReLU6 in place: its input is a fresh norm (or, folded, convolution) output that no
-        # backward needs, so this saves a buffer per activation (about a fifth of a CPU forward)
+        # backward needs, so this saves a buffer and a memory pass per activation (out of place
+        # the ReLU6s took about a fifth of a one-thread CPU forward)
         if self.has_expand:
             self._expand_conv = SameConv2d(cin, mid, 1)
             self._bn0 = _bn(mid)
