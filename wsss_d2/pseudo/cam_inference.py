@@ -39,11 +39,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["CAMInferenceEngine"]
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return torch.device("cpu") if p is None else p.device
-
-
 class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, dicts: list[dict], mapper):
         self.dicts, self.mapper = dicts, mapper
@@ -209,7 +204,7 @@ class CAMInferenceEngine:
         todo.sort(key=lambda d: (d.get("height", 0), d.get("width", 0)))
         t0 = time.perf_counter()
         net = unwrap_model(model)
-        device = _device_of(net)
+        device = net.device  # a CAM meta-architecture's (CAMClassifier, PLDA)
         if self.cpu_retain_buffers and todo and device.type == "cpu":
             retain_freed_buffers()
         was_training = net.training
@@ -217,7 +212,11 @@ class CAMInferenceEngine:
         infer = fold_batchnorm(net) if self.fold_bn and todo else net
         if infer is not net and self.cpu_fuse and device.type == "cpu":
             fuse_conv_activation(infer)
-        if todo and self.cpu_bf16_float32 and self.fingerprint(device).get("amp") == "bf16":
+        if (
+            todo
+            and self.cpu_bf16_float32
+            and autocast_name(device, self.amp, self.cpu_bf16) == "bf16"
+        ):
             # the first stages in float32, on a copy (the caller's model stays as it is)
             infer = copy.deepcopy(infer) if infer is net else infer
             keep_float32(infer, self.cpu_bf16_float32)
