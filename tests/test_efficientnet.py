@@ -210,18 +210,24 @@ def test_channels_last_model_computes_the_same_cams():
     assert a.abs().max() > 0 and torch.allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
-def test_fold_batchnorm_folds_every_efficientnet_norm(norm):
+def _folded_effnet(norm="FrozenBN", seed=0):
+    """An eval EfficientNet with non-trivial norm statistics (so that the folded biases are not
+    zero) and its fold_batchnorm copy."""
     from wsss_d2.modeling.utils import fold_batchnorm
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = EfficientNetLite0(output_stride=16, norm=norm).eval()
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():  # non-trivial statistics to fold
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in net.modules():
         if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    folded = fold_batchnorm(net)
+    return net, fold_batchnorm(net)
+
+
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_fold_batchnorm_folds_every_efficientnet_norm(norm):
+    net, folded = _folded_effnet(norm=norm)
     norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
     assert not any(isinstance(m, norms) for m in folded.modules())
     assert sum(isinstance(m, norms) for m in net.modules()) > 40  # the model itself is untouched
@@ -230,19 +236,6 @@ def test_fold_batchnorm_folds_every_efficientnet_norm(norm):
         a, b = net(x), folded(x)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
-
-
-def _folded_effnet(seed=0):
-    from wsss_d2.modeling.utils import fold_batchnorm
-
-    torch.manual_seed(seed)
-    net = EfficientNetLite0(output_stride=16, norm="FrozenBN").eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    for m in net.modules():  # non-trivial statistics, so that the folded biases are not zero
-        if isinstance(m, FrozenBatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return net, fold_batchnorm(net)
 
 
 def test_fused_convolutions_compute_what_the_folded_copy_does():
@@ -259,7 +252,8 @@ def test_fused_convolutions_compute_what_the_folded_copy_does():
     wrapped = [m for m in fused.modules() if isinstance(m, FusedConvAct)]
     assert len(convs) == len(wrapped) > 40  # every convolution, each inside its FusedConvAct
     # every ReLU6 went into its convolution (kept there only for the fallback path)
-    acts = [fused._act0, fused._act1, *(getattr(b, a) for b in fused._blocks for a in ("_act1",))]
+    acts = [fused._act0, fused._act1, *(b._act1 for b in fused._blocks)]
+    acts += [b._act0 for b in fused._blocks if b.has_expand]
     assert all(isinstance(m, torch.nn.Identity) for m in acts)
     assert sum(isinstance(m.act, torch.nn.ReLU6) for m in wrapped) == len(wrapped) - 16
     assert sum(m.attr == "hardtanh" for m in wrapped) == len(wrapped) - 16  # 16 projections
