@@ -29,6 +29,7 @@ label CRF; ``--workers`` processes). ``--output`` writes every row as JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -141,9 +142,7 @@ def main(argv=None) -> list[dict]:
     thresholds = sorted(set(args.thresholds))
     k1 = cfg.INPUT.TAGS.NUM_CLASSES + 1
     class_names = sweep.class_names_of(names[0], k1)
-    pairs = [
-        (i, j) for i in range(len(thresholds)) for j in range(i + 1, len(thresholds)) if args.bands
-    ]
+    pairs = list(itertools.combinations(range(len(thresholds)), 2)) if args.bands else []
     settings = [(t, 0.0) for t in thresholds] + [(thresholds[i], thresholds[j]) for i, j in pairs]
     conf = np.zeros((len(walks), len(settings), k1, k1 + 1), np.int64)
     crf_conf = np.zeros_like(conf)
