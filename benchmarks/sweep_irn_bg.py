@@ -75,6 +75,29 @@ def score_walk(
     return score_labels([label_rows(labs, pairs) for labs in labels], dicts, num_classes, ignore)
 
 
+def mask_boundaries(d: dict, hw: tuple[int, int], stride: int, ignore: int = 255):
+    """The boundary map (ceil(H / stride), ceil(W / stride)) of image ``d``'s ground-truth mask
+    resized (nearest) to the network input size ``hw``: 1 where a stride cell, widened by one
+    pixel on every side, holds two classes or a void pixel (VOC's void band outlines every
+    object: a wall also where a class change falls on a cell edge), or lies past the image."""
+    import cv2
+    import torch
+
+    from wsss_d2.io.files import read_label_png
+
+    gt = read_label_png(d["sem_seg_file_name"], (int(d["height"]), int(d["width"])), d["file_name"])
+    gt = cv2.resize(gt, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    kernel = np.ones((3, 3), np.uint8)  # each pixel's 3 x 3 neighbourhood, inside the image
+    h, w = -(-hw[0] // stride), -(-hw[1] // stride)
+    lo = np.zeros((h * stride, w * stride), np.uint8)
+    hi = np.full_like(lo, ignore)
+    lo[: hw[0], : hw[1]] = cv2.erode(gt, kernel)
+    hi[: hw[0], : hw[1]] = cv2.dilate(gt, kernel)
+    lo = lo.reshape(h, stride, w, stride).min(axis=(1, 3))
+    hi = hi.reshape(h, stride, w, stride).max(axis=(1, 3))
+    return torch.from_numpy(((lo != hi) | (hi == ignore)).astype(np.float32))
+
+
 def _crf_job(job: tuple) -> np.ndarray:
     """One image: (W, R, C, C + 1) confusions of its rows after the label CRF (``labels``: its
     ``W`` walks' labels at the ``T`` thresholds, walk by walk; each label refined once, then the
@@ -115,7 +138,7 @@ def main(argv=None) -> list[dict]:
     sweep = load_sweep_rows()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config-file", required=True, help="an IRNet config")
-    ap.add_argument("--weights", required=True, help="the trained IRNet")
+    ap.add_argument("--weights", help="the trained IRNet")
     ap.add_argument("--cam-dir", required=True, help="the CAM folder the walk propagates")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
     ap.add_argument("--betas", type=float, nargs="+", help="MODEL.IRN.BETA values (the config's)")
@@ -128,9 +151,17 @@ def main(argv=None) -> list[dict]:
     )
     ap.add_argument("--crf", action="store_true", help="also score the labels after the CRF")
     ap.add_argument("--workers", type=int, default=0, help="CRF processes (0 = every core)")
+    ap.add_argument(
+        "--mask-boundaries",
+        action="store_true",
+        help="boundaries from the training masks instead of the IRNet's (the walk's ceiling)",
+    )
     args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
+    if not args.weights and not args.mask_boundaries:
+        ap.error("--weights is required (unless --mask-boundaries)")
     model = WSSSTrainer.build_model(cfg).eval()
-    load_model_weights(model, args.weights)
+    if not args.mask_boundaries:
+        load_model_weights(model, args.weights)
     base = WalkParams.from_config(cfg)
     walks = [
         dataclasses.replace(base, beta=b, exp_times=e, normalize=n)
@@ -151,8 +182,14 @@ def main(argv=None) -> list[dict]:
     for batch in same_size_batches(dicts, mapper, cfg.WSSS.PSEUDO.IMS_PER_BATCH):
         inputs, batch_dicts = [x for x, _ in batch], [d for _, d in batch]
         with torch.no_grad():
-            with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
-                outs = model(inputs)
+            if args.mask_boundaries:
+                outs = [
+                    {"edge": mask_boundaries(d, tuple(x["image"].shape[-2:]), model.stride)}
+                    for x, d in batch
+                ]
+            else:
+                with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
+                    outs = model(inputs)
             labels = [[] for _ in batch]  # per image: (walk, threshold) labels, for the CRF
             walked_by = {}  # (beta, exp_times) -> the walk: the normalisation does not change it
             for w, params in enumerate(walks):
@@ -183,6 +220,7 @@ def main(argv=None) -> list[dict]:
             "threshold": t,
             "unsure_threshold": u,
             "crf": bool(use_crf),
+            "edges": "mask" if args.mask_boundaries else "irnet",
             **sweep._row(c, class_names),
         }
         for use_crf, confs in ((False, conf), (True, crf_conf))[: 2 if crf is not None else 1]

@@ -107,3 +107,57 @@ def test_crf_and_band_rows_are_those_of_the_round_labels(tmp_path):
             assert np.array_equal(conf[row], ref), (name, t, u)
     assert plain[2][:, -1].sum() > 0 and plain[0][:, -1].sum() == 0  # the band's unsure pixels
     assert not np.array_equal(plain, refined)
+
+
+def _mask_dict(tmp_path, gt):
+    save_label_png(str(tmp_path / "gt.png"), gt)
+    h, w = gt.shape
+    return {"sem_seg_file_name": str(tmp_path / "gt.png"), "file_name": "im", "height": h,
+            "width": w}  # fmt: skip
+
+
+def test_mask_boundaries_by_hand(tmp_path):
+    """``--mask-boundaries``: a stride cell is a wall where it (widened by a pixel) holds two
+    classes or void, or lies past the image."""
+    bounds = load_script("benchmarks/sweep_irn_bg.py").mask_boundaries
+    gt = np.zeros((8, 12), np.uint8)
+    gt[:, :6] = 1  # the change inside the middle cell (columns 4-7)
+    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[0, 1, 0]] * 2
+    gt[:, :8] = 1  # the change on a cell edge: both cells beside it
+    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[0, 1, 1]] * 2
+    gt[1, 1] = 255  # void
+    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[1, 1, 1], [0, 1, 1]]
+    one = np.full((6, 10), 3, np.uint8)  # past the image: rows 6-7, columns 10-11
+    assert bounds(_mask_dict(tmp_path, one), (6, 10), 4).tolist() == [[0, 0, 1], [1, 1, 1]]
+    # resized (nearest) to the network input: the change stays in the middle cell
+    assert bounds(_mask_dict(tmp_path, gt[:4, ::2].copy()), (8, 12), 4)[1].tolist() == [0, 1, 1]
+
+
+def test_walk_with_mask_boundaries_keeps_a_peak_in_its_region(tmp_path):
+    """From one CAM peak inside a region of the mask, the walk on the mask's boundaries labels
+    that region and leaves the other background; with no boundaries it floods both."""
+    from test_pseudo_labels import _write_image
+
+    from wsss_d2.io.cam_files import cam_file_path, save_cam_file
+    from wsss_d2.pseudo.random_walk import walk_to_label
+
+    sweep = load_script("benchmarks/sweep_irn_bg.py")
+    h, w = 32, 48
+    gt = np.zeros((h, w), np.uint8)
+    gt[:, :22] = 2  # class 2 on the left, background on the right
+    d = {**_mask_dict(tmp_path, gt), "image_id": 0, "tags": [2]}
+    d["file_name"] = _write_image(tmp_path / "im.png", np.zeros((h, w, 3), np.uint8))
+    cams = np.zeros((1, h, w), np.float32)
+    cams[0, 12:18, 4:10] = 1.0  # a small peak inside the left region
+    cam_dir = str(tmp_path / "cams")
+    save_cam_file(cam_file_path(cam_dir, d), cams, [2], (h, w))
+    net = _tiny_irn().eval()
+    x = _mapper()(d)
+    walls = {"edge": sweep.mask_boundaries(d, (h, w), net.stride)}
+    none = {"edge": torch.zeros_like(walls["edge"])}
+    labels = {}
+    for name, out in (("walls", walls), ("none", none)):
+        ((rw, keys, hw_in, hw_out),) = walk_batch(net, [x], cam_dir, WalkParams(), outs=[out])
+        labels[name] = walk_to_label(rw, keys, net.stride, hw_in, hw_out, 0.25)
+    assert (labels["walls"][:, :16] == 2).all() and (labels["walls"][:, 28:] == 0).all()
+    assert (labels["none"] == 2).all()
