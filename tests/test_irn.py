@@ -177,6 +177,29 @@ def test_training_step_trains_only_the_branches():
     assert 0 <= float(out["edge"].min()) and float(out["edge"].max()) <= 1
 
 
+def test_boundary_context_convs_switch():
+    """``MODEL.IRN.EDGE_CONTEXT_CONVS`` (ours): 3x3 layers before the boundary predictor, trained
+    with it; 0 (official) adds no parameters, so earlier checkpoints load as before."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    official = _tiny_irn()
+    assert not any(k.startswith("edge_head.context") for k in official.state_dict())
+    model = _tiny_irn(edge_context_convs=2).train()
+    convs = [m for m in model.edge_head.context if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3), (3, 3)]
+    lab = torch.full((40, 48), 255, dtype=torch.long)
+    lab[:16], lab[24:, :20] = 0, 1
+    img = torch.randint(0, 255, (3, 40, 48), generator=torch.Generator().manual_seed(0))
+    with EventStorage():
+        sum(model([{"image": img.to(torch.uint8), "sem_seg": lab}]).values()).backward()
+    assert all(c.weight.grad.abs().sum() > 0 for c in convs)
+    out = model.eval()([{"image": img[:, :37, :45].to(torch.uint8)}])[0]
+    assert out["edge"].shape == official.eval()([{"image": img[:, :37, :45]}])[0]["edge"].shape
+    cfg = make_cfg("configs/irn_toy.yaml", "MODEL.IRN.EDGE_CONTEXT_CONVS", "1")
+    assert len(build_model(cfg).edge_head.context) == 3  # conv, GroupNorm, ReLU
+
+
 @pytest.mark.parametrize(
     "config,opts",
     [

@@ -295,6 +295,9 @@ def _add_irn_config(_C: CN) -> None:
     # backbone levels both branches read (finest stride = output stride; ResNet: stem..res5)
     _C.MODEL.IRN.IN_FEATURES = ("stem", "res2", "res3", "res4", "res5")
     _C.MODEL.IRN.EDGE_DIM = 32  # boundary branch: channels of each level's 1x1 projection
+    # boundary branch: 3x3 conv + GroupNorm + ReLU layers on the concatenated levels before the
+    # predictor (ours; 0 = the official branch, 1x1 convolutions only)
+    _C.MODEL.IRN.EDGE_CONTEXT_CONVS = 0
     _C.MODEL.IRN.DP_DIMS = (64, 128, 256, 256, 256)  # displacement branch: width per level
     _C.MODEL.IRN.DP_MERGE_DIM = 256  # displacement branch: width of the fused coarse levels
     _C.MODEL.IRN.DP_HIDDEN_DIM = 256  # displacement branch: width before the 2-channel output

@@ -5,7 +5,10 @@ Both branches read every level named in ``in_features`` and predict at the fines
 
 - **class-boundary branch** (:class:`IRNBoundaryHead`): each level -> 1x1 conv (no bias) ->
   GroupNorm -> upsampled to the finest stride -> ReLU; the levels are concatenated and a 1x1 conv
-  with bias gives one boundary logit per pixel.
+  with bias gives one boundary logit per pixel. Ours, off by default (``context_convs``, the
+  key ``MODEL.IRN.EDGE_CONTEXT_CONVS``): that many 3x3 conv (no bias) -> GroupNorm -> ReLU layers
+  on the concatenated levels before the 1x1 predictor, so that the branch compares neighbouring
+  cells (the official branch sees each cell alone, through 1x1 convolutions).
 - **displacement branch** (:class:`IRNDisplacementHead`): each level -> 1x1 conv -> GroupNorm ->
   ReLU; the coarse levels (stride above the finest) are first brought to the finest *coarse*
   stride and fused by a 1x1 conv + GroupNorm, upsampled to the finest stride, ReLU; that and the
@@ -85,7 +88,11 @@ class IRNBoundaryHead(nn.Module):
     """Class-boundary logits (N, 1, h, w) at the finest input stride."""
 
     def __init__(
-        self, input_shape: dict[str, ShapeSpec], in_features: Sequence[str], dim: int = 32
+        self,
+        input_shape: dict[str, ShapeSpec],
+        in_features: Sequence[str],
+        dim: int = 32,
+        context_convs: int = 0,
     ):
         super().__init__()
         self.in_features = tuple(in_features)
@@ -95,12 +102,24 @@ class IRNBoundaryHead(nn.Module):
             _Project(input_shape[f].channels, dim, s // self.stride)
             for f, s in zip(self.in_features, strides)
         )
-        self.predictor = nn.Conv2d(dim * len(self.in_features), 1, 1, bias=True)
+        width = dim * len(self.in_features)
+        self.context = nn.Sequential(
+            *(
+                layer
+                for _ in range(int(context_convs))
+                for layer in (
+                    nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.GroupNorm(gn_groups(width), width),
+                    nn.ReLU(inplace=True),
+                )
+            )
+        )
+        self.predictor = nn.Conv2d(width, 1, 1, bias=True)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         size = self._size(features)
         x = [m(features[f], size) for m, f in zip(self.levels, self.in_features)]
-        return self.predictor(torch.cat(x, dim=1))
+        return self.predictor(self.context(torch.cat(x, dim=1)))
 
     def _size(self, features) -> tuple[int, int]:
         fine = [f for f, m in zip(self.in_features, self.levels) if m.factor == 1]

@@ -131,6 +131,7 @@ class IRNet(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         edge_dim: int = 32,
+        edge_context_convs: int = 0,
         dp_dims: Sequence[int] = (64, 128, 256, 256, 256),
         dp_merge_dim: int = 256,
         dp_hidden_dim: int = 256,
@@ -147,7 +148,7 @@ class IRNet(nn.Module):
         self.backbone = backbone
         shapes = backbone.output_shape()
         self.in_features = tuple(in_features)
-        self.edge_head = IRNBoundaryHead(shapes, self.in_features, edge_dim)
+        self.edge_head = IRNBoundaryHead(shapes, self.in_features, edge_dim, edge_context_convs)
         self.dp_head = IRNDisplacementHead(
             shapes, self.in_features, dp_dims, dp_merge_dim, dp_hidden_dim
         )
@@ -175,6 +176,7 @@ class IRNet(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "edge_dim": c.EDGE_DIM,
+            "edge_context_convs": c.EDGE_CONTEXT_CONVS,
             "dp_dims": c.DP_DIMS,
             "dp_merge_dim": c.DP_MERGE_DIM,
             "dp_hidden_dim": c.DP_HIDDEN_DIM,
