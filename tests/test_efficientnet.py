@@ -272,6 +272,36 @@ def test_fused_convolutions_compute_what_the_folded_copy_does():
             torch.testing.assert_close(c[k], a[k], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,groups", [(3, 8), (5, 8), (3, 1)])
+def test_fused_strided_same_padding_without_a_padded_copy(kernel, groups, monkeypatch):
+    """A strided "SAME" convolution, fused: the symmetric part of its padding is the oneDNN
+    call's own and the odd bottom row / right column comes from a second call on the input rows
+    / columns the output's last row / column reads, so that the padded input is never written;
+    the outputs are those of padding and convolving, on even, odd, mixed and tiny sizes, NCHW
+    and NHWC."""
+    from wsss_d2.modeling import utils
+    from wsss_d2.modeling.utils import FusedConvAct
+
+    torch.manual_seed(0)
+    conv = SameConv2d(8, 8, kernel, stride=2, groups=groups, bias=True).eval()
+    fused = FusedConvAct(conv, torch.nn.ReLU6())
+    padded = []  # the sizes of what is padded by hand
+    pad = F.pad
+    monkeypatch.setattr(utils.F, "pad", lambda x, p: padded.append(x.numel()) or pad(x, p))
+    for h, w in [(40, 36), (41, 37), (40, 37), (41, 36), (2, 3), (1, 1)]:
+        for nhwc in (False, True):
+            x = torch.randn(2, 8, h, w)
+            x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
+            with torch.no_grad():
+                ref = F.relu6(F.conv2d(conv.pad_input(x), conv.weight, conv.bias, 2, groups=groups))
+                padded.clear()
+                out = fused(x)
+            assert out.shape == ref.shape == (2, 8, math.ceil(h / 2), math.ceil(w / 2))
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            if min(h, w) > kernel:
+                assert sum(padded) < x.numel() / 2, (h, w)  # a few rows and columns at most
+
+
 def test_fusion_needs_the_norms_folded_and_falls_back_when_gradients_are_needed():
     from wsss_d2.modeling.utils import FusedConvAct, fuse_conv_activation
 

@@ -87,7 +87,6 @@ class FusedConvAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        x = conv.pad_input(x) if hasattr(conv, "pad_input") else x
         on_cpu = x.device.type == "cpu"
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
@@ -97,14 +96,58 @@ class FusedConvAct(nn.Module):
             or dtype not in (torch.float32, torch.bfloat16)
             or not torch.backends.mkldnn.is_available()
         ):
+            x = conv.pad_input(x) if hasattr(conv, "pad_input") else x
             y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
                          conv.groups)  # fmt: skip
             return self.act(y)
+        x = x.to(dtype)
+        pads = conv.same_padding(*x.shape[-2:]) if hasattr(conv, "same_padding") else (0,) * 4
+        if not any(pads):
+            return self._onednn(x, dtype, 0, 0)
+        return self._same_padded(x, dtype, *pads)
+
+    def _onednn(self, x: torch.Tensor, dtype: torch.dtype, pt: int, pl: int) -> torch.Tensor:
+        """One oneDNN call, with ``pt`` / ``pl`` rows / columns of zeros on both sides on top of
+        the convolution's own padding."""
+        conv = self.conv
         w, b = self._params(dtype)
+        padding = [conv.padding[0] + pt, conv.padding[1] + pl]
         return torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype), w, b, list(conv.padding), list(conv.stride), list(conv.dilation),
-            conv.groups, self.attr, self.scalars, "",
+            x, w, b, padding, list(conv.stride), list(conv.dilation), conv.groups, self.attr,
+            self.scalars, "",
         )  # fmt: skip
+
+    def _same_padded(self, x, dtype, pl: int, pr: int, pt: int, pb: int) -> torch.Tensor:
+        """The convolution of ``x`` padded by ``(pl, pr, pt, pb)`` (a strided "SAME" padding:
+        the odd pixel at the bottom / right) without writing the padded input, a copy as large
+        as the input: the symmetric part is the oneDNN call's own padding, and when one more
+        bottom row / right column is due, the output's last row / column (the only ones that
+        read it) comes from a second call on the few input rows / columns it reads."""
+        conv = self.conv
+        (s, _), (k, kw), (d, dw) = conv.stride, conv.kernel_size, conv.dilation
+        keff, kweff = (k - 1) * d + 1, (kw - 1) * dw + 1
+        ih, iw = x.shape[-2:]
+        if ih + 2 * pt < keff or iw + 2 * pl < kweff:  # tiny input: pad it
+            return self._onednn(F.pad(x, [pl, pr, pt, pb]), dtype, 0, 0)
+        main = self._onednn(x, dtype, pt, pl)
+        oh, ow = (ih + pt + pb - keff) // s + 1, (iw + pl + pr - kweff) // conv.stride[1] + 1
+        mh, mw = main.shape[-2:]
+        if (mh, mw) == (oh, ow):
+            return main
+        nhwc = x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        out = torch.empty(main.shape[:2] + (oh, ow), dtype=main.dtype, memory_format=fmt)
+        out[..., :mh, :mw] = main
+        if mh < oh:  # the last row reads input rows r0.. and the bottom padding
+            r0 = (oh - 1) * s - pt
+            out[..., oh - 1 :, :] = self._onednn(
+                F.pad(x[..., r0:, :], [pl, pr, 0, pb]), dtype, 0, 0
+            )
+        if mw < ow:  # the last column (every row)
+            c0 = (ow - 1) * conv.stride[1] - pl
+            col = F.pad(x[..., c0:], [0, pr, pt, pb])
+            out[..., :, ow - 1 :] = self._onednn(col, dtype, 0, 0)
+        return out
 
 
 def fuse_conv_activation(model: torch.nn.Module) -> torch.nn.Module:

@@ -107,18 +107,23 @@ class SameConv2d(nn.Conv2d):
         pad = 0 if stride > 1 else (kernel_size - 1) * dilation // 2
         super().__init__(cin, cout, kernel_size, stride, pad, dilation, groups, bias)
 
+    def same_padding(self, ih: int, iw: int) -> tuple[int, int, int, int]:
+        """The input padding ``(left, right, top, bottom)`` of "SAME" for an ``ih x iw`` input,
+        on top of the convolution's own ``padding`` (stride 1: none, the fixed padding is the
+        convolution's own)."""
+        s = self.stride[0]
+        if s == 1:
+            return 0, 0, 0, 0
+        k, d = self.kernel_size[0], self.dilation[0]
+        ph = max((math.ceil(ih / s) - 1) * s + (k - 1) * d + 1 - ih, 0)
+        pw = max((math.ceil(iw / s) - 1) * s + (k - 1) * d + 1 - iw, 0)
+        return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
     def pad_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the size-dependent "SAME" padding of a strided convolution (stride 1: as
         it is, the fixed padding is the convolution's own)."""
-        s = self.stride[0]
-        if s > 1:
-            k, d = self.kernel_size[0], self.dilation[0]
-            ih, iw = x.shape[-2:]
-            ph = max((math.ceil(ih / s) - 1) * s + (k - 1) * d + 1 - ih, 0)
-            pw = max((math.ceil(iw / s) - 1) * s + (k - 1) * d + 1 - iw, 0)
-            if ph or pw:
-                x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return x
+        pads = self.same_padding(*x.shape[-2:])
+        return F.pad(x, list(pads)) if any(pads) else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride[0]
