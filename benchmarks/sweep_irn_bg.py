@@ -98,6 +98,19 @@ def mask_boundaries(d: dict, hw: tuple[int, int], stride: int, ignore: int = 255
     return torch.from_numpy(((lo != hi) | (hi == ignore)).astype(np.float32))
 
 
+def ensemble_outputs(models, inputs: list[dict]) -> list[dict]:
+    """The first IRNet's outputs for ``inputs``, each ``edge`` replaced by the mean of every
+    IRNet's boundary map (one IRNet: its outputs as they are)."""
+    outs = models[0](inputs)
+    for m in models[1:]:
+        for o, more in zip(outs, m(inputs)):
+            o["edge"] = o["edge"] + more["edge"]
+    if len(models) > 1:
+        for o in outs:
+            o["edge"] = o["edge"] / len(models)
+    return outs
+
+
 def _crf_job(job: tuple) -> np.ndarray:
     """One image: (W, R, C, C + 1) confusions of its rows after the label CRF (``labels``: its
     ``W`` walks' labels at the ``T`` thresholds, walk by walk; each label refined once, then the
@@ -138,7 +151,9 @@ def main(argv=None) -> list[dict]:
     sweep = load_sweep_rows()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config-file", required=True, help="an IRNet config")
-    ap.add_argument("--weights", help="the trained IRNet")
+    ap.add_argument(
+        "--weights", nargs="+", help="the trained IRNet (several: their boundary maps averaged)"
+    )
     ap.add_argument("--cam-dir", required=True, help="the CAM folder the walk propagates")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35])
     ap.add_argument("--betas", type=float, nargs="+", help="MODEL.IRN.BETA values (the config's)")
@@ -159,9 +174,10 @@ def main(argv=None) -> list[dict]:
     args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
     if not args.weights and not args.mask_boundaries:
         ap.error("--weights is required (unless --mask-boundaries)")
-    model = WSSSTrainer.build_model(cfg).eval()
-    if not args.mask_boundaries:
-        load_model_weights(model, args.weights)
+    models = [WSSSTrainer.build_model(cfg).eval() for _ in args.weights or [None]]
+    for m, w in zip(models, [] if args.mask_boundaries else args.weights):
+        load_model_weights(m, w)
+    model = models[0]
     base = WalkParams.from_config(cfg)
     walks = [
         dataclasses.replace(base, beta=b, exp_times=e, normalize=n)
@@ -189,7 +205,7 @@ def main(argv=None) -> list[dict]:
                 ]
             else:
                 with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
-                    outs = model(inputs)
+                    outs = ensemble_outputs(models, inputs)
             labels = [[] for _ in batch]  # per image: (walk, threshold) labels, for the CRF
             walked_by = {}  # (beta, exp_times) -> the walk: the normalisation does not change it
             for w, params in enumerate(walks):

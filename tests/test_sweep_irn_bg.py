@@ -161,3 +161,18 @@ def test_walk_with_mask_boundaries_keeps_a_peak_in_its_region(tmp_path):
         labels[name] = walk_to_label(rw, keys, net.stride, hw_in, hw_out, 0.25)
     assert (labels["walls"][:, :16] == 2).all() and (labels["walls"][:, 28:] == 0).all()
     assert (labels["none"] == 2).all()
+
+
+def test_ensemble_boundaries_are_the_mean(tmp_path):
+    """Several ``--weights``: the walk reads the mean of the IRNets' boundary maps."""
+    sweep = load_script("benchmarks/sweep_irn_bg.py")
+    dicts, _ = _toy_set(tmp_path, n=2)
+    inputs = [_mapper()(d) for d in dicts]
+    a, b = _tiny_irn(0).eval(), _tiny_irn(1).eval()
+    with torch.no_grad():
+        ea, eb = [o["edge"] for o in a(inputs)], [o["edge"] for o in b(inputs)]
+        one = sweep.ensemble_outputs([a], inputs)
+        both = sweep.ensemble_outputs([a, b], inputs)
+    for i in range(2):
+        assert torch.equal(one[i]["edge"], ea[i]) and not torch.equal(ea[i], eb[i])
+        torch.testing.assert_close(both[i]["edge"], (ea[i] + eb[i]) / 2)
