@@ -78,8 +78,9 @@ def score_walk(
 def mask_boundaries(d: dict, hw: tuple[int, int], stride: int, ignore: int = 255):
     """The boundary map (ceil(H / stride), ceil(W / stride)) of image ``d``'s ground-truth mask
     resized (nearest) to the network input size ``hw``: 1 where a stride cell, widened by one
-    pixel on every side, holds two classes or a void pixel (VOC's void band outlines every
-    object: a wall also where a class change falls on a cell edge), or lies past the image."""
+    pixel to the bottom and right, holds two classes or a void pixel (VOC's void band outlines
+    every object; the widening makes a wall of the cell before a class change that falls on a
+    cell edge: walls one cell thick, none missing), or lies past the image."""
     import cv2
     import torch
 
@@ -87,12 +88,12 @@ def mask_boundaries(d: dict, hw: tuple[int, int], stride: int, ignore: int = 255
 
     gt = read_label_png(d["sem_seg_file_name"], (int(d["height"]), int(d["width"])), d["file_name"])
     gt = cv2.resize(gt, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
-    kernel = np.ones((3, 3), np.uint8)  # each pixel's 3 x 3 neighbourhood, inside the image
+    kernel = np.ones((2, 2), np.uint8)  # each pixel with its right / lower neighbours
     h, w = -(-hw[0] // stride), -(-hw[1] // stride)
     lo = np.zeros((h * stride, w * stride), np.uint8)
     hi = np.full_like(lo, ignore)
-    lo[: hw[0], : hw[1]] = cv2.erode(gt, kernel)
-    hi[: hw[0], : hw[1]] = cv2.dilate(gt, kernel)
+    lo[: hw[0], : hw[1]] = cv2.erode(gt, kernel, anchor=(0, 0))
+    hi[: hw[0], : hw[1]] = cv2.dilate(gt, kernel, anchor=(0, 0))
     lo = lo.reshape(h, stride, w, stride).min(axis=(1, 3))
     hi = hi.reshape(h, stride, w, stride).max(axis=(1, 3))
     return torch.from_numpy(((lo != hi) | (hi == ignore)).astype(np.float32))

@@ -117,20 +117,25 @@ def _mask_dict(tmp_path, gt):
 
 
 def test_mask_boundaries_by_hand(tmp_path):
-    """``--mask-boundaries``: a stride cell is a wall where it (widened by a pixel) holds two
-    classes or void, or lies past the image."""
+    """``--mask-boundaries``: a stride cell is a wall where it (widened by a pixel to the bottom
+    and right) holds two classes or void, or lies past the image."""
     bounds = load_script("benchmarks/sweep_irn_bg.py").mask_boundaries
     gt = np.zeros((8, 12), np.uint8)
     gt[:, :6] = 1  # the change inside the middle cell (columns 4-7)
     assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[0, 1, 0]] * 2
-    gt[:, :8] = 1  # the change on a cell edge: both cells beside it
-    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[0, 1, 1]] * 2
+    gt[:, :8] = 1  # the change on a cell edge: the cell before it
+    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[0, 1, 0]] * 2
+    gt[4:, :] = 2  # a change on a row edge (and none left between the columns below it)
+    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[1, 1, 1], [0, 0, 0]]
+    gt[:4, :] = 2
     gt[1, 1] = 255  # void
-    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert bounds(_mask_dict(tmp_path, gt), (8, 12), 4).tolist() == [[1, 0, 0], [0, 0, 0]]
     one = np.full((6, 10), 3, np.uint8)  # past the image: rows 6-7, columns 10-11
     assert bounds(_mask_dict(tmp_path, one), (6, 10), 4).tolist() == [[0, 0, 1], [1, 1, 1]]
-    # resized (nearest) to the network input: the change stays in the middle cell
-    assert bounds(_mask_dict(tmp_path, gt[:4, ::2].copy()), (8, 12), 4)[1].tolist() == [0, 1, 1]
+    # resized (nearest) to the network input size: the change stays in the middle cell
+    half = np.zeros((4, 6), np.uint8)
+    half[:, :3] = 1
+    assert bounds(_mask_dict(tmp_path, half), (8, 12), 4).tolist() == [[0, 1, 0]] * 2
 
 
 def test_walk_with_mask_boundaries_keeps_a_peak_in_its_region(tmp_path):
