@@ -272,7 +272,7 @@ def test_fused_convolutions_compute_what_the_folded_copy_does():
             torch.testing.assert_close(c[k], a[k], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel,groups", [(3, 8), (5, 8), (3, 1)])
+@pytest.mark.parametrize("kernel,groups", [(3, 8), (5, 8), (7, 8), (3, 1)])
 def test_fused_strided_same_padding_without_a_padded_copy(kernel, groups, monkeypatch):
     """A strided "SAME" convolution, fused: the symmetric part of its padding is the oneDNN
     call's own and the odd bottom row / right column comes from a second call on the input rows
@@ -288,7 +288,7 @@ def test_fused_strided_same_padding_without_a_padded_copy(kernel, groups, monkey
     padded = []  # the sizes of what is padded by hand
     pad = F.pad
     monkeypatch.setattr(utils.F, "pad", lambda x, p: padded.append(x.numel()) or pad(x, p))
-    for h, w in [(40, 36), (41, 37), (40, 37), (41, 36), (2, 3), (1, 1)]:
+    for h, w in [(40, 36), (41, 37), (40, 37), (41, 36), (6, 5), (4, 4), (2, 3), (1, 1)]:
         for nhwc in (False, True):
             x = torch.randn(2, 8, h, w)
             x = x.contiguous(memory_format=torch.channels_last) if nhwc else x

@@ -67,7 +67,9 @@ class FusedConvAct(nn.Module):
     activation applied as the convolution's post-op, no second pass over the output), through
     ``torch.ops.mkldnn._convolution_pointwise``, the op PyTorch's inductor fuses into. Same
     results as the two modules. Under CPU autocast it runs in the autocast dtype (its weights
-    cast once per dtype and kept: for inference copies, whose weights do not change).
+    cast once per dtype and kept: for inference copies, whose weights do not change). A
+    convolution with a size-dependent "SAME" padding (``same_padding``, the EfficientNet's
+    strided ones) gets it without a padded copy of its input (:meth:`_same_padded`).
     Elsewhere (CUDA, gradients needed, no oneDNN) it runs the two modules."""
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module | None):
@@ -124,13 +126,14 @@ class FusedConvAct(nn.Module):
         bottom row / right column is due, the output's last row / column (the only ones that
         read it) comes from a second call on the few input rows / columns it reads."""
         conv = self.conv
-        (s, _), (k, kw), (d, dw) = conv.stride, conv.kernel_size, conv.dilation
-        keff, kweff = (k - 1) * d + 1, (kw - 1) * dw + 1
+        (sh, sw), (kh, kw), (dh, dw) = conv.stride, conv.kernel_size, conv.dilation
+        kh, kw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # the dilated extents
         ih, iw = x.shape[-2:]
-        if ih + 2 * pt < keff or iw + 2 * pl < kweff:  # tiny input: pad it
+        if min(ih + 2 * pt, ih + pb) < kh or min(iw + 2 * pl, iw + pr) < kw:
+            # tiny input: the symmetric call would be empty or the last row start before row 0
             return self._onednn(F.pad(x, [pl, pr, pt, pb]), dtype, 0, 0)
         main = self._onednn(x, dtype, pt, pl)
-        oh, ow = (ih + pt + pb - keff) // s + 1, (iw + pl + pr - kweff) // conv.stride[1] + 1
+        oh, ow = (ih + pt + pb - kh) // sh + 1, (iw + pl + pr - kw) // sw + 1
         mh, mw = main.shape[-2:]
         if (mh, mw) == (oh, ow):
             return main
@@ -138,14 +141,11 @@ class FusedConvAct(nn.Module):
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         out = torch.empty(main.shape[:2] + (oh, ow), dtype=main.dtype, memory_format=fmt)
         out[..., :mh, :mw] = main
-        if mh < oh:  # the last row reads input rows r0.. and the bottom padding
-            r0 = (oh - 1) * s - pt
-            out[..., oh - 1 :, :] = self._onednn(
-                F.pad(x[..., r0:, :], [pl, pr, 0, pb]), dtype, 0, 0
-            )
+        if mh < oh:  # the last row reads input rows r0.. (r0 = ih + pb - kh) and the bottom pad
+            row = F.pad(x[..., (oh - 1) * sh - pt :, :], [pl, pr, 0, pb])
+            out[..., oh - 1 :, :] = self._onednn(row, dtype, 0, 0)
         if mw < ow:  # the last column (every row)
-            c0 = (ow - 1) * conv.stride[1] - pl
-            col = F.pad(x[..., c0:], [0, pr, pt, pb])
+            col = F.pad(x[..., (ow - 1) * sw - pl :], [0, pr, pt, pb])
             out[..., :, ow - 1 :] = self._onednn(col, dtype, 0, 0)
         return out
 
