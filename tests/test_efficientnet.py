@@ -298,7 +298,7 @@ def test_fused_strided_same_padding_without_a_padded_copy(kernel, groups, monkey
                 out = fused(x)
             assert out.shape == ref.shape == (2, 8, math.ceil(h / 2), math.ceil(w / 2))
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-            if min(h, w) > kernel:
+            if min(h, w) > 4 * kernel:
                 assert sum(padded) < x.numel() / 2, (h, w)  # a few rows and columns at most
 
 
