@@ -175,8 +175,9 @@ def main(argv=None) -> list[dict]:
     args, cfg, names, dicts = sweep.sweep_setup(ap, argv)
     if not args.weights and not args.mask_boundaries:
         ap.error("--weights is required (unless --mask-boundaries)")
-    models = [WSSSTrainer.build_model(cfg).eval() for _ in args.weights or [None]]
-    for m, w in zip(models, [] if args.mask_boundaries else args.weights):
+    weights = [] if args.mask_boundaries else args.weights  # the masks: no IRNet to load
+    models = [WSSSTrainer.build_model(cfg).eval() for _ in weights or [None]]
+    for m, w in zip(models, weights):
         load_model_weights(m, w)
     model = models[0]
     base = WalkParams.from_config(cfg)
