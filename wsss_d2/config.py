@@ -70,6 +70,12 @@ def add_wsss_config(cfg: CN) -> None:
     _C.MODEL.CAM.TEST_SCALES = (1.0,)  # inference: input scales whose CAMs are summed
     _C.MODEL.CAM.TEST_FLIP = False  # inference: also sum the horizontally flipped CAMs
     _C.MODEL.CAM.LOSS_WEIGHT = 1.0  # weight of the multi-label soft-margin loss
+    # ReCAM (Chen et al., CVPR 2022): META_ARCHITECTURE "ReCAM", trained from a CAM model
+    _C.MODEL.RECAM = CN()
+    _C.MODEL.RECAM.LOSS_WEIGHT = 1.0  # weight of the cross-entropy on CAM-pooled features
+    # inference: "recam" = ReLU((W_re * W) F), the re-activated maps (official); "cam" = the
+    # same network's plain CAMs ReLU(W F)
+    _C.MODEL.RECAM.TEST_CAMS = "recam"
     _C.SOLVER.HEAD_LR_MULT = 1.0  # lr multiplier of every parameter outside model.backbone
     # (("name prefix", mult), ...): lr multiplier of the parameters whose name starts with the
     # prefix (first match wins; takes precedence over HEAD_LR_MULT), e.g. IRN's 10x displacement

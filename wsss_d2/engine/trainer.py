@@ -28,6 +28,7 @@ from ..data.build import build_train_loader
 from ..data.mappers import build_mapper
 from ..evaluation.registry import build_evaluators
 from ..modeling.checkpoint import WSSSCheckpointer
+from ..modeling.utils import unwrap_model
 from .grad_clip import add_full_model_gradient_clipping
 from .hooks import build_hooks_from_config
 
@@ -206,6 +207,11 @@ class WSSSTrainer(DefaultTrainer):
                 )
             self.checkpointer.strict = True
         else:
+            needs = getattr(unwrap_model(self.model), "REQUIRES_WEIGHTS", "")
+            if needs and not self.cfg.MODEL.WEIGHTS:
+                raise ValueError(
+                    f"{self.cfg.MODEL.META_ARCHITECTURE} starts from {needs}: set MODEL.WEIGHTS"
+                )
             check_weights_exist(self.cfg.MODEL.WEIGHTS)
             self.checkpointer.strict = False
         super().resume_or_load(resume=resume)

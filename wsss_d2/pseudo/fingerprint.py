@@ -181,7 +181,10 @@ def cam_fingerprint(cfg, model: torch.nn.Module, engine, meta: dict | None = Non
     the inference protocol. Config keys that do not change the CAMs (new defaults elsewhere,
     label thresholds) are left out, so adding a key to the config does not invalidate caches."""
     shapes = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
+    # a model whose CAMs depend on an inference switch names it (ReCAM: re-activated or plain)
+    settings = getattr(unwrap_model(model), "cam_settings", None)
     return {
+        **(settings() if callable(settings) else {}),
         **engine.fingerprint(next(model.parameters()).device),
         "model": type(model).__name__,
         "structure": hashlib.sha1(shapes.encode()).hexdigest()[:12],
