@@ -1,9 +1,9 @@
 """ReCAM: class re-activation maps, a softmax cross-entropy on CAM-pooled features.
 
 Chen, Wang, Wang & Sun, "Class Re-Activation Maps for Weakly-Supervised Semantic Segmentation",
-CVPR 2022 (official code: zhaozhengChen/ReCAM). The multi-label soft-margin loss of the CAM
-classifier lets the classes of an image share pixels (each class is a separate binary problem),
-so CAMs of co-occurring classes and their context overlap. ReCAM keeps the trained CAM network
+CVPR 2022 (official code: zhaozhengChen/ReCAM). The paper's argument: the multi-label
+soft-margin loss of the CAM classifier makes every class a separate binary problem, so nothing
+keeps the CAMs of co-occurring classes and of their context apart. ReCAM keeps the trained CAM network
 and adds, for every class ``k`` an image is tagged with, a *single-label* problem: the backbone
 features pooled under the image's normalised CAM of ``k``,
 
@@ -79,7 +79,7 @@ class ReCAM(CAMClassifier):
 
     Training output: ``{"loss_cls", "loss_recam"}``. Inference: as :class:`CAMClassifier`, with
     :meth:`cam_logits` using the product weight; ``MODEL.RECAM.TEST_CAMS "cam"`` gives the plain
-    CAMs of the same network instead (the paper's "CAM" column for the fine-tuned model).
+    CAMs of the same network instead.
     """
 
     # training refuses to start without MODEL.WEIGHTS (WSSSTrainer.resume_or_load)
