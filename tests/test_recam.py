@@ -6,13 +6,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tag_inputs
+from conftest import MINI_TOY_OPTS, REPO, load_script, tag_inputs
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from wsss_d2.engine.trainer import WSSSTrainer
 from wsss_d2.modeling.backbone import TinyBackbone
 from wsss_d2.modeling.meta_arch import CAMClassifier
 from wsss_d2.modeling.meta_arch.recam import ReCAM, recam_cross_entropy
+from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
+from wsss_d2.pseudo.make_round import cam_fingerprint
 
 
 def _kw():
@@ -106,8 +111,6 @@ def test_voc_mini_config_is_the_official_recipe(cfg_factory):
 
 
 def test_head_only_config_trains_only_the_recam_classifier(cfg_factory):
-    from wsss_d2.engine.trainer import WSSSTrainer
-
     cfg = cfg_factory(
         "configs/voc_mini/recam_head_crop320.yaml",
         "MODEL.EFFICIENTNET.PRETRAINED", "False", "MODEL.WEIGHTS", "",
@@ -125,13 +128,6 @@ def test_train_net_from_a_cam_run_then_labels_fingerprint(tmp_path, cfg_factory)
     """tools/train_net.py: a CAM run, then ReCAM from its weights with the head-only recipe (the
     CAM network unchanged, W_re trained, CAMs evaluated); the CAM files' fingerprint tells the
     re-activated maps from the plain ones."""
-    from conftest import MINI_TOY_OPTS, REPO, load_script
-    from detectron2.engine import default_argument_parser
-    from detectron2.modeling import build_model
-
-    from wsss_d2.pseudo.cam_inference import CAMInferenceEngine
-    from wsss_d2.pseudo.make_round import cam_fingerprint
-
     main = load_script("tools/train_net.py").main
     cfg_file = str(REPO / "configs" / "cam_toy.yaml")
     cam_dir, re_dir = str(tmp_path / "cam"), str(tmp_path / "recam")
@@ -158,9 +154,6 @@ def test_train_net_from_a_cam_run_then_labels_fingerprint(tmp_path, cfg_factory)
 
 
 def test_training_without_a_cam_model_is_refused(tmp_path):
-    from conftest import MINI_TOY_OPTS, REPO, load_script
-    from detectron2.engine import default_argument_parser
-
     main = load_script("tools/train_net.py").main
     args = default_argument_parser().parse_args(
         ["--config-file", str(REPO / "configs" / "cam_toy.yaml"), *MINI_TOY_OPTS,

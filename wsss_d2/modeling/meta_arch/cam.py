@@ -8,7 +8,7 @@ ReLU of the classifier applied at every pixel, normalised per image by its maxim
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,18 @@ from torch import nn
 
 from ..test_time import multiscale_flip_sum
 
-__all__ = ["CAMClassifier", "normalize_cams"]
+__all__ = ["CAMClassifier", "CAMStep", "normalize_cams"]
+
+
+class CAMStep(NamedTuple):
+    """What :meth:`CAMClassifier.classification_step` computes, for the losses built on it."""
+
+    images: ImageList  # normalised, padded
+    tags: torch.Tensor  # (N, K) multi-hot
+    features: torch.Tensor  # (N, C, h, w) of ``in_feature``
+    logits: torch.Tensor  # (N, K, h, w) CAM scores before ReLU
+    valid: torch.Tensor  # (N, 1, h, w) non-padded region
+    loss_cls: torch.Tensor  # the weighted multi-label soft-margin loss
 
 
 def normalize_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -135,15 +146,22 @@ class CAMClassifier(nn.Module):
         """Multi-label soft-margin loss (N, K) x (N, K) -> scalar."""
         return F.multilabel_soft_margin_loss(scores, targets)
 
+    def classification_step(self, batched_inputs: list[dict]) -> CAMStep:
+        """The training forward every CAM model starts with: features, CAM scores, their
+        (masked) pooling and the weighted classification loss."""
+        images = self.preprocess_image(batched_inputs)
+        tags = self.tag_targets(batched_inputs)
+        features = self.extract_features(images.tensor)
+        logits = self.cam_logits(features)
+        valid = self.valid_mask(images, logits.shape[-2:])
+        loss = self.loss_weight * self.classification_loss(self.pool(logits, valid), tags)
+        return CAMStep(images, tags, features, logits, valid, loss)
+
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        targets = self.tag_targets(batched_inputs)
-        logits = self.cam_logits(self.extract_features(images.tensor))
-        scores = self.pool(logits, self.valid_mask(images, logits.shape[-2:]))
-        return {"loss_cls": self.loss_weight * self.classification_loss(scores, targets)}
+        return {"loss_cls": self.classification_step(batched_inputs).loss_cls}
 
     @torch.no_grad()
     def multiscale_cams(

@@ -353,14 +353,9 @@ class PLDA(CAMClassifier):
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        tags = self.tag_targets(batched_inputs)
+        images, tags, features, logits, valid, loss_cls = self.classification_step(batched_inputs)
         x = images.tensor
-        features = self.extract_features(x)
-        logits = self.cam_logits(features)
-        valid = self.valid_mask(images, logits.shape[-2:])
-        scores = self.pool(logits, valid)
-        losses = {"loss_cls": self.loss_weight * self.classification_loss(scores, tags)}
+        losses = {"loss_cls": loss_cls}
         if not (self.adv_on or self.cps_on):
             return losses
 

@@ -116,22 +116,13 @@ class ReCAM(CAMClassifier):
         inference the re-activated scores ``(W_re * W) F`` (or the plain ones with
         ``test_recam=False``)."""
         if self.training or not self.test_recam:
-            return self.classifier(features)
+            return super().cam_logits(features)
         return F.conv2d(features, self.recam_weight())
 
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        targets = self.tag_targets(batched_inputs)
-        features = self.extract_features(images.tensor)
-        logits = self.classifier(features)
-        mask = self.valid_mask(images, logits.shape[-2:])
-        scores = self.pool(logits, mask)
-        loss_re = recam_cross_entropy(
-            features, logits, mask, targets, self.recam_classifier.weight.flatten(1)
-        )
-        return {
-            "loss_cls": self.loss_weight * self.classification_loss(scores, targets),
-            "loss_recam": self.recam_loss_weight * loss_re,
-        }
+        _, tags, features, logits, valid, loss_cls = self.classification_step(batched_inputs)
+        w_re = self.recam_classifier.weight.flatten(1)
+        loss_re = recam_cross_entropy(features, logits, valid, tags, w_re)
+        return {"loss_cls": loss_cls, "loss_recam": self.recam_loss_weight * loss_re}
