@@ -8,13 +8,14 @@ once per (beta, exp_times) of the grid (:func:`wsss_d2.pseudo.irn_round.walk_bat
 an IRN round) and scores every threshold against the ground truth of the images the tags train on
 (the WSSS protocol: never the validation set), so that the band and IRN are compared at their best
 settings. ``--betas`` / ``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes
-the labels, not the walk) default to the config's values.
+the labels, not the walk) / ``--bg-powers`` (``MODEL.IRN.WALK_BG_POWER``: with a walked background
+the thresholds scale it) default to the config's values.
 
     python benchmarks/sweep_irn_bg.py --config-file configs/voc_mini/irn.yaml \
         --weights output/voc_mini/irn/model_final.pth \
         --cam-dir output/voc_mini/band/pseudo_labels/cams/round_01 \
         --thresholds 0.15 0.20 0.25 0.30 0.35 0.40 [--betas 5 10 --exp-times 6 8] \
-        [--normalize global class] [--bands] [--crf]
+        [--normalize global class] [--bg-powers 0 8] [--bands] [--crf]
 
 Printed per row, best first: mIoU, the unsure share (IRN labels have none, so their mIoU is also
 the labelled-pixel mIoU), background share of the labels against the ground truth's, background
@@ -163,6 +164,13 @@ def main(argv=None) -> list[dict]:
         "--normalize", nargs="+", choices=("global", "class"), help="MODEL.IRN.WALK_NORM values"
     )
     ap.add_argument(
+        "--bg-powers",
+        type=float,
+        nargs="+",
+        help="MODEL.IRN.WALK_BG_POWER values (0: the constant background; > 0: the walked one, "
+        "whose scale the thresholds then are)",
+    )
+    ap.add_argument(
         "--bands", action="store_true", help="also score every pair of thresholds as a band"
     )
     ap.add_argument("--crf", action="store_true", help="also score the labels after the CRF")
@@ -182,10 +190,11 @@ def main(argv=None) -> list[dict]:
     model = models[0]
     base = WalkParams.from_config(cfg)
     walks = [
-        dataclasses.replace(base, beta=b, exp_times=e, normalize=n)
+        dataclasses.replace(base, beta=b, exp_times=e, normalize=n, bg_power=p)
         for b in sorted(set(args.betas or [base.beta]))
         for e in sorted(set(args.exp_times or [base.exp_times]))
         for n in sorted(set(args.normalize or [base.normalize]))
+        for p in sorted(set(args.bg_powers or [base.bg_power]))
     ]
     mapper = build_mapper(cfg, is_train=False)
     thresholds = sorted(set(args.thresholds))
@@ -209,9 +218,9 @@ def main(argv=None) -> list[dict]:
                 with inference_autocast(next(model.parameters()).device, cfg.WSSS.PSEUDO.AMP):
                     outs = ensemble_outputs(models, inputs)
             labels = [[] for _ in batch]  # per image: (walk, threshold) labels, for the CRF
-            walked_by = {}  # (beta, exp_times) -> the walk: the normalisation does not change it
+            walked_by = {}  # (beta, exp_times, bg_power) -> the walk: not the normalisation
             for w, params in enumerate(walks):
-                key = (params.beta, params.exp_times)
+                key = (params.beta, params.exp_times, params.bg_power)
                 if key not in walked_by:
                     walked_by[key] = walk_batch(model, inputs, args.cam_dir, params, outs=outs)
                 walked = walked_by[key]
@@ -235,6 +244,7 @@ def main(argv=None) -> list[dict]:
             "beta": p.beta,
             "exp_times": p.exp_times,
             "normalize": p.normalize,
+            "bg_power": p.bg_power,
             "threshold": t,
             "unsure_threshold": u,
             "crf": bool(use_crf),
@@ -249,11 +259,13 @@ def main(argv=None) -> list[dict]:
     print(f"{len(dicts)} images of {', '.join(names)}; IRNet + {len(walks)} walk(s) in "
           f"{seconds:.0f} s (load {os.getloadavg()[0]:.2f})")  # fmt: skip
     print(
-        " beta  exp    norm  threshold  unsure  crf   mIoU  unsure%  bg share% (GT)  bg prec  bg rec"
+        " beta  exp    norm  bg pow  threshold  unsure  crf   mIoU  unsure%  bg share% (GT)  bg prec"
+        "  bg rec"
     )
     for r in rows:
         crf_col = "yes" if r["crf"] else "no"
-        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['normalize']:>7} {r['threshold']:10.2f} "
+        print(f"{r['beta']:5g} {r['exp_times']:4d} {r['normalize']:>7} {r['bg_power']:7g} "
+              f"{r['threshold']:10.2f} "
               f"{r['unsure_threshold']:7.2f} {crf_col:>4} {r['mIoU']:6.2f} {r['unsure_pct']:8.1f} "
               f"{r['bg_share_pct']:9.1f} ({r['gt_bg_share_pct']:.1f}) "
               f"{r['bg_precision']:8.1f} {r['bg_recall']:7.1f}")  # fmt: skip

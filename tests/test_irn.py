@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -295,6 +296,53 @@ def test_unsure_band_of_two_background_scores():
     assert band_label(labels[:1]).tolist() == [[5, 5, 0, 0]]  # no second score: as official
     with pytest.raises(ValueError, match="UNSURE_BG_THRES"):
         WalkParams(unsure_threshold=-0.1)
+
+
+def test_walked_background_by_hand_and_against_the_constant():
+    """``MODEL.IRN.WALK_BG_POWER``: the background channel is ``(1 - max_c cam_c) ** power``
+    (all ones without classes); walked with the CAMs it labels the side of a wall whose CAM is
+    weak background, where IRN's constant background score (0.25) gives it the class."""
+    from wsss_d2.pseudo.random_walk import background_channel
+
+    cams = torch.tensor([[[0.2, 1.0]], [[0.5, 0.0]]], dtype=torch.float64)  # 2 classes, 1 x 2
+    assert background_channel(cams, 2.0)[0, 0].tolist() == pytest.approx([0.25, 0.0])
+    assert background_channel(cams[None], 1.0).shape == (1, 1, 1, 2)
+    assert background_channel(torch.zeros(0, 3, 4), 2.0).tolist() == torch.ones(1, 3, 4).tolist()
+    cam = torch.zeros(1, 16, 16, dtype=torch.float64)
+    cam[0, :, :8] = 1.0  # the object fills the left of the wall
+    cam[0, :, 9:] = 0.4  # weak context CAM on the right
+    bg = background_channel(cam, 1.0)
+    rw = random_walk(torch.cat([cam, bg])[None], _wall()[None])[0]
+    const = walk_to_label(rw[:1], [7], 4, (64, 64), (64, 64), 0.25)
+    walked = walk_to_label(rw[:1], [7], 4, (64, 64), (64, 64), 1.0, bg=rw[1])
+    left, right = (slice(None), slice(0, 28)), (slice(None), slice(40, 64))
+    assert (const[left] == 7).all() and (const[right] == 7).all()
+    assert (walked[left] == 7).all() and (walked[right] == 0).all()
+    # the background score scales the walked channel: small enough, the class wins again
+    assert (walk_to_label(rw[:1], [7], 4, (64, 64), (64, 64), 0.5, bg=rw[1])[right] == 7).all()
+    with pytest.raises(ValueError, match="WALK_BG_POWER"):
+        WalkParams(bg_power=-1.0)
+
+
+def test_walk_batch_walks_the_background_with_the_cams(tmp_path):
+    """The walked background of :func:`walk_batch` is the walk of the background channel of the
+    image's strided CAMs alone (channels do not mix), and the classes' walk is unchanged."""
+    from wsss_d2.pseudo.irn_round import _load_cams, walk_batch
+    from wsss_d2.pseudo.random_walk import background_channel
+
+    dicts, cam_dir = _toy_set(tmp_path, n=2)
+    net = _tiny_irn().eval()
+    inputs = [_mapper()(d) for d in dicts[:1]]
+    with torch.no_grad():
+        outs = net(inputs)
+    params = WalkParams(exp_times=2)
+    (plain,) = walk_batch(net, inputs, cam_dir, params, outs=outs)
+    (wk,) = walk_batch(net, inputs, cam_dir, replace(params, bg_power=3.0), outs=outs)
+    assert plain.bg is None and torch.equal(plain.rw, wk.rw)
+    edge = outs[0]["edge"].double()
+    cams = cams_at_stride(_load_cams(cam_dir, inputs[0])[0], edge.shape, 4, wk.input_hw)
+    want = random_walk(background_channel(cams.double(), 3.0)[None], edge[None], exp_times=2)
+    assert float((wk.bg - want[0, 0]).abs().max()) < 1e-10
 
 
 def test_sparse_and_dense_walks_agree_and_batches_do_not_matter():

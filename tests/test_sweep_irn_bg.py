@@ -25,19 +25,24 @@ def test_scores_are_those_of_the_round_labels(tmp_path):
         d["sem_seg_file_name"] = str(tmp_path / f"gt{i}.png")
     net = _tiny_irn().eval()
     inputs = [_mapper()(d) for d in dicts]
-    thresholds = [0.05, 0.5, 1.0]  # 1.0: all background (ties go to it)
-    walked = walk_batch(net, inputs, cam_dir, WalkParams())
-    for norm in ("global", "class"):
-        conf = sweep.score_walk(walked, dicts, thresholds, net.stride, 4, 255, norm)
-        for t, c in zip(thresholds, conf):
-            labels = label_batch(net, inputs, cam_dir, WalkParams(bg_threshold=t, normalize=norm))
-            ref = sum(
-                _confusion_with_unsure(lab, sweep_gt, 4, 255)
-                for lab, sweep_gt in zip(labels, _gts(dicts))
-            )
-            assert np.array_equal(c, ref), (norm, t)
-        assert len({c.tobytes() for c in conf}) > 1  # the thresholds change the labels
-    row = sweep.load_sweep_rows()._row(conf[1], None)
+    thresholds = [0.05, 0.5, 1.0]  # 1.0: all background with the constant (ties go to it)
+    by_power = {}
+    for power in (0.0, 2.0):  # the constant background, the walked one (WALK_BG_POWER)
+        walked = walk_batch(net, inputs, cam_dir, WalkParams(bg_power=power))
+        for norm in ("global", "class"):
+            conf = sweep.score_walk(walked, dicts, thresholds, net.stride, 4, 255, norm)
+            for t, c in zip(thresholds, conf):
+                params = WalkParams(bg_threshold=t, normalize=norm, bg_power=power)
+                labels = label_batch(net, inputs, cam_dir, params)
+                ref = sum(
+                    _confusion_with_unsure(lab, sweep_gt, 4, 255)
+                    for lab, sweep_gt in zip(labels, _gts(dicts))
+                )
+                assert np.array_equal(c, ref), (power, norm, t)
+            assert len({c.tobytes() for c in conf}) > 1  # the thresholds change the labels
+        by_power[power] = conf
+    assert not np.array_equal(by_power[0.0], by_power[2.0])  # walking the background does
+    row = sweep.load_sweep_rows()._row(by_power[0.0][1], None)
     assert row["unsure_pct"] == 0 and row["mIoU"] == row["mIoU_labeled"]
 
 
@@ -162,8 +167,8 @@ def test_walk_with_mask_boundaries_keeps_a_peak_in_its_region(tmp_path):
     none = {"edge": torch.zeros_like(walls["edge"])}
     labels = {}
     for name, out in (("walls", walls), ("none", none)):
-        ((rw, keys, hw_in, hw_out),) = walk_batch(net, [x], cam_dir, WalkParams(), outs=[out])
-        labels[name] = walk_to_label(rw, keys, net.stride, hw_in, hw_out, 0.25)
+        (wk,) = walk_batch(net, [x], cam_dir, WalkParams(), outs=[out])
+        labels[name] = walk_to_label(wk.rw, wk.keys, net.stride, wk.input_hw, wk.out_hw, 0.25)
     assert (labels["walls"][:, :16] == 2).all() and (labels["walls"][:, 28:] == 0).all()
     assert (labels["none"] == 2).all()
 

@@ -321,6 +321,10 @@ def _add_irn_config(_C: CN) -> None:
     _C.MODEL.IRN.BETA = 10.0  # random walk: affinity = (1 - max boundary on the path) ** BETA
     _C.MODEL.IRN.EXP_TIMES = 8  # random walk: transition matrix raised to 2 ** EXP_TIMES
     _C.MODEL.IRN.SEM_SEG_BG_THRES = 0.25  # background score against the max-normalised walk
+    # > 0: the background is walked too (ours, after AffinityNet's background): a channel
+    # (1 - max over the tags' max-normalised CAMs) ** WALK_BG_POWER propagated with the CAMs, its
+    # walked score times SEM_SEG_BG_THRES is the background score; 0 = a constant (official)
+    _C.MODEL.IRN.WALK_BG_POWER = 0.0
     # "sparse" (2**EXP_TIMES sparse mat-vec steps) | "dense" (N x N matrix squared EXP_TIMES times)
     _C.MODEL.IRN.WALK_METHOD = "sparse"
     _C.MODEL.IRN.WALK_DTYPE = "float64"  # "float64" | "float32": arithmetic of the random walk

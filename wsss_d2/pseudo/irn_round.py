@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,13 +33,21 @@ from ..ops.amp import inference_autocast
 from ..ops.crf import CRFParams, crf_inference_label, local_ids
 from ..ops.pool import map_in_pool
 from ..ops.progress import Progress
-from .random_walk import WalkParams, band_label, cams_at_stride, random_walk, walk_to_label
+from .random_walk import (
+    WalkParams,
+    background_channel,
+    band_label,
+    cams_at_stride,
+    random_walk,
+    walk_to_label,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "same_size_batches",
     "irn_cam_dir",
+    "WalkedImage",
     "walk_batch",
     "walk_labels",
     "label_batch",
@@ -74,6 +82,16 @@ def _load_cams(cam_dir: str, x: dict) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(cams), keys
 
 
+class WalkedImage(NamedTuple):
+    """An image's walk (:func:`walk_batch`), what :func:`walk_labels` turns into labels."""
+
+    rw: torch.Tensor  # (k, h, w) walked CAMs of the image's tags, at the IRNet's stride
+    keys: np.ndarray  # the tags' class ids
+    input_hw: tuple[int, int]  # the network input size
+    out_hw: tuple[int, int]  # the image size
+    bg: torch.Tensor | None = None  # (h, w) walked background (MODEL.IRN.WALK_BG_POWER > 0)
+
+
 @torch.no_grad()
 def walk_batch(
     net,
@@ -82,11 +100,11 @@ def walk_batch(
     params: WalkParams,
     amp: bool = False,
     outs: list[dict] | None = None,
-) -> list[tuple]:
+) -> list[WalkedImage]:
     """IRNet boundaries + CAM files -> the walked scores, for mapped inputs of one image size:
-    per input ``(rw (k, h, w) at the IRNet's stride, keys, input_hw, out_hw)``, what
-    :func:`~wsss_d2.pseudo.random_walk.walk_to_label` turns into a label (so that several
-    background thresholds can be scored from one walk). ``amp``: the IRNet's forward in fp16
+    a :class:`WalkedImage` per input, what :func:`~wsss_d2.pseudo.random_walk.walk_to_label`
+    turns into a label (so that several background thresholds can be scored from one walk); with
+    ``params.bg_power > 0`` the background channel is walked in the same pass. ``amp``: the IRNet's forward in fp16
     autocast on CUDA (the walk itself keeps ``params.dtype``). ``outs``: the IRNet's outputs for
     ``inputs`` when the caller already has them (walks with other parameters from one forward)."""
     if outs is None:
@@ -111,6 +129,9 @@ def walk_batch(
     for i, (c, e) in enumerate(zip(cams, edges)):
         E[i, : e.shape[0], : e.shape[1]] = e
         X[i, : c.shape[0], : c.shape[1], : c.shape[2]] = c.to(device)
+    walk_bg = params.bg_power > 0
+    if walk_bg:  # padded class channels are 0: no effect on the maximum
+        X = torch.cat([X, background_channel(X, params.bg_power)], 1)
     rw = X
     if cmax > 0:
         rw = random_walk(X, E, params.radius, params.beta, params.exp_times, params.method)
@@ -118,18 +139,22 @@ def walk_batch(
     for i, x in enumerate(inputs):
         fh, fw = edges[i].shape
         hw_in, hw_out = tuple(x["image"].shape[-2:]), (int(x["height"]), int(x["width"]))
-        out.append((rw[i, : len(keys[i]), :fh, :fw], keys[i], hw_in, hw_out))
+        bg = rw[i, -1, :fh, :fw] if walk_bg else None
+        out.append(WalkedImage(rw[i, : len(keys[i]), :fh, :fw], keys[i], hw_in, hw_out, bg))
     return out
 
 
 def walk_labels(
-    walked: list[tuple], stride: int, thresholds: Sequence[float], normalize: str = "global"
+    walked: list[WalkedImage], stride: int, thresholds: Sequence[float], normalize: str = "global"
 ) -> list[list[np.ndarray]]:
     """Per image of ``walked`` (what :func:`walk_batch` returns), its label at every background
     score of ``thresholds``."""
     return [
-        [walk_to_label(rw, keys, stride, hw_in, hw_out, t, normalize) for t in thresholds]
-        for rw, keys, hw_in, hw_out in walked
+        [
+            walk_to_label(w.rw, w.keys, stride, w.input_hw, w.out_hw, t, normalize, w.bg)
+            for t in thresholds
+        ]
+        for w in walked
     ]
 
 

@@ -12,7 +12,9 @@ Ahn, Cho & Kwak, CVPR 2019 (official ``make_sem_seg_labels`` / ``propagate_to_ed
 - upsampled to the image (bilinear, x stride), divided by their maximum over classes and pixels
   (``normalize="global"``, official; ``"class"``: each class by its own maximum, ours), a constant
   background channel ``bg_threshold`` is prepended, and the arg-max over background + the image's
-  tags is the label.
+  tags is the label. Ours (``MODEL.IRN.WALK_BG_POWER > 0``): the background is walked too, a
+  channel ``(1 - max_c cam_c) ** power`` (AffinityNet's background score, Ahn & Kwak, CVPR 2018)
+  propagated with the CAMs and scaled by ``bg_threshold`` (:func:`background_channel`).
 
 Two ways to apply ``T^n`` (the same operator, float rounding apart): ``"sparse"`` multiplies the
 scores ``2^exp_times`` times by ``T`` stored as one block-diagonal CSR matrix for the whole batch
@@ -49,6 +51,7 @@ __all__ = [
     "propagate",
     "random_walk",
     "cams_at_stride",
+    "background_channel",
     "walk_to_label",
     "band_label",
 ]
@@ -72,8 +75,13 @@ class WalkParams:
     # a second background score: pixels labelled differently at it and at ``bg_threshold`` are
     # unsure (255); 0 = off, every pixel labelled (the official walk)
     unsure_threshold: float = 0.0
+    # > 0: the background is a walked channel ``(1 - max_c cam_c) ** bg_power`` (ours,
+    # :func:`background_channel`) scaled by ``bg_threshold``; 0 = the official constant
+    bg_power: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.bg_power:
+            raise ValueError(f"MODEL.IRN.WALK_BG_POWER must be >= 0, got {self.bg_power}")
         if not 0 <= self.unsure_threshold:
             raise ValueError(f"MODEL.IRN.UNSURE_BG_THRES must be >= 0, got {self.unsure_threshold}")
         if self.normalize not in WALK_NORMS:
@@ -101,6 +109,7 @@ class WalkParams:
             dtype=c.WALK_DTYPE,
             normalize=c.WALK_NORM,
             unsure_threshold=c.UNSURE_BG_THRES,
+            bg_power=c.WALK_BG_POWER,
         )
 
     def to_dict(self) -> dict:
@@ -260,6 +269,19 @@ def cams_at_stride(
     return x / (x.flatten(1).amax(1)[:, None, None] + 1e-5)
 
 
+def background_channel(cams: torch.Tensor, power: float) -> torch.Tensor:
+    """(..., k, h, w) max-normalised CAMs -> (..., 1, h, w) background ``(1 - max_c cam_c) ** power``.
+
+    AffinityNet's background score (Ahn & Kwak, CVPR 2018), walked with the CAMs when
+    ``MODEL.IRN.WALK_BG_POWER > 0`` (ours): the background then spreads inside the regions the
+    boundaries enclose as the classes do, instead of IRN's constant score after the walk. No
+    classes (``k = 0``): all ones.
+    """
+    if cams.shape[-3] == 0:
+        return cams.new_ones(*cams.shape[:-3], 1, *cams.shape[-2:])
+    return (1 - cams.amax(-3, keepdim=True)).clamp(min=0) ** power
+
+
 def walk_to_label(
     rw: torch.Tensor,
     keys: Sequence[int],
@@ -268,6 +290,7 @@ def walk_to_label(
     out_hw: tuple[int, int],
     bg_threshold: float = 0.25,
     normalize: str = "global",
+    bg: torch.Tensor | None = None,
 ) -> np.ndarray:
     """(k, h, w) walked scores of classes ``keys`` -> (H, W) uint8 label (0 background).
 
@@ -275,24 +298,29 @@ def walk_to_label(
     differs, divided by the maximum (``"global"``: over classes and pixels, the official
     ``make_sem_seg_labels``; ``"class"``: each class by its own, so a class whose walked scores
     are weaker than another tag's is not pushed under the background), background
-    ``bg_threshold`` first, arg-max (ties go to the background). No tags, or nothing left after
-    the walk: all background.
+    ``bg_threshold`` first, arg-max (ties go to the background). ``bg``: an (h, w) walked
+    background (``MODEL.IRN.WALK_BG_POWER``, :func:`background_channel`), resized as the classes
+    and divided by their global maximum, times ``bg_threshold``, instead of the constant. No
+    tags, or nothing left after the walk: all background.
     """
     ids = np.concatenate([[0], np.asarray(keys, dtype=np.int64)])
     if len(keys) == 0:
         return np.zeros(out_hw, dtype=np.uint8)
-    up = F.interpolate(rw[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
+    if normalize not in WALK_NORMS:
+        raise ValueError(f"normalize must be one of {WALK_NORMS}, got {normalize}")
+    x = rw if bg is None else torch.cat([bg[None].to(rw.dtype), rw])
+    up = F.interpolate(x[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
     up = up[:, : input_hw[0], : input_hw[1]]
     if tuple(input_hw) != tuple(out_hw):
         up = F.interpolate(up[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
-    if normalize not in WALK_NORMS:
-        raise ValueError(f"normalize must be one of {WALK_NORMS}, got {normalize}")
+    back, up = (None, up) if bg is None else (up[:1], up[1:])
     top = up.max()
     if not top > 0:
         return np.zeros(out_hw, dtype=np.uint8)
     peak = up.flatten(1).amax(1)[:, None, None] if normalize == "class" else top
+    back = torch.full_like(up[:1], bg_threshold) if back is None else bg_threshold * back / top
     # a class with nothing left (peak 0) stays at 0, under any background score
-    scores = torch.cat([torch.full_like(up[:1], bg_threshold), up / peak.clamp_min(1e-12)])
+    scores = torch.cat([back, up / peak.clamp_min(1e-12)])
     return ids[scores.argmax(0).cpu().numpy()].astype(np.uint8)
 
 
