@@ -104,9 +104,10 @@ def walk_batch(
     """IRNet boundaries + CAM files -> the walked scores, for mapped inputs of one image size:
     a :class:`WalkedImage` per input, what :func:`~wsss_d2.pseudo.random_walk.walk_to_label`
     turns into a label (so that several background thresholds can be scored from one walk); with
-    ``params.bg_power > 0`` the background channel is walked in the same pass. ``amp``: the IRNet's forward in fp16
-    autocast on CUDA (the walk itself keeps ``params.dtype``). ``outs``: the IRNet's outputs for
-    ``inputs`` when the caller already has them (walks with other parameters from one forward)."""
+    ``params.bg_power > 0`` the background channel is walked in the same pass. ``amp``: the
+    IRNet's forward in fp16 autocast on CUDA (the walk itself keeps ``params.dtype``). ``outs``:
+    the IRNet's outputs for ``inputs`` when the caller already has them (walks with other
+    parameters from one forward)."""
     if outs is None:
         with inference_autocast(next(net.parameters()).device, amp):
             outs = net(inputs)

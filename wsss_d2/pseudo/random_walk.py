@@ -270,7 +270,7 @@ def cams_at_stride(
 
 
 def background_channel(cams: torch.Tensor, power: float) -> torch.Tensor:
-    """(..., k, h, w) max-normalised CAMs -> (..., 1, h, w) background ``(1 - max_c cam_c) ** power``.
+    """(..., k, h, w) max-normalised CAMs -> (..., 1, h, w) ``(1 - max_c cam_c) ** power``.
 
     AffinityNet's background score (Ahn & Kwak, CVPR 2018), walked with the CAMs when
     ``MODEL.IRN.WALK_BG_POWER > 0`` (ours): the background then spreads inside the regions the
