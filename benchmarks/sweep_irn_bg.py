@@ -4,8 +4,8 @@ optionally the walk's ``MODEL.IRN.BETA`` and ``MODEL.IRN.EXP_TIMES``.
 
 IRN's labels are the arg-max of ``[threshold, walked CAMs / their maximum]``; the walk itself does
 not depend on the threshold. This script runs the trained IRNet once per image and the random walk
-once per (beta, exp_times) of the grid (:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of
-an IRN round) and scores every threshold against the ground truth of the images the tags train on
+once per (beta, exp_times, bg_power) of the grid (:func:`wsss_d2.pseudo.irn_round.walk_batch`,
+the code of an IRN round) and scores every threshold against the ground truth of the images the tags train on
 (the WSSS protocol: never the validation set), so that the band and IRN are compared at their best
 settings. ``--betas`` / ``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes
 the labels, not the walk) / ``--bg-powers`` (``MODEL.IRN.WALK_BG_POWER``: with a walked background
