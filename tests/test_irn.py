@@ -324,6 +324,24 @@ def test_walked_background_by_hand_and_against_the_constant():
         WalkParams(bg_power=-1.0)
 
 
+def test_walked_background_unsure_band(tmp_path):
+    """``UNSURE_BG_THRES`` with a walked background is its second scale: the round's unsure
+    pixels are those labelled differently at the two scales, the others keep the first scale's
+    label (``configs/voc_mini/irn_crop320_bgwalk_band.yaml``)."""
+    from wsss_d2.pseudo.irn_round import label_batch, walk_batch, walk_labels
+
+    dicts, cam_dir = _toy_set(tmp_path, n=2)
+    net = _tiny_irn().eval()
+    inputs = [_mapper()(d) for d in dicts[:1]]
+    params = WalkParams(exp_times=2, bg_power=2.0, bg_threshold=1.5, unsure_threshold=0.5)
+    (label,) = label_batch(net, inputs, cam_dir, params)
+    ((hi, lo),) = walk_labels(walk_batch(net, inputs, cam_dir, params), net.stride, (1.5, 0.5))
+    differ = hi != lo
+    assert differ.any() and (~differ).any()  # both kinds of pixel are checked
+    assert np.array_equal(label == 255, differ)
+    assert np.array_equal(label[~differ], hi[~differ])
+
+
 def test_walk_batch_walks_the_background_with_the_cams(tmp_path):
     """The walked background of :func:`walk_batch` is the walk of the background channel of the
     image's strided CAMs alone (channels do not mix), and the classes' walk is unchanged."""
