@@ -2,12 +2,13 @@
 """Choose IRN's background threshold (``MODEL.IRN.SEM_SEG_BG_THRES``) on the training masks, and
 optionally the walk's ``MODEL.IRN.BETA`` and ``MODEL.IRN.EXP_TIMES``.
 
-IRN's labels are the arg-max of ``[threshold, walked CAMs / their maximum]``; the walk itself does
-not depend on the threshold. This script runs the trained IRNet once per image and the random walk
-once per (beta, exp_times, bg_power) of the grid (:func:`wsss_d2.pseudo.irn_round.walk_batch`,
-the code of an IRN round) and scores every threshold against the ground truth of the images the tags train on
-(the WSSS protocol: never the validation set), so that the band and IRN are compared at their best
-settings. ``--betas`` / ``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes
+IRN's labels are the arg-max of ``[threshold, walked CAMs / their maximum]`` (with a walked
+background, ``threshold * walked background / that maximum`` instead of the constant); the walk
+itself does not depend on the threshold. This script runs the trained IRNet once per image and the
+random walk once per (beta, exp_times, bg_power) of the grid
+(:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of an IRN round) and scores every threshold
+against the ground truth of the images the tags train on (the WSSS protocol: never the validation
+set), so that the band and IRN are compared at their best settings. ``--betas`` / ``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes
 the labels, not the walk) / ``--bg-powers`` (``MODEL.IRN.WALK_BG_POWER``: with a walked background
 the thresholds scale it) default to the config's values.
 
@@ -259,8 +260,8 @@ def main(argv=None) -> list[dict]:
     print(f"{len(dicts)} images of {', '.join(names)}; IRNet + {len(walks)} walk(s) in "
           f"{seconds:.0f} s (load {os.getloadavg()[0]:.2f})")  # fmt: skip
     print(
-        " beta  exp    norm  bg pow  threshold  unsure  crf   mIoU  unsure%  bg share% (GT)  bg prec"
-        "  bg rec"
+        " beta  exp    norm  bg pow  threshold  unsure  crf   mIoU  unsure%  bg share% (GT)"
+        "  bg prec  bg rec"
     )
     for r in rows:
         crf_col = "yes" if r["crf"] else "no"
