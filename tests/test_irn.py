@@ -201,6 +201,35 @@ def test_boundary_context_convs_switch():
     assert len(build_model(cfg).edge_head.context) == 3  # conv, GroupNorm, ReLU
 
 
+def test_boundary_test_scales():
+    """``MODEL.IRN.TEST_SCALES`` (ours): the boundary logits of each scale, resampled to the
+    stride grid of the image, averaged; the displacement stays scale 1's."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    img = torch.randint(0, 255, (3, 37, 45), generator=g).to(torch.uint8)
+    one = _tiny_irn().eval()([{"image": img}])[0]
+    same = _tiny_irn(test_scales=(1.0, 1.0)).eval()([{"image": img}])[0]
+    torch.testing.assert_close(same["edge"], one["edge"])
+    torch.testing.assert_close(same["dp"], one["dp"])
+    # by hand: the image at x2 through the scale-1 network, its logits resampled to the grid
+    net = _tiny_irn(test_scales=(1.0, 2.0)).eval()
+    two = net([{"image": img}])[0]
+    big = F.interpolate(img[None].float(), size=(74, 90), mode="bilinear", align_corners=False)
+    e2 = torch.logit(_tiny_irn().eval()([{"image": big[0]}])[0]["edge"], eps=0)
+    e2 = F.interpolate(e2[None, None], size=(10, 12), mode="bilinear", align_corners=False)[0, 0]
+    e1 = torch.logit(one["edge"], eps=0)
+    torch.testing.assert_close(two["edge"], torch.sigmoid((e1 + e2) / 2), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(two["edge"], one["edge"], atol=1e-4)
+    torch.testing.assert_close(two["dp"], one["dp"])
+    # without scale 1 the displacement still comes from a scale-1 pass
+    only2 = _tiny_irn(test_scales=(2.0,)).eval()([{"image": img}])[0]
+    torch.testing.assert_close(only2["edge"], torch.sigmoid(e2), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(only2["dp"], one["dp"])
+    with pytest.raises(ValueError, match="TEST_SCALES"):
+        _tiny_irn(test_scales=(1.0, 0.0))
+
+
 @pytest.mark.parametrize(
     "config,opts",
     [

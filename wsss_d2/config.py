@@ -317,6 +317,8 @@ def _add_irn_config(_C: CN) -> None:
     _C.MODEL.IRN.DP_LOSS_WEIGHT = 1.0  # weight of the two displacement losses
     _C.MODEL.IRN.TEST_FLIP = True  # inference: average the boundary logits with the flipped image's
     _C.MODEL.IRN.TEST_PAD_SIZE = 512  # inference: pad images to this square (official: crop 512)
+    # inference: image scales whose boundary logits are averaged (ours; (1.0,) = official)
+    _C.MODEL.IRN.TEST_SCALES = (1.0,)
     _C.MODEL.IRN.RADIUS = 5  # random walk: affinities between pixels closer than this (stride 4)
     _C.MODEL.IRN.BETA = 10.0  # random walk: affinity = (1 - max boundary on the path) ** BETA
     _C.MODEL.IRN.EXP_TIMES = 8  # random walk: transition matrix raised to 2 ** EXP_TIMES

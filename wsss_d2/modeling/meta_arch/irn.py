@@ -142,6 +142,7 @@ class IRNet(nn.Module):
         dp_loss_weight: float = 1.0,
         test_flip: bool = True,
         test_pad_size: int = 512,
+        test_scales: Sequence[float] = (1.0,),
         ignore_value: int = 255,
     ):
         super().__init__()
@@ -160,6 +161,9 @@ class IRNet(nn.Module):
         self.dp_loss_weight = float(dp_loss_weight)
         self.test_flip = bool(test_flip)
         self.test_pad_size = int(test_pad_size)
+        self.test_scales = tuple(float(t) for t in test_scales)
+        if not self.test_scales or min(self.test_scales) <= 0:
+            raise ValueError(f"MODEL.IRN.TEST_SCALES must be positive scales, got {test_scales}")
         self.ignore_value = int(ignore_value)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -187,6 +191,7 @@ class IRNet(nn.Module):
             "dp_loss_weight": c.DP_LOSS_WEIGHT,
             "test_flip": c.TEST_FLIP,
             "test_pad_size": c.TEST_PAD_SIZE,
+            "test_scales": c.TEST_SCALES,
             "ignore_value": cfg.MODEL.IGNORE_VALUE,
         }
 
@@ -253,19 +258,23 @@ class IRNet(nn.Module):
             "loss_dp_bg": d * t["dp_bg"] / 2,
         }
 
-    @torch.no_grad()
-    def inference(self, batched_inputs: list[dict]) -> list[dict]:
-        """``[{"edge": (h, w), "dp": (2, h, w)}]`` at stride ``self.stride`` of each input image.
-
-        Every image is padded (with the mean) to ``test_pad_size`` (or its own size if larger),
-        as the official inference pads to the training crop; with ``test_flip`` the flipped image
-        (flipped before padding) is run in the same pass and its boundary logits, flipped back,
-        are averaged with the image's; the displacement is the unflipped image's.
-        """
-        sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
+    def _edge_logits_at(
+        self, images: list[torch.Tensor], scale: float, grids: list[tuple[int, int]]
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Boundary logits of normalised ``images`` resized by ``scale`` (flip-averaged with
+        ``test_flip``), each resampled to its ``grids`` cell (the stride grid of the unscaled
+        image); the displacements too at scale 1 (None otherwise)."""
+        if scale != 1.0:
+            images = [
+                F.interpolate(
+                    im[None],
+                    size=(max(1, round(im.shape[-2] * scale)), max(1, round(im.shape[-1] * scale))),
+                    mode="bilinear",
+                    align_corners=False,
+                )[0]
+                for im in images
+            ]
+        sizes = [tuple(im.shape[-2:]) for im in images]
         if self.test_flip:
             images = images + [im.flip(-1) for im in images]
         H = max(max(s[0] for s in sizes), self.test_pad_size)
@@ -273,12 +282,44 @@ class IRNet(nn.Module):
         x = ImageList.from_tensors(images, self.backbone.size_divisibility).tensor
         x = F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]))
         edge, dp = self.predict(x)
-        n = len(batched_inputs)
+        n = len(sizes)
         out = []
-        for i, (h, w) in enumerate(sizes):
+        for i, ((h, w), grid) in enumerate(zip(sizes, grids)):
             fh, fw = (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
             e = edge[i, 0, :fh, :fw]
             if self.test_flip:
                 e = (e + edge[n + i, 0, :fh, :fw].flip(-1)) / 2
-            out.append({"edge": torch.sigmoid(e), "dp": dp[i, :, :fh, :fw]})
-        return out
+            if (fh, fw) != grid:
+                e = F.interpolate(e[None, None], size=grid, mode="bilinear", align_corners=False)
+                e = e[0, 0]
+            out.append(e)
+        return out, (dp if scale == 1.0 else None)
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: list[dict]) -> list[dict]:
+        """``[{"edge": (h, w), "dp": (2, h, w)}]`` at stride ``self.stride`` of each input image.
+
+        Every image is padded (with the mean) to ``test_pad_size`` (or its own size if larger),
+        as the official inference pads to the training crop; with ``test_flip`` the flipped image
+        (flipped before padding) is run in the same pass and its boundary logits, flipped back,
+        are averaged with the image's; the displacement is the unflipped image's. With several
+        ``test_scales`` (ours; the official network runs scale 1 only) the boundary logits of
+        every scale, resampled to the stride grid of the image, are averaged too; the
+        displacement is scale 1's (a scale-1 pass of its own when 1 is not among them).
+        """
+        sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
+        grids = [((h - 1) // self.stride + 1, (w - 1) // self.stride + 1) for h, w in sizes]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        edges, dp = None, None
+        for scale in self.test_scales:
+            e, d = self._edge_logits_at(images, scale, grids)
+            edges = e if edges is None else [a + b for a, b in zip(edges, e)]
+            if dp is None and d is not None:
+                dp = [d[i, :, :fh, :fw] for i, (fh, fw) in enumerate(grids)]
+        if dp is None:  # no scale 1: the displacements of a scale-1 pass
+            _, d = self._edge_logits_at(images, 1.0, grids)
+            dp = [d[i, :, :fh, :fw] for i, (fh, fw) in enumerate(grids)]
+        k = len(self.test_scales)
+        return [{"edge": torch.sigmoid(e / k), "dp": d} for e, d in zip(edges, dp)]
