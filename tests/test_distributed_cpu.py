@@ -71,6 +71,45 @@ def test_launched_function_closes_its_process_group(tmp_path, fails):
             dist.destroy_process_group()
 
 
+def test_spawned_worker_ends_at_once_after_the_close(tmp_path, monkeypatch):
+    """A spawned rank ends with ``os._exit(0)`` once its group is destroyed and its logs flushed
+    (the teardown with a DDP model's gloo threads alive can abort it); a failing body raises
+    before any exit, and one process (no spawn) runs the function without exiting."""
+    import logging
+
+    import torch.distributed as dist
+
+    from wsss_d2.engine import launch as launch_mod
+
+    class Exited(Exception):
+        pass
+
+    events = []
+
+    def fake_exit(code):
+        events.append(("exit", code, dist.is_initialized()))
+        raise Exited
+
+    monkeypatch.setattr(launch_mod.os, "_exit", fake_exit)
+    monkeypatch.setattr(logging, "shutdown", lambda: events.append(("logs flushed",)))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        with pytest.raises(Exited):
+            launch_mod._run_close_and_exit(lambda x: events.append(("body", x)), 7)
+        assert events == [("body", 7), ("logs flushed",), ("exit", 0, False)]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    events.clear()
+    with pytest.raises(RuntimeError, match="body failed"):
+        launch_mod._run_close_and_exit(lambda: (_ for _ in ()).throw(RuntimeError("body failed")))
+    assert events == []
+    launch_mod.launch(lambda x: events.append(("body", x)), 1, args=(3,))
+    assert events == [("body", 3)]  # in this process, no exit
+
+
 def test_pipeline_stage_on_two_ranks_reports_rank_zeros_results(tmp_path):
     """``run_pipeline --num-gpus 2``: the stage's ranks are spawned processes, so the results
     come back through the stage folder (the stage is chosen by them: ``round_from`` lists)."""
