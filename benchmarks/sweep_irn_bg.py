@@ -8,9 +8,10 @@ itself does not depend on the threshold. This script runs the trained IRNet once
 random walk once per (beta, exp_times, bg_power) of the grid
 (:func:`wsss_d2.pseudo.irn_round.walk_batch`, the code of an IRN round) and scores every threshold
 against the ground truth of the images the tags train on (the WSSS protocol: never the validation
-set), so that the band and IRN are compared at their best settings. ``--betas`` / ``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes
-the labels, not the walk) / ``--bg-powers`` (``MODEL.IRN.WALK_BG_POWER``: with a walked background
-the thresholds scale it) default to the config's values.
+set), so that the band and IRN are compared at their best settings. ``--betas`` /
+``--exp-times`` / ``--normalize`` (``MODEL.IRN.WALK_NORM``, which changes the labels, not the
+walk) / ``--bg-powers`` (``MODEL.IRN.WALK_BG_POWER``: with a walked background the thresholds
+scale it) default to the config's values.
 
     python benchmarks/sweep_irn_bg.py --config-file configs/voc_mini/irn.yaml \
         --weights output/voc_mini/irn/model_final.pth \

@@ -260,10 +260,10 @@ class IRNet(nn.Module):
 
     def _edge_logits_at(
         self, images: list[torch.Tensor], scale: float, grids: list[tuple[int, int]]
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Boundary logits of normalised ``images`` resized by ``scale`` (flip-averaged with
         ``test_flip``), each resampled to its ``grids`` cell (the stride grid of the unscaled
-        image); the displacements too at scale 1 (None otherwise)."""
+        image); the displacements on those grids too at scale 1 (None otherwise)."""
         if scale != 1.0:
             images = [
                 F.interpolate(
@@ -293,7 +293,9 @@ class IRNet(nn.Module):
                 e = F.interpolate(e[None, None], size=grid, mode="bilinear", align_corners=False)
                 e = e[0, 0]
             out.append(e)
-        return out, (dp if scale == 1.0 else None)
+        if scale != 1.0:
+            return out, None
+        return out, [dp[i, :, :fh, :fw] for i, (fh, fw) in enumerate(grids)]
 
     @torch.no_grad()
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
@@ -316,10 +318,8 @@ class IRNet(nn.Module):
         for scale in self.test_scales:
             e, d = self._edge_logits_at(images, scale, grids)
             edges = e if edges is None else [a + b for a, b in zip(edges, e)]
-            if dp is None and d is not None:
-                dp = [d[i, :, :fh, :fw] for i, (fh, fw) in enumerate(grids)]
+            dp = dp if dp is not None else d
         if dp is None:  # no scale 1: the displacements of a scale-1 pass
-            _, d = self._edge_logits_at(images, 1.0, grids)
-            dp = [d[i, :, :fh, :fw] for i, (fh, fw) in enumerate(grids)]
+            dp = self._edge_logits_at(images, 1.0, grids)[1]
         k = len(self.test_scales)
         return [{"edge": torch.sigmoid(e / k), "dp": d} for e, d in zip(edges, dp)]
